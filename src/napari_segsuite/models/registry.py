@@ -1,0 +1,83 @@
+"""Name -> (task kind, builder, defaults): the one table every front end reads.
+
+Adding a model is one file with one ``@register`` line; the CLI, widgets, trainer and tests find it here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+KINDS = ("semantic", "instance", "panoptic")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the registry knows of one architecture.
+
+    Attributes:
+        name: Lowercase registry key, e.g. ``"unet"``.
+        kind: ``"semantic"``, ``"instance"`` or ``"panoptic"``.
+        builder: Called with keyword arguments only; returns an ``nn.Module``.
+        description: One line for ``segsuite models`` and the widget's picker.
+        divisible_by: Input height and width the model needs a multiple of (1 when it pads itself).
+        defaults: Keyword arguments the builder gets unless the caller overrides them.
+    """
+
+    name: str
+    kind: str
+    builder: Callable[..., nn.Module]
+    description: str
+    divisible_by: int = 1
+    defaults: dict[str, Any] = field(default_factory=dict)
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register(
+    name: str, *, kind: str, description: str, divisible_by: int = 1, **defaults: Any
+) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator that registers a model builder under ``name``.
+
+    Raises:
+        ValueError: ``name`` is already registered or ``kind`` is unknown.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"Model kind {kind!r} is not one of {', '.join(KINDS)}.")
+
+    def deco(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in _REGISTRY:
+            raise ValueError(f"A model named {name!r} is already registered.")
+        _REGISTRY[name] = ModelSpec(name, kind, builder, description, divisible_by, dict(defaults))
+        return builder
+
+    return deco
+
+
+def get_spec(name: str) -> ModelSpec:
+    """The spec registered as ``name``.
+
+    Raises:
+        KeyError: no such model; the message lists the registered names.
+    """
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError(
+            f"No model named {name!r}. Registered models: {', '.join(sorted(_REGISTRY))}."
+        ) from None
+
+
+def available(kind: str | None = None) -> list[ModelSpec]:
+    """Registered specs, sorted by name, optionally only those of one task ``kind``."""
+    return [s for _, s in sorted(_REGISTRY.items()) if kind is None or s.kind == kind]
+
+
+def build(name: str, **kwargs: Any) -> nn.Module:
+    """Build the model registered as ``name`` with its defaults overridden by ``kwargs``."""
+    spec = get_spec(name)
+    return spec.builder(**{**spec.defaults, **kwargs})

@@ -1,0 +1,95 @@
+"""The classic UNet (Ronneberger et al., 2015) with batch norm, 2D or 3D, any input size."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .blocks import DoubleConv, Upsample, conv_nd, crop_to, maxpool_nd, pad_to_multiple
+from .registry import register
+
+
+class UNet(nn.Module):
+    """Encoder-decoder with skip connections by concatenation.
+
+    Args:
+        in_channels: Image channels (1 grayscale, 3 RGB).
+        num_classes: Output channels (class logits).
+        base_filters: Filters of the first level; each level down doubles them.
+        depth: Number of 2x poolings (levels below the first).
+        upsample: ``"transpose"`` (the paper's up-convolution), ``"interp"`` or ``"unpool"``.
+        spatial_dims: 2 for ``(N, C, H, W)`` input, 3 for ``(N, C, D, H, W)``.
+        norm: Batch norm after each convolution.
+
+    Input of any size is padded to a multiple of ``2**depth`` and the output cropped back, so
+    ``forward`` returns logits of shape ``(N, num_classes, *input_spatial)``.
+    """
+
+    def __init__(
+        self,
+        *,
+        in_channels: int = 1,
+        num_classes: int = 2,
+        base_filters: int = 16,
+        depth: int = 4,
+        upsample: str = "transpose",
+        spatial_dims: int = 2,
+        norm: bool = True,
+    ) -> None:
+        super().__init__()
+        self.depth, self.spatial_dims = depth, spatial_dims
+        chans = [base_filters * 2**i for i in range(depth + 1)]
+        self.encoders = nn.ModuleList(
+            [DoubleConv(in_channels, chans[0], norm=norm, spatial_dims=spatial_dims)]
+            + [DoubleConv(chans[i], chans[i + 1], norm=norm, spatial_dims=spatial_dims) for i in range(depth)]
+        )
+        self.pool = maxpool_nd(spatial_dims)(2, return_indices=upsample == "unpool")
+        self.ups = nn.ModuleList(
+            [Upsample(chans[i + 1], chans[i], upsample, spatial_dims=spatial_dims) for i in reversed(range(depth))]
+        )
+        self.decoders = nn.ModuleList(
+            [DoubleConv(2 * chans[i], chans[i], norm=norm, spatial_dims=spatial_dims) for i in reversed(range(depth))]
+        )
+        self.head = conv_nd(spatial_dims)(chans[0], num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x, sizes = pad_to_multiple(x, 2**self.depth, self.spatial_dims)
+        skips, indices = [], []
+        x = self.encoders[0](x)
+        for enc in self.encoders[1:]:
+            skips.append(x)
+            pooled = self.pool(x)
+            if isinstance(pooled, tuple):
+                pooled, idx = pooled
+                indices.append(idx)
+            x = enc(pooled)
+        for up, dec in zip(self.ups, self.decoders):
+            skip = skips.pop()
+            x = up(x, indices.pop() if indices else None, output_size=skip.shape)
+            x = dec(torch.cat([skip, x], dim=1))
+        return crop_to(self.head(x), sizes)
+
+
+@register(
+    "unet",
+    kind="semantic",
+    description="Classic UNet (16 base filters, depth 4, batch norm): the default for small data and microscopy.",
+)
+def build_unet(
+    *,
+    num_classes: int,
+    in_channels: int = 1,
+    base_filters: int = 16,
+    depth: int = 4,
+    upsample: str = "transpose",
+    weights: str | None = None,
+) -> nn.Module:
+    """Build a 2D :class:`UNet`. ``weights`` is a local safetensors file or ``None`` (random init)."""
+    model = UNet(
+        in_channels=in_channels, num_classes=num_classes, base_filters=base_filters, depth=depth, upsample=upsample
+    )
+    if weights is not None:
+        from ..io import load_state_dict_file
+
+        model.load_state_dict(load_state_dict_file(weights))
+    return model

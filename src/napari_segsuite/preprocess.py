@@ -1,0 +1,145 @@
+"""Axes handling and intensity normalisation: any user image -> float32 ``(S, C, H, W)`` slices.
+
+Axis conventions (as napari gives them): 2D ``(Y, X)``, RGB(A) ``(Y, X, 3|4)``, volumes
+``(Z, Y, X)``, RGB volumes ``(Z, Y, X, 3|4)``. A trailing axis of size 3 or 4 is read as colour, as
+napari does, unless ``rgb=False`` is passed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+DEFAULT_NORMALIZATION: dict[str, Any] = {"kind": "percentile", "low": 1.0, "high": 99.8}
+
+
+@dataclass(frozen=True)
+class Axes:
+    """How a user array is laid out: ``volume`` has a leading Z axis, ``rgb`` a trailing channel axis."""
+
+    volume: bool
+    rgb: bool
+
+    def spatial_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The label shape that belongs to an image of ``shape``: ``(Z, Y, X)`` or ``(Y, X)``."""
+        return tuple(shape[:-1]) if self.rgb else tuple(shape)
+
+
+def infer_axes(shape: tuple[int, ...], rgb: bool | None = None) -> Axes:
+    """Decide the layout of an image array from its ``shape``.
+
+    Raises:
+        ValueError: the shape is not 2D, 2D colour, 3D or 3D colour.
+    """
+    nd = len(shape)
+    looks_rgb = nd in (3, 4) and shape[-1] in (3, 4)
+    is_rgb = looks_rgb if rgb is None else bool(rgb)
+    if is_rgb and shape[-1] not in (3, 4):
+        raise ValueError(f"Image of shape {shape} was marked RGB but its last axis is not 3 or 4 long.")
+    spatial = nd - 1 if is_rgb else nd
+    if spatial not in (2, 3):
+        raise ValueError(
+            f"Image of shape {shape} is not supported: expected (Y, X), (Y, X, 3), (Z, Y, X) or "
+            "(Z, Y, X, 3). Split time or channel axes into separate images first."
+        )
+    return Axes(volume=spatial == 3, rgb=is_rgb)
+
+
+def to_slices(image: np.ndarray, axes: Axes, in_channels: int) -> np.ndarray:
+    """Arrange ``image`` as float32 ``(S, C, H, W)``: S is 1 for 2D images, Z for volumes.
+
+    Colour is adapted to the model: alpha is dropped, RGB is averaged for a 1-channel model, and
+    grayscale is repeated for a 3-channel model.
+    """
+    arr = np.asarray(image)
+    if not axes.volume:
+        arr = arr[None]
+    arr = arr[..., :3] if axes.rgb else arr[..., None]
+    arr = np.moveaxis(arr, -1, 1).astype(np.float32, copy=False)
+    c = arr.shape[1]
+    if c != in_channels:
+        if in_channels == 1:
+            arr = arr.mean(axis=1, keepdims=True)
+        elif c == 1:
+            arr = np.repeat(arr, in_channels, axis=1)
+        else:
+            raise ValueError(f"The model takes {in_channels} channels; this image has {c}.")
+    return arr
+
+
+def normalize(slices: np.ndarray, spec: dict[str, Any] | None = None) -> np.ndarray:
+    """Percentile normalisation per channel over the whole image or volume.
+
+    The ``low`` percentile maps to 0 and the ``high`` one to 1 (values beyond are kept, not clipped),
+    so images from different microscopes, bit depths and exposures look alike to the model.
+
+    Args:
+        slices: ``(S, C, H, W)`` float32.
+        spec: ``{"kind": "percentile", "low": 1.0, "high": 99.8}`` (the default) or ``{"kind": "none"}``.
+    """
+    spec = spec or DEFAULT_NORMALIZATION
+    if spec.get("kind") == "none":
+        return slices
+    if spec.get("kind") != "percentile":
+        raise ValueError(f"Unknown normalisation {spec!r}; use kind 'percentile' or 'none'.")
+    out = np.empty_like(slices, dtype=np.float32)
+    for c in range(slices.shape[1]):
+        ch = slices[:, c]
+        sample = ch.ravel()
+        if sample.size > 4_000_000:  # percentiles of a huge volume from a strided sample
+            sample = sample[:: sample.size // 4_000_000]
+        lo, hi = np.percentile(sample, [spec["low"], spec["high"]])
+        scale = hi - lo if hi > lo else 1.0
+        out[:, c] = (ch - lo) / scale
+    return out
+
+
+class LabelMap:
+    """Maps the user's label values (e.g. 0/255) to class indices 0..K-1 and back.
+
+    Args:
+        values: Sorted distinct label values; ``values[k]`` is the user's value of class ``k``.
+    """
+
+    def __init__(self, values: list[int]) -> None:
+        self.values = [int(v) for v in values]
+        if sorted(set(self.values)) != self.values:
+            raise ValueError(f"Label values must be sorted and distinct, got {values}.")
+
+    @classmethod
+    def from_labels(cls, labels: list[np.ndarray], max_classes: int = 64) -> "LabelMap":
+        """The label values found in ``labels``, sorted.
+
+        Raises:
+            ValueError: more than ``max_classes`` values, which means an instance image, not classes.
+        """
+        vals: set[int] = set()
+        for lab in labels:
+            vals.update(int(v) for v in np.unique(lab))
+            if len(vals) > max_classes:
+                raise ValueError(
+                    f"The labels hold more than {max_classes} distinct values; that looks like an "
+                    "instance image (one id per object), not classes. Give a semantic model one class "
+                    "value per pixel (e.g. 0 background, 1 foreground)."
+                )
+        if len(vals) < 2:
+            vals |= {0, 1} if vals <= {0, 1} else {0}
+        return cls(sorted(vals))
+
+    def to_classes(self, labels: np.ndarray, ignore: int = -1) -> np.ndarray:
+        """int64 class indices; values the map does not know become ``ignore``."""
+        values = np.asarray(self.values)
+        idx = np.searchsorted(values, labels)
+        idx = np.clip(idx, 0, len(values) - 1)
+        known = values[idx] == labels
+        return np.where(known, idx, ignore).astype(np.int64)
+
+    def unknown_values(self, labels: np.ndarray) -> list[int]:
+        return sorted(set(int(v) for v in np.unique(labels)) - set(self.values))
+
+    def to_values(self, classes: np.ndarray) -> np.ndarray:
+        """The user's values for class indices, in the smallest unsigned dtype that holds them."""
+        dtype = np.uint8 if max(self.values) < 256 else np.uint16 if max(self.values) < 65536 else np.int64
+        return np.asarray(self.values, dtype=dtype)[classes]

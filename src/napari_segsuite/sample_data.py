@@ -1,0 +1,213 @@
+"""Generated sample data with ground truth, deterministic from a seed (nothing is downloaded).
+
+- :func:`nuclei_2d`: fluorescence-like nuclei, touching, of varied size, on an uneven background
+  with noise; instance and semantic ground truth.
+- :func:`nuclei_3d`: the same as a ``(Z, Y, X)`` volume of ellipsoids.
+- :func:`rgb_scene`: an RGB image with three object classes (disks, squares, triangles).
+
+Label conventions: 0 is background; instance images hold one id (1..N) per object; semantic images
+hold the class id per pixel. The napari ``sample_data`` contributions and ``segsuite sample`` use these.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import ndimage as ndi
+
+SCENE_CLASSES = ("background", "disk", "square", "triangle")
+
+
+def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma: float) -> np.ndarray:
+    """Zero-mean, unit-std smooth random field."""
+    f = ndi.gaussian_filter(rng.standard_normal(shape), sigma)
+    return (f - f.mean()) / (f.std() + 1e-8)
+
+
+def _place_ellipsoids(
+    rng: np.random.Generator, shape: tuple[int, ...], n: int, r_range: tuple[float, float], z_scale: float = 1.0
+) -> np.ndarray:
+    """Instance ids of ``n`` ellipses/ellipsoids; touching ones split by normalised distance."""
+    ndim = len(shape)
+    best = np.full(shape, np.inf, dtype=np.float32)
+    inst = np.zeros(shape, dtype=np.int32)
+    centers: list[np.ndarray] = []
+    radii_list: list[float] = []
+    scale = np.array([z_scale] + [1.0] * (ndim - 1)) if ndim == 3 else np.ones(ndim)
+    label = 0
+    for _ in range(n * 20):
+        if label >= n:
+            break
+        r = rng.uniform(*r_range)
+        c = rng.uniform(0, 1, ndim) * np.array(shape)
+        # allow touching and slight overlap, not full occlusion
+        if any(np.linalg.norm((c - c2) / scale) < 0.75 * (r + r2) for c2, r2 in zip(centers, radii_list)):
+            continue
+        label += 1
+        centers.append(c)
+        radii_list.append(r)
+        axes = np.array([r * rng.uniform(0.7, 1.0), r * rng.uniform(1.0, 1.3)])
+        if ndim == 3:
+            axes = np.array([r * z_scale, *axes])
+        theta = rng.uniform(0, np.pi)
+        lo = np.maximum(np.floor(c - axes.max() - 1).astype(int), 0)
+        hi = np.minimum(np.ceil(c + axes.max() + 2).astype(int), shape)
+        if np.any(hi <= lo):
+            label -= 1
+            centers.pop()
+            radii_list.pop()
+            continue
+        grids = np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi)], indexing="ij")
+        d = [g - ci for g, ci in zip(grids, c)]
+        y, x = d[-2], d[-1]
+        u = np.cos(theta) * y + np.sin(theta) * x
+        v = -np.sin(theta) * y + np.cos(theta) * x
+        dist = (u / axes[-2]) ** 2 + (v / axes[-1]) ** 2
+        if ndim == 3:
+            dist = dist + (d[0] / axes[0]) ** 2
+        sl = tuple(slice(a, b) for a, b in zip(lo, hi))
+        win = (dist < 1) & (dist < best[sl])
+        best[sl][win] = dist[win]
+        inst[sl][win] = label
+    # relabel 1..N in case an object vanished under its neighbours
+    ids = np.unique(inst)
+    ids = ids[ids > 0]
+    lut = np.zeros(inst.max() + 1, dtype=np.int32)
+    lut[ids] = np.arange(1, len(ids) + 1)
+    return lut[inst]
+
+
+def _render_fluorescence(rng: np.random.Generator, inst: np.ndarray) -> np.ndarray:
+    """uint16 image: textured bright objects, uneven background, blur, shot and read noise."""
+    shape = inst.shape
+    n = int(inst.max())
+    brightness = np.concatenate([[0.0], rng.uniform(0.45, 1.0, n)])
+    signal = brightness[inst] * (1 + 0.15 * _smooth_noise(rng, shape, 2.0))
+    signal = ndi.gaussian_filter(signal, 1.0)
+    illum = 1 + 0.35 * _smooth_noise(rng, shape, max(shape) / 4)
+    background = 0.12 + 0.06 * _smooth_noise(rng, shape, max(shape) / 6)
+    img = (signal + background) * illum
+    img = np.clip(img, 0, None) * 1500
+    img = rng.poisson(img).astype(np.float32) + rng.normal(100, 12, shape)
+    return np.clip(img, 0, 65535).astype(np.uint16)
+
+
+def nuclei_2d(seed: int = 0, shape: tuple[int, int] = (256, 256), n: int | None = None) -> dict[str, np.ndarray]:
+    """One 2D nuclei image with ground truth.
+
+    Returns:
+        ``{"image": (Y, X) uint16, "instances": (Y, X) int32 ids 1..N (0 background),
+        "semantic": (Y, X) uint8 (0 background, 1 nucleus)}``.
+    """
+    rng = np.random.default_rng(seed)
+    if n is None:
+        n = int(shape[0] * shape[1] / 1500)
+    inst = _place_ellipsoids(rng, shape, n, (5.0, 15.0))
+    return {"image": _render_fluorescence(rng, inst), "instances": inst, "semantic": (inst > 0).astype(np.uint8)}
+
+
+def nuclei_3d(seed: int = 0, shape: tuple[int, int, int] = (32, 128, 128), n: int | None = None) -> dict[str, np.ndarray]:
+    """A ``(Z, Y, X)`` nuclei volume with ground truth (same keys and dtypes as :func:`nuclei_2d`)."""
+    rng = np.random.default_rng(seed)
+    if n is None:
+        n = int(np.prod(shape) / 25000)
+    inst = _place_ellipsoids(rng, shape, n, (6.0, 13.0), z_scale=0.6)
+    return {"image": _render_fluorescence(rng, inst), "instances": inst, "semantic": (inst > 0).astype(np.uint8)}
+
+
+def rgb_scene(seed: int = 0, shape: tuple[int, int] = (256, 256), n: int = 14) -> dict[str, np.ndarray]:
+    """An RGB scene of disks, squares and triangles (classes 1, 2, 3) on a textured background.
+
+    Returns:
+        ``{"image": (Y, X, 3) uint8, "instances": (Y, X) int32, "semantic": (Y, X) uint8,
+        "classes": (N + 1,) uint8 class of each instance id (index 0 is background)}``.
+    """
+    rng = np.random.default_rng(seed)
+    h, w = shape
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    inst = np.zeros(shape, np.int32)
+    classes = [0]
+    palette = np.array([[70, 60, 50], [200, 70, 60], [70, 170, 80], [80, 90, 210]], np.float32)
+    for i in range(1, n + 1):
+        cls = int(rng.integers(1, 4))
+        r = rng.uniform(8, 26)
+        cy, cx = rng.uniform(r, h - r), rng.uniform(r, w - r)
+        if cls == 1:
+            mask = (yy - cy) ** 2 + (xx - cx) ** 2 < r**2
+        elif cls == 2:
+            mask = (np.abs(yy - cy) < r * 0.85) & (np.abs(xx - cx) < r * 0.85)
+        else:
+            mask = (yy - cy > -r) & (yy - cy < r) & (np.abs(xx - cx) < (yy - cy + r) * 0.55)
+        inst[mask] = i  # later objects occlude earlier ones
+        classes.append(cls)
+    cls_of = np.array(classes, np.uint8)
+    ids = np.unique(inst)
+    lut = np.zeros(n + 1, np.int32)
+    lut[ids[ids > 0]] = np.arange(1, (ids > 0).sum() + 1)
+    new_classes = np.zeros((ids > 0).sum() + 1, np.uint8)
+    new_classes[lut[ids[ids > 0]]] = cls_of[ids[ids > 0]]
+    inst = lut[inst]
+    semantic = new_classes[inst]
+    tint = 1 + 0.25 * rng.standard_normal((len(new_classes), 3))
+    tint[0] = 1
+    img = palette[semantic] * tint[inst]
+    img *= (1 + 0.2 * _smooth_noise(rng, shape, 12.0))[..., None]
+    img += rng.normal(0, 14, img.shape)
+    return {
+        "image": np.clip(img, 0, 255).astype(np.uint8),
+        "instances": inst,
+        "semantic": semantic.astype(np.uint8),
+        "classes": new_classes,
+    }
+
+
+def write_samples(out: str | Path, n_images: int = 8, seed: int = 0) -> dict[str, Path]:
+    """Write every sample kind as TIFF files under ``out``, ready for ``segsuite train``.
+
+    Layout: ``out/<kind>/{images,semantic,instances}/<kind>_NNN.tif`` for kinds ``nuclei2d``
+    (``n_images`` images), ``nuclei3d`` (2 volumes) and ``scene_rgb`` (``n_images`` images).
+
+    Returns:
+        The folder of each kind.
+    """
+    import tifffile
+
+    out = Path(out)
+    made: dict[str, Path] = {}
+    plan: list[tuple[str, Any, int]] = [("nuclei2d", nuclei_2d, n_images), ("nuclei3d", nuclei_3d, 2),
+                                        ("scene_rgb", rgb_scene, n_images)]
+    for kind, fn, count in plan:
+        for sub in ("images", "semantic", "instances"):
+            (out / kind / sub).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            s = fn(seed=seed + i)
+            name = f"{kind}_{i:03d}.tif"
+            tifffile.imwrite(out / kind / "images" / name, s["image"])
+            tifffile.imwrite(out / kind / "semantic" / name, s["semantic"])
+            tifffile.imwrite(out / kind / "instances" / name, s["instances"])
+        made[kind] = out / kind
+    return made
+
+
+# --- napari sample_data contributions (LayerData tuples; no napari import needed) ---------------
+
+def _layers(kind: str, s: dict[str, np.ndarray], rgb: bool = False) -> list[tuple]:
+    return [
+        (s["image"], {"name": kind, "rgb": rgb} if rgb else {"name": kind}, "image"),
+        (s["semantic"], {"name": f"{kind} ground truth (semantic)", "visible": False}, "labels"),
+        (s["instances"], {"name": f"{kind} ground truth (instances)", "visible": False}, "labels"),
+    ]
+
+
+def napari_nuclei_2d() -> list[tuple]:
+    return _layers("nuclei 2D", nuclei_2d(seed=0, shape=(384, 384)))
+
+
+def napari_nuclei_3d() -> list[tuple]:
+    return _layers("nuclei 3D", nuclei_3d(seed=0))
+
+
+def napari_rgb_scene() -> list[tuple]:
+    return _layers("RGB scene", rgb_scene(seed=0), rgb=True)

@@ -1,0 +1,349 @@
+"""The training loop: random crops, augmentation, validation split, LR schedule, early stopping,
+time budget, cancel, atomic best-model checkpoints. Used for training from scratch and fine-tuning.
+
+No Qt or napari here: :func:`train` is a generator yielding :class:`~.progress.Progress` once per
+step and returning a :class:`TrainResult` whose model is the best one on the validation split.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .inference import pick_device, predict_probs
+from .io import SegModel, save_model
+from .preprocess import LabelMap, infer_axes, normalize, to_slices
+from .progress import Progress, Work
+from .tasks import semantic
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """Training settings; the defaults suit a few to a few hundred images on a CPU or a GPU.
+
+    Attributes:
+        epochs: Upper limit on epochs.
+        time_budget: Wall-clock limit in seconds (``None``: none). Training stops there and keeps the best model.
+        steps_per_epoch: Optimiser steps between validations (``None``: from the data size, 10..100).
+        batch_size: Crops per step.
+        patch_size: Crop edge in pixels.
+        lr: Peak learning rate (AdamW; linear warm-up then cosine decay over whichever of the epoch
+            limit and the time budget binds first).
+        patience: Epochs without validation improvement before stopping early (0: never).
+        val_fraction: Share of images (or slices) held out; with one image, the bottom rows.
+        augment: Random flips, 90-degree rotations, scaling, intensity changes and noise.
+        device: ``"auto"`` (CUDA, MPS, CPU), or a torch device string.
+        amp: Mixed precision on CUDA.
+        seed: Seed of crops, augmentation and initial split.
+    """
+
+    epochs: int = 100
+    time_budget: float | None = None
+    steps_per_epoch: int | None = None
+    batch_size: int = 4
+    patch_size: int = 256
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    patience: int = 20
+    val_fraction: float = 0.2
+    augment: bool = True
+    device: str = "auto"
+    amp: bool = True
+    seed: int = 0
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns.
+
+    Attributes:
+        model: The best model on the validation split (its card carries the training summary and metrics).
+        history: One dict per epoch: ``epoch``, ``step``, ``time``, ``train_loss``, ``val_loss``, ``val_mean_iou``, ``val_dice``.
+        stopped: Why training ended: ``"epochs"``, ``"time budget"``, ``"early stopping"`` or ``"cancelled"``.
+    """
+
+    model: SegModel
+    history: list[dict[str, float]] = field(default_factory=list)
+    stopped: str = "epochs"
+
+
+@dataclass
+class _Sample:
+    x: np.ndarray  # (C, H, W) float32, normalised
+    y: np.ndarray  # (H, W) int64 classes or IGNORE
+
+
+def prepare_samples(
+    model: SegModel,
+    images: Sequence[np.ndarray],
+    labels: Sequence[np.ndarray],
+    names: Sequence[str] | None = None,
+    rgb: bool | None = None,
+) -> list[_Sample]:
+    """Normalised 2D training samples (volumes give one per slice) with class-index targets.
+
+    Raises:
+        ValueError: counts or shapes differ, or labels hold values the model has no class for.
+    """
+    if len(images) != len(labels):
+        raise ValueError(f"Got {len(images)} images but {len(labels)} label images; give one label image per image.")
+    if not images:
+        raise ValueError("No training images were given.")
+    names = list(names) if names is not None else [f"image {i + 1}" for i in range(len(images))]
+    lmap = LabelMap(model.card["label_values"])
+    samples = []
+    for img, lab, name in zip(images, labels, names):
+        axes = infer_axes(np.shape(img), rgb)
+        want = axes.spatial_shape(np.shape(img))
+        if tuple(np.shape(lab)) != want:
+            raise ValueError(
+                f"Labels of {name!r} are {'x'.join(map(str, np.shape(lab)))} but the image is "
+                f"{'x'.join(map(str, want))}; pick the labels that belong to this image."
+            )
+        unknown = lmap.unknown_values(lab)
+        if unknown:
+            raise ValueError(
+                f"Labels of {name!r} hold values {unknown[:10]} that model {model.name!r} has no class for "
+                f"(its label values are {lmap.values}). Train a new model, or relabel those pixels."
+            )
+        x = normalize(to_slices(img, axes, model.card["in_channels"]), model.card.get("normalization"))
+        y = lmap.to_classes(np.asarray(lab)).reshape((-1, *x.shape[2:]))
+        samples += [_Sample(xs, ys) for xs, ys in zip(x, y)]
+    return samples
+
+
+def split_samples(samples: list[_Sample], fraction: float, rng: np.random.Generator) -> tuple[list[_Sample], list[_Sample], str]:
+    """Hold out a validation part: whole images when there are several, else the bottom rows of the one."""
+    if len(samples) >= 2:
+        n_val = min(len(samples) - 1, max(1, round(fraction * len(samples))))
+        order = rng.permutation(len(samples))
+        return [samples[i] for i in order[n_val:]], [samples[i] for i in order[:n_val]], f"{n_val} of {len(samples)} images"
+    s = samples[0]
+    h = s.x.shape[1]
+    cut = int(round(h * (1 - fraction)))
+    if h >= 64 and h - cut >= 16:
+        return [_Sample(s.x[:, :cut], s.y[:cut])], [_Sample(s.x[:, cut:], s.y[cut:])], f"bottom {h - cut} rows of the one image"
+    return [s], [s], "none held out (one small image): validated on the training image"
+
+
+def _pad_to(s: _Sample, p: int) -> _Sample:
+    h, w = s.y.shape
+    ph, pw = max(0, p - h), max(0, p - w)
+    if not (ph or pw):
+        return s
+    mode = "reflect" if ph < h and pw < w else "edge"
+    x = np.pad(s.x, ((0, 0), (0, ph), (0, pw)), mode=mode)
+    y = np.pad(s.y, ((0, ph), (0, pw)), constant_values=semantic.IGNORE)
+    return _Sample(x, y)
+
+
+def _crop_batch(train: list[_Sample], p: int, n: int, rng: np.random.Generator, augment: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    weights = np.array([s.y.size for s in train], dtype=np.float64)
+    xs, ys = [], []
+    for i in rng.choice(len(train), size=n, p=weights / weights.sum()):
+        s = train[i]
+        h, w = s.y.shape
+        c = p
+        if augment:  # scale augmentation: crop a larger or smaller window, resize to p
+            c = int(np.clip(round(p * math.exp(rng.uniform(-0.25, 0.25))), 16, min(h, w)))
+        y0, x0 = rng.integers(0, h - c + 1), rng.integers(0, w - c + 1)
+        x = torch.from_numpy(s.x[:, y0:y0 + c, x0:x0 + c].copy())
+        y = torch.from_numpy(s.y[y0:y0 + c, x0:x0 + c].copy())
+        if c != p:
+            x = F.interpolate(x[None], size=(p, p), mode="bilinear", align_corners=False)[0]
+            y = F.interpolate(y[None, None].float(), size=(p, p), mode="nearest")[0, 0].long()
+        if augment:
+            if rng.random() < 0.5:
+                x, y = x.flip(-1), y.flip(-1)
+            if rng.random() < 0.5:
+                x, y = x.flip(-2), y.flip(-2)
+            k = int(rng.integers(4))
+            x, y = torch.rot90(x, k, (-2, -1)), torch.rot90(y, k, (-2, -1))
+            gain = torch.from_numpy(rng.uniform(0.75, 1.33, (x.shape[0], 1, 1)).astype(np.float32))
+            shift = torch.from_numpy(rng.uniform(-0.15, 0.15, (x.shape[0], 1, 1)).astype(np.float32))
+            x = x * gain + shift
+            if rng.random() < 0.5:
+                x = x + float(rng.uniform(0, 0.08)) * torch.randn(x.shape, generator=None)
+        xs.append(x)
+        ys.append(y)
+    return torch.stack(xs), torch.stack(ys)
+
+
+def evaluate_samples(
+    module: torch.nn.Module, samples: list[_Sample], num_classes: int, divisible_by: int, device: torch.device, amp: bool
+) -> dict[str, Any]:
+    """Validation loss and pixel metrics of ``module`` over whole samples (tiled)."""
+    was_training = module.training
+    module.eval()
+    cm = np.zeros((num_classes, num_classes), np.int64)
+    losses = []
+    for s in samples:
+        probs = None
+        for item in predict_probs(module, s.x, num_classes=num_classes, tile=512, divisible_by=divisible_by, device=device, amp=amp):
+            if isinstance(item, np.ndarray):
+                probs = item
+        assert probs is not None
+        valid = s.y != semantic.IGNORE
+        if valid.any():
+            p = np.clip(probs[:, valid], 1e-7, 1.0)
+            losses.append(float(-np.log(p[s.y[valid], np.arange(valid.sum())]).mean()))
+        cm += semantic.confusion(semantic.postprocess(probs), s.y, num_classes)
+    module.train(was_training)
+    out = semantic.metrics_from_confusion(cm)
+    out["loss"] = float(np.mean(losses)) if losses else float("nan")
+    return out
+
+
+def train(
+    model: SegModel,
+    images: Sequence[np.ndarray],
+    labels: Sequence[np.ndarray],
+    config: TrainConfig | None = None,
+    *,
+    names: Sequence[str] | None = None,
+    rgb: bool | None = None,
+    cancel: Callable[[], bool] | None = None,
+    checkpoint: str | Path | None = None,
+) -> Work[TrainResult]:
+    """Train ``model`` in place on image/label pairs and return the best version.
+
+    Args:
+        model: A new model (:func:`~.io.new_model`) or a loaded one to fine-tune. Its card's
+            ``label_values`` define the classes; labels must use only those values.
+        images: Arrays ``(Y, X)``, ``(Y, X, 3)``, ``(Z, Y, X)`` or ``(Z, Y, X, 3)``; volumes train slice by slice.
+        labels: One label array per image, of the image's spatial shape, holding the user's values.
+        config: :class:`TrainConfig`; defaults when ``None``.
+        names: Names for error messages and the training summary.
+        cancel: Polled every step; when it returns True, training stops and the best model so far is returned.
+        checkpoint: A folder the best model is saved to (atomically) at every improvement, so a crash loses nothing.
+
+    Yields:
+        :class:`Progress` per step (``metrics["loss"]``) and after each validation (``val_*`` metrics).
+
+    Returns:
+        :class:`TrainResult`.
+    """
+    cfg = config or TrainConfig()
+    rng = np.random.default_rng(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    device = pick_device(cfg.device)
+    card = model.card
+    k, div = card["num_classes"], max(1, card.get("divisible_by", 1))
+    samples = prepare_samples(model, images, labels, names, rgb)
+    train_s, val_s, val_note = split_samples(samples, cfg.val_fraction, rng)
+    p = min(cfg.patch_size, max(max(s.y.shape) for s in train_s))
+    p = max(div, -(-p // div) * div)
+    train_s = [_pad_to(s, p) for s in train_s]
+    train_px = sum(s.y.size for s in train_s)
+    spe = cfg.steps_per_epoch or int(np.clip(math.ceil(train_px / (cfg.batch_size * p * p)), 10, 100))
+    total = cfg.epochs * spe
+
+    module = model.module.to(device).train()
+    opt = torch.optim.AdamW(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    use_amp = cfg.amp and device.type == "cuda"
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+
+    t0 = time.monotonic()
+    best_iou, best_state, best_metrics, best_epoch = -1.0, None, None, 0
+    history: list[dict[str, float]] = []
+    stopped, step, epoch = "epochs", 0, 0
+    running: list[float] = []
+
+    def frac() -> float:
+        f = step / total
+        if cfg.time_budget:
+            f = max(f, (time.monotonic() - t0) / cfg.time_budget)
+        return min(f, 1.0)
+
+    while epoch < cfg.epochs and stopped == "epochs":
+        epoch += 1
+        epoch_start = step
+        for _ in range(spe):
+            if cancel is not None and cancel():
+                stopped = "cancelled"
+                break
+            if cfg.time_budget and time.monotonic() - t0 > cfg.time_budget:
+                stopped = "time budget"
+                break
+            warm = min(1.0, (step + 1) / max(1, total * 0.03))
+            lr = cfg.lr * warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac())))
+            for g in opt.param_groups:
+                g["lr"] = lr
+            x, y = _crop_batch(train_s, p, cfg.batch_size, rng, cfg.augment)
+            x, y = x.to(device), y.to(device)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                loss = semantic.loss_fn(module(x), y)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            step += 1
+            running.append(float(loss.detach()))
+            yield Progress(step, total, f"epoch {epoch}/{cfg.epochs} · loss {running[-1]:.3f}", {"loss": running[-1], "lr": lr})
+        if step == epoch_start and (best_state is not None or not running):
+            break  # stopped before this epoch took a step: the last validation still holds
+        val = evaluate_samples(module, val_s, k, div, device, use_amp)
+        row = {
+            "epoch": epoch, "step": step, "time": time.monotonic() - t0,
+            "train_loss": float(np.mean(running[-spe:])), "val_loss": val["loss"],
+            "val_mean_iou": val["mean_iou"] or 0.0, "val_dice": val["dice"] or 0.0,
+        }
+        history.append(row)
+        improved = (val["mean_iou"] or 0.0) > best_iou
+        if improved:
+            best_iou, best_epoch = val["mean_iou"] or 0.0, epoch
+            best_state = copy.deepcopy({n: t.detach().cpu() for n, t in module.state_dict().items()})
+            best_metrics = val
+            if checkpoint is not None:
+                _annotate(model, cfg, samples, train_s, val_note, history, best_epoch, best_metrics, "running", step, t0)
+                snapshot = SegModel(copy.deepcopy(module).cpu(), model.card)
+                snapshot.module.load_state_dict(best_state)
+                save_model(snapshot, checkpoint)
+        yield Progress(
+            step, total,
+            f"epoch {epoch}: val loss {val['loss']:.3f} · mean IoU {row['val_mean_iou']:.3f}" + (" (best)" if improved else ""),
+            {k2: v for k2, v in row.items() if isinstance(v, float)},
+        )
+        if cfg.patience and epoch - best_epoch >= cfg.patience and stopped == "epochs":
+            stopped = "early stopping"
+    if best_state is not None:
+        module.load_state_dict(best_state)
+    module.eval()
+    _annotate(model, cfg, samples, train_s, val_note, history, best_epoch, best_metrics, stopped, step, t0)
+    return TrainResult(model, history, stopped)
+
+
+def _annotate(model: SegModel, cfg: TrainConfig, samples: list, train_s: list, val_note: str, history: list,
+              best_epoch: int, metrics: dict | None, stopped: str, step: int, t0: float) -> None:
+    """Write the training summary and validation metrics into the model's card."""
+    prev = model.card.get("training")
+    model.card["training"] = {
+        "samples": len(samples),
+        "train_samples": len(train_s),
+        "validation": val_note,
+        "pixels": int(sum(s.y.size for s in samples)),
+        "labelled_pixels": int(sum((s.y != semantic.IGNORE).sum() for s in samples)),
+        "epochs": len(history),
+        "best_epoch": best_epoch,
+        "steps": step,
+        "seconds": round(time.monotonic() - t0, 1),
+        "stopped": stopped,
+        "config": asdict(cfg),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "history": history,
+        "previous": {k: v for k, v in prev.items() if k != "history"} if prev else None,
+    }
+    model.card["metrics"] = metrics
