@@ -8,6 +8,7 @@ summary, metrics). Nothing is ever unpickled.
 from __future__ import annotations
 
 import glob
+import inspect
 import json
 import os
 import re
@@ -160,6 +161,13 @@ def new_model(
     spec = get_spec(architecture)
     num_classes = len(label_values)
     kwargs = {**spec.defaults, **build_kwargs}
+    accepted = set(inspect.signature(spec.builder).parameters)
+    wrong = sorted(set(kwargs) - accepted)
+    if wrong:
+        raise ValueError(
+            f"Model {architecture!r} does not take {', '.join(wrong)}; it takes "
+            f"{', '.join(sorted(accepted - {'num_classes', 'in_channels'}))}."
+        )
     module = spec.builder(num_classes=num_classes, in_channels=in_channels, **kwargs)
     card = {
         "format": FORMAT_VERSION,

@@ -1,0 +1,212 @@
+"""``segsuite``: the engine on the command line (batch jobs, clusters), the same functions the widgets call.
+
+argparse (standard library) parses the commands and tqdm (already a napari dependency) draws the
+progress bars on stderr, so stdout stays clean for ``--json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("napari_segsuite")
+
+
+def _bar(desc: str):
+    from tqdm import tqdm
+
+    bar = tqdm(desc=desc, file=sys.stderr, leave=False, dynamic_ncols=True, disable=None)
+
+    def update(p: Any) -> None:
+        bar.total = p.total
+        bar.n = p.step
+        bar.set_postfix_str(p.note, refresh=False)
+        bar.refresh()
+        if "val_loss" in p.metrics:  # one line per epoch, also in logs of non-interactive jobs
+            tqdm.write(p.note, file=sys.stderr)
+
+    return bar, update
+
+
+def _run(work: Any, desc: str) -> Any:
+    from .progress import drive
+
+    bar, update = _bar(desc)
+    try:
+        return drive(work, update)
+    finally:
+        bar.close()
+
+
+def _load_pairs(images: str, labels: str) -> tuple[list, list, list[str]]:
+    from .io import match_pairs, read_image
+
+    pairs = match_pairs(images, labels)
+    return [read_image(i) for i, _ in pairs], [read_image(lab) for _, lab in pairs], [i.name for i, _ in pairs]
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .models import available
+    from .store import list_models
+
+    archs = [{"name": s.name, "task": s.kind, "description": s.description, "trained": False} for s in available()]
+    trained = [{"name": m.name, "task": m.card.get("kind"), "description": m.label, "trained": True,
+                "path": str(m.path)} for m in list_models()]
+    if args.json:
+        print(json.dumps(archs + trained, indent=2))
+        return 0
+    print("Architectures (train with: segsuite train --model NAME ...):")
+    for a in archs:
+        print(f"  {a['name']:<16} {a['task']:<9} {a['description']}")
+    print("Trained models (segment with: segsuite segment --model NAME_OR_PATH ...):")
+    for t in trained:
+        print(f"  {t['name']:<16} {t['task']:<9} {t['path']}")
+    if not trained:
+        print("  none yet")
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from .sample_data import write_samples
+
+    made = write_samples(args.out, n_images=args.n, seed=args.seed)
+    for kind, folder in made.items():
+        print(f"{kind}: {folder}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .io import save_model
+    from .training import TrainConfig, train
+    from .workflows import model_for_training
+
+    images, labels, names = _load_pairs(args.images, args.labels)
+    build = {"encoder_name": args.encoder} if args.encoder else {}
+    model = model_for_training(args.model, images, labels, **build)
+    cfg = TrainConfig(
+        epochs=args.epochs, time_budget=args.time_budget, batch_size=args.batch_size, patch_size=args.patch_size,
+        lr=args.lr, patience=args.patience, device=args.device, seed=args.seed,
+    )
+    out = Path(args.out)
+    model.card["name"] = out.name
+    result = _run(train(model, images, labels, cfg, names=names, checkpoint=out), "train")
+    save_model(result.model, out)
+    m = result.model.card.get("metrics") or {}
+    t = result.model.card["training"]
+    print(
+        f"Saved {out} ({t['epochs']} epochs, {t['steps']} steps, {t['seconds']:.0f} s, stopped: {result.stopped}; "
+        f"validation on {t['validation']}: mean IoU {m.get('mean_iou') or 0:.3f}, Dice {m.get('dice') or 0:.3f})"
+    )
+    return 0
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    from .inference import predict
+    from .io import list_images, load_model, read_image, write_labels
+    from .store import resolve_trained
+
+    model = load_model(resolve_trained(args.model))
+    files = list_images(args.input)
+    out = Path(args.output)
+    for f in files:
+        labels = _run(predict(model, read_image(f), tile=args.tile, device=args.device), f.name)
+        written = write_labels(out / f.name, labels)
+        print(written)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .io import load_model
+    from .store import resolve_trained
+    from .workflows import evaluate
+
+    model = load_model(resolve_trained(args.model))
+    images, labels, _ = _load_pairs(args.images, args.labels)
+    metrics = _run(evaluate(model, images, labels, device=args.device, tile=args.tile), "evaluate")
+    if args.json:
+        print(json.dumps(metrics))
+    else:
+        for key, value in metrics.items():
+            print(f"{key:<16} {value}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(out=Path(args.out), headless=args.headless)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="segsuite", description="Deep-learning segmentation: train, segment, evaluate.")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("models", help="list architectures and trained models")
+    s.add_argument("--json", action="store_true", help="print a JSON list")
+    s.set_defaults(func=cmd_models)
+
+    s = sub.add_parser("sample", help="write the generated sample images and labels")
+    s.add_argument("--out", required=True, help="folder to write into")
+    s.add_argument("--n", type=int, default=8, help="2D images per kind (default 8)")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_sample)
+
+    s = sub.add_parser("train", help="train an architecture from scratch or fine-tune a trained model")
+    s.add_argument("--model", required=True, help="architecture name (from scratch) or trained model path/name (fine-tune)")
+    s.add_argument("--images", required=True, help="folder, file or glob of images (TIFF, PNG, ...; 2D or 3D)")
+    s.add_argument("--labels", required=True, help="folder of label images matched to images by file name")
+    s.add_argument("--out", required=True, help="folder the model is saved to (model.safetensors + model.json)")
+    s.add_argument("--epochs", type=int, default=100, help="epoch limit (default 100)")
+    s.add_argument("--time-budget", type=float, default=None, help="wall-clock limit in seconds; keeps the best model")
+    s.add_argument("--batch-size", type=int, default=4)
+    s.add_argument("--patch-size", type=int, default=256)
+    s.add_argument("--lr", type=float, default=2e-3)
+    s.add_argument("--patience", type=int, default=20, help="epochs without improvement before stopping (0: never)")
+    s.add_argument("--encoder", default=None, help="encoder name for models that take one (e.g. resnet34)")
+    s.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda, cuda:1, ...")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("segment", help="segment images or volumes with a trained model")
+    s.add_argument("--model", required=True, help="trained model path or name")
+    s.add_argument("--input", required=True, help="image file, folder or glob")
+    s.add_argument("--output", required=True, help="folder for the label images (same file names)")
+    s.add_argument("--tile", type=int, default=512, help="sliding-window tile edge in pixels")
+    s.add_argument("--device", default="auto")
+    s.set_defaults(func=cmd_segment)
+
+    s = sub.add_parser("evaluate", help="score a trained model against label images")
+    s.add_argument("--model", required=True)
+    s.add_argument("--images", required=True)
+    s.add_argument("--labels", required=True)
+    s.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+    s.add_argument("--tile", type=int, default=512)
+    s.add_argument("--device", default="auto")
+    s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("demo", help="open napari with a sample and the plugin's widgets (headless: segment and screenshot)")
+    s.add_argument("--out", default="demo-output", help="folder for the headless run's labels and screenshot")
+    s.add_argument("--headless", action="store_true", help="run the flow without waiting for a user")
+    s.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, KeyError, FileNotFoundError, RuntimeError) as err:
+        msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+        print(f"segsuite {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

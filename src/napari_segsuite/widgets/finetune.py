@@ -1,0 +1,160 @@
+"""The *Fine-tune* dock widget: train on image/labels layer pairs from the viewer, live loss, cancel.
+
+The new model is saved to the user's model folder (as it improves, so cancel or a crash keeps the
+best so far) and appears in the Segment widget's picker at once.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import napari
+from magicgui.widgets import ComboBox, Container, FloatSpinBox, LineEdit, PushButton, Select, SpinBox
+from napari.utils.notifications import show_error
+
+from ..io import save_model
+from ..models import available
+from ..preprocess import infer_axes
+from ..store import list_models, new_model_path
+from ..training import TrainConfig, train
+from ..workflows import model_for_training
+from ._common import RunControls
+from ._events import store_events
+from ._layers import layer_array, layer_choices
+
+
+def _finetune_work(spec: str, images: list, labels: list, names: list, rgb: bool, cfg: TrainConfig,
+                   out: str, cancel: threading.Event):
+    model = model_for_training(spec, images, labels, rgb=rgb)
+    model.card["name"] = out.rsplit("/", 1)[-1]
+    result = yield from train(model, images, labels, cfg, names=names, rgb=rgb, cancel=cancel.is_set, checkpoint=out)
+    save_model(result.model, out)
+    return out, result
+
+
+def _base_choices(_w: Any = None) -> list[tuple[str, str]]:
+    archs = [(f"{s.name} (new, random weights)", s.name) for s in available("semantic")]
+    return archs + [(m.label, str(m.path)) for m in list_models("semantic")]
+
+
+class FinetuneWidget(Container):
+    """Train a new model, or fine-tune a trained one, on image/labels pairs from the viewer."""
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        self._viewer = viewer
+        self.image = ComboBox(label="Image", choices=lambda _w: layer_choices(viewer, napari.layers.Image))
+        self.labels = ComboBox(label="Labels", choices=lambda _w: layer_choices(viewer, napari.layers.Labels))
+        self.add_btn = PushButton(text="Add pair")
+        self.remove_btn = PushButton(text="Remove selected")
+        self.pairs = Select(label="Pairs", choices=[], tooltip="Image/labels pairs to train on. Empty: the pair above.")
+        self.base = ComboBox(label="Start from", choices=_base_choices)
+        self.epochs = SpinBox(label="Epochs", value=30, min=1, max=10000)
+        self.minutes = FloatSpinBox(label="Time limit (min)", value=5.0, min=0.0, max=10000.0, step=0.5,
+                                    tooltip="0 = no limit. Training stops here and keeps the best model.")
+        self.name = LineEdit(label="New model name", value="")
+        self.controls = RunControls("Train", self.run)
+        self._pairs: list[tuple[napari.layers.Image, napari.layers.Labels]] = []
+        self._cancel = threading.Event()
+        self.last_result: Any = None
+        self.last_path: str | None = None
+        super().__init__(widgets=[
+            self.image, self.labels,
+            Container(widgets=[self.add_btn, self.remove_btn], layout="horizontal", labels=False),
+            self.pairs, self.base, self.epochs, self.minutes, self.name, self.controls,
+        ])
+        self.add_btn.changed.connect(lambda _=None: self.add_pair())
+        self.remove_btn.changed.connect(lambda _=None: self._remove_selected())
+        for ev in (viewer.layers.events.inserted, viewer.layers.events.removed):
+            ev.connect(lambda _=None: self._on_layers_changed())
+        store_events.models_changed.connect(self._on_models_changed)
+
+    # --- pairs ---
+    def _check_pair(self, image: Any, labels: Any) -> str | None:
+        if image is None or labels is None:
+            return "Pick an image layer and the Labels layer that belongs to it."
+        axes = infer_axes(image.data.shape if not image.multiscale else image.data[0].shape, image.rgb)
+        want = axes.spatial_shape(tuple(image.data.shape if not image.multiscale else image.data[0].shape))
+        got = tuple(labels.data.shape)
+        if got != want:
+            return (f"Labels layer '{labels.name}' is {'x'.join(map(str, got))} but image '{image.name}' is "
+                    f"{'x'.join(map(str, want))}; pick the labels that belong to this image.")
+        return None
+
+    def add_pair(self) -> bool:
+        image, labels = self.image.value, self.labels.value
+        problem = self._check_pair(image, labels)
+        if problem:
+            show_error(problem)
+            return False
+        if any(i is image and lab is labels for i, lab in self._pairs):
+            return True
+        self._pairs.append((image, labels))
+        self._refresh_pairs()
+        return True
+
+    def _pair_label(self, pair: tuple) -> str:
+        return f"{pair[0].name} + {pair[1].name}"
+
+    def _refresh_pairs(self) -> None:
+        self.pairs.choices = [(self._pair_label(p), i) for i, p in enumerate(self._pairs)]
+
+    def _remove_selected(self) -> None:
+        drop = set(self.pairs.value or [])
+        self._pairs = [p for i, p in enumerate(self._pairs) if i not in drop]
+        self._refresh_pairs()
+
+    def _on_layers_changed(self) -> None:
+        alive = set(map(id, self._viewer.layers))
+        self._pairs = [p for p in self._pairs if id(p[0]) in alive and id(p[1]) in alive]
+        self._refresh_pairs()
+        self.image.reset_choices()
+        self.labels.reset_choices()
+
+    def _on_models_changed(self, _path: str) -> None:
+        self.base.reset_choices()
+
+    # --- training ---
+    def run(self) -> Any:
+        """Start training; returns the worker (or ``None`` when the input is not usable)."""
+        pairs = list(self._pairs)
+        if not pairs:
+            problem = self._check_pair(self.image.value, self.labels.value)
+            if problem:
+                show_error(problem)
+                return None
+            pairs = [(self.image.value, self.labels.value)]
+        rgbs = {bool(i.rgb) for i, _ in pairs}
+        if len(rgbs) > 1:
+            show_error("Mix of RGB and grayscale images: train on one kind at a time.")
+            return None
+        if self.base.value is None:
+            show_error("Pick a model to start from.")
+            return None
+        images = [layer_array(i) for i, _ in pairs]
+        labels = [layer_array(lab) for _, lab in pairs]
+        names = [f"{i.name} + {lab.name}" for i, lab in pairs]
+        base_name = self.base.value.rstrip("/").rsplit("/", 1)[-1]
+        name = self.name.value.strip() or f"{pairs[0][0].name}-{base_name}"
+        out = str(new_model_path(name))
+        cfg = TrainConfig(epochs=self.epochs.value, time_budget=self.minutes.value * 60 or None)
+        self._cancel.clear()
+
+        def on_yield(p: Any) -> None:
+            self.controls.show_progress(p.step, p.total, p.note)
+
+        def done(result: tuple) -> None:
+            path, res = result
+            self.last_result, self.last_path = res, path
+            m = res.model.card.get("metrics") or {}
+            iou = m.get("mean_iou")
+            self.controls.status.value = (
+                f"Saved '{path.rsplit('/', 1)[-1]}' ({res.stopped}; val mean IoU "
+                f"{iou:.3f})." if iou is not None else f"Saved '{path}' ({res.stopped})."
+            )
+            store_events.models_changed.emit(path)
+
+        return self.controls.launch(
+            _finetune_work, self.base.value, images, labels, names, rgbs.pop(), cfg, out, self._cancel,
+            on_yield=on_yield, on_done=done, on_cancel=self._cancel.set,
+        )

@@ -1,0 +1,73 @@
+import numpy as np
+import pytest
+import torch
+
+from napari_segsuite.inference import blend_window, pick_device, predict, predict_probs, tile_starts
+from napari_segsuite.io import SegModel, new_model
+from napari_segsuite.progress import Progress, drive
+
+
+class Pointwise(torch.nn.Module):
+    """A 1x1 'model' whose output at a pixel depends only on that pixel: tiling must not change it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 3, 1)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+def test_tile_starts_cover_the_image():
+    for size, tile in [(100, 32), (512, 512), (513, 128), (20, 64)]:
+        starts = tile_starts(size, tile, int(tile * 0.75))
+        covered = np.zeros(size, bool)
+        for s in starts:
+            covered[s:s + tile] = True
+        assert covered.all() and max(starts) + min(tile, size) == size
+
+
+def test_tiled_equals_whole_for_pointwise_model():
+    torch.manual_seed(0)
+    module = Pointwise().eval()
+    img = np.random.default_rng(0).random((1, 300, 217)).astype(np.float32)
+    *reports, whole = list(predict_probs(module, img, num_classes=3, tile=1024))
+    *reports_t, tiled = list(predict_probs(module, img, num_classes=3, tile=64, overlap=0.25, batch_size=3))
+    assert len(reports) == 1 and len(reports_t) > 3
+    np.testing.assert_allclose(tiled, whole, atol=1e-5)
+
+
+def test_blend_window_peaks_in_the_middle():
+    w = blend_window((32, 32), 8)
+    assert w[16, 16] == pytest.approx(1.0) and w[0, 0] < 0.05
+
+
+def test_predict_volume_slice_by_slice_and_progress():
+    model = new_model("unet", label_values=[0, 5], depth=2, base_filters=4)
+    vol = np.random.default_rng(0).random((3, 40, 50)).astype(np.float32)
+    reports = []
+    labels = drive(predict(model, vol, tile=32, device="cpu"), reports.append)
+    assert labels.shape == (3, 40, 50) and labels.dtype == np.uint8
+    assert set(np.unique(labels)) <= {0, 5}
+    assert all(isinstance(r, Progress) for r in reports)
+    assert reports[-1].step == reports[-1].total and len(reports) >= 3
+
+
+def test_predict_can_be_stopped_between_tiles():
+    model = new_model("unet", label_values=[0, 1], depth=2, base_filters=4)
+    gen = predict(model, np.zeros((256, 256), np.float32), tile=64, batch_size=1, device="cpu")
+    first = next(gen)
+    assert first.step == 1 and first.total > 1
+    gen.close()  # what a cancelled worker does; no error, no further work
+
+
+def test_rgb_image_into_gray_model():
+    model = new_model("unet", label_values=[0, 1], depth=2, base_filters=4)
+    out = drive(predict(model, np.zeros((33, 35, 3), np.uint8), device="cpu"))
+    assert out.shape == (33, 35)
+
+
+def test_auto_device_is_a_device():
+    dev = pick_device("auto")
+    assert dev.type == ("cuda" if torch.cuda.is_available() else dev.type)
+    assert pick_device("cpu").type == "cpu"

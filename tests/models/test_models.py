@@ -1,0 +1,59 @@
+import pytest
+import torch
+
+from napari_segsuite.models import available, build, get_spec, register
+from napari_segsuite.models.blocks import UPSAMPLE_KINDS, Upsample
+from napari_segsuite.models.unet import UNet
+
+
+def test_unknown_name_lists_registered_models():
+    with pytest.raises(KeyError, match="unet"):
+        get_spec("no-such-model")
+
+
+def test_duplicate_registration_raises():
+    with pytest.raises(ValueError, match="already registered"):
+        register("unet", kind="semantic", description="again")(lambda **kw: None)
+
+
+@pytest.mark.parametrize("spec", available(), ids=lambda s: s.name)
+@pytest.mark.parametrize("shape", [(64, 64), (50, 77)])
+def test_forward_backward_any_size(spec, shape):
+    if spec.divisible_by > 1 and any(s % spec.divisible_by for s in shape):
+        pytest.skip(f"{spec.name} needs multiples of {spec.divisible_by}")
+    model = build(spec.name, num_classes=3, in_channels=1)
+    x = torch.randn(2, 1, *shape, requires_grad=True)
+    out = model(x)
+    assert out.shape == (2, 3, *shape)
+    out.mean().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("kind", UPSAMPLE_KINDS)
+@pytest.mark.parametrize("dims", [2, 3])
+def test_upsample_kinds_shape_and_gradient(kind, dims):
+    pool = torch.nn.MaxPool2d(2, return_indices=True) if dims == 2 else torch.nn.MaxPool3d(2, return_indices=True)
+    x = torch.randn(1, 4, *([12] * dims), requires_grad=True)  # the encoder feature (skip)
+    pooled, idx = pool(x)
+    deep = torch.cat([pooled, pooled * 2], dim=1)  # 8 deeper channels at half resolution
+    up = Upsample(8, 4, kind, spatial_dims=dims)
+    y = up(deep, idx if kind == "unpool" else None, output_size=x.shape)
+    assert y.shape == (1, 4, *([12] * dims))
+    y.square().sum().backward()
+    assert x.grad.abs().sum() > 0
+    if kind == "unpool":  # unpooling puts values only where the maxima were
+        nonzero = (y.detach() != 0).float().mean()  # at most one of each 2x2 (2x2x2) block per channel
+        assert nonzero <= 0.25 + 1e-6
+
+
+@pytest.mark.parametrize("kind", UPSAMPLE_KINDS)
+def test_unet_upsample_choice(kind):
+    model = UNet(num_classes=2, upsample=kind, depth=3)
+    out = model(torch.randn(1, 1, 37, 45))
+    assert out.shape == (1, 2, 37, 45)
+
+
+def test_unet_3d():
+    model = UNet(num_classes=2, spatial_dims=3, depth=2, base_filters=4)
+    assert model(torch.randn(1, 1, 9, 20, 20)).shape == (1, 2, 9, 20, 20)

@@ -1,0 +1,83 @@
+import json
+
+import numpy as np
+import pytest
+
+from napari_segsuite import cli
+from napari_segsuite import sample_data as sd
+from napari_segsuite.io import read_image, write_labels
+
+
+def run(capsys, *argv):
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_models_json_lists_unet(capsys):
+    code, out, _ = run(capsys, "models", "--json")
+    assert code == 0
+    entries = json.loads(out)
+    unet = next(e for e in entries if e["name"] == "unet")
+    assert unet["task"] == "semantic" and unet["description"]
+
+
+def test_sample_writes_all_kinds(tmp_path, capsys):
+    code, _, _ = run(capsys, "sample", "--out", str(tmp_path), "--n", "2")
+    assert code == 0
+    assert len(list((tmp_path / "nuclei2d" / "images").glob("*.tif"))) == 2
+    vol = read_image(next((tmp_path / "nuclei3d" / "images").glob("*.tif")))
+    assert vol.ndim == 3
+    rgb = read_image(next((tmp_path / "scene_rgb" / "images").glob("*.tif")))
+    assert rgb.shape[-1] == 3
+
+
+def test_train_segment_evaluate_with_0_255_masks(tmp_path, capsys):
+    """Masks of 0/255 train a 2-class model; segment writes 0/255 back; evaluate prints the JSON keys."""
+    for d in ("img", "lab", "test_img", "test_lab"):
+        (tmp_path / d).mkdir()
+    for i in range(4):
+        s = sd.nuclei_2d(seed=i, shape=(128, 128))
+        folder = ("img", "lab") if i < 3 else ("test_img", "test_lab")
+        write_labels(tmp_path / folder[0] / f"n{i}.tif", s["image"])
+        write_labels(tmp_path / folder[1] / f"n{i}_mask.png", s["semantic"] * 255)
+    model = tmp_path / "my model"
+    code, out, err = run(capsys, "train", "--model", "unet", "--images", str(tmp_path / "img"),
+                         "--labels", str(tmp_path / "lab"), "--out", str(model), "--time-budget", "12",
+                         "--patch-size", "64")
+    assert code == 0, err
+    assert (model / "model.safetensors").is_file()
+    assert json.loads((model / "model.json").read_text())["label_values"] == [0, 255]
+
+    code, out, err = run(capsys, "segment", "--model", str(model), "--input", str(tmp_path / "test_img"),
+                         "--output", str(tmp_path / "pred"))
+    assert code == 0, err
+    pred = read_image(tmp_path / "pred" / "n3.tif")
+    assert pred.shape == (128, 128) and set(np.unique(pred)) <= {0, 255}
+
+    code, out, err = run(capsys, "evaluate", "--model", str(model), "--images", str(tmp_path / "test_img"),
+                         "--labels", str(tmp_path / "test_lab"), "--json")
+    assert code == 0, err
+    metrics = json.loads(out)
+    assert {"mean_iou", "dice", "pixel_accuracy", "iou_per_class"} <= set(metrics)
+    assert len(metrics["iou_per_class"]) == 2
+    assert metrics["mean_iou"] > 0.5  # 12 s of training on 3 images: well above chance
+
+    # the same path fine-tunes the saved model
+    code, out, err = run(capsys, "train", "--model", str(model), "--images", str(tmp_path / "img"),
+                         "--labels", str(tmp_path / "lab"), "--out", str(tmp_path / "tuned"), "--epochs", "1")
+    assert code == 0, err
+    card = json.loads((tmp_path / "tuned" / "model.json").read_text())
+    assert card["parent"]["name"] == "my model"
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["segment", "--model", "unet", "--input", ".", "--output", "x"], "untrained architecture"),
+    (["segment", "--model", "nope", "--input", ".", "--output", "x"], "No trained model"),
+    (["train", "--model", "nope", "--images", ".", "--labels", ".", "--out", "x"], "No images found"),
+])
+def test_errors_are_one_clear_line(tmp_path, capsys, monkeypatch, argv, needle):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(capsys, *argv)
+    assert code == 2
+    assert needle in err and "Traceback" not in err

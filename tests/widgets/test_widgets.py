@@ -1,0 +1,125 @@
+"""Both dock widgets end to end in a real viewer (under Xvfb): segment, edit, fine-tune, pick."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from napari_segsuite.io import load_model
+from napari_segsuite.tasks import semantic
+
+SHOTS = Path(os.environ.get("SEGSUITE_SCREENSHOTS", Path(__file__).parents[2] / "demo-output" / "test-screenshots"))
+
+
+def _wait(qtbot, controls, timeout=120_000):
+    qtbot.waitUntil(lambda: controls.worker is None, timeout=timeout)
+
+
+@pytest.fixture
+def viewer_with_sample(make_napari_viewer):
+    viewer = make_napari_viewer(show=True)
+    viewer.open_sample("napari-segsuite", "nuclei2d")
+    return viewer
+
+
+def test_segment_then_finetune_then_pick(viewer_with_sample, qtbot):
+    viewer = viewer_with_sample
+    _, seg = viewer.window.add_plugin_dock_widget("napari-segsuite", "Segment")
+    image = viewer.layers["nuclei 2D"]
+    seg.image.value = image
+    assert seg.model.value is not None and "nuclei-unet" in seg.model.value
+    n_layers = len(viewer.layers)
+
+    assert seg.run() is not None
+    _wait(qtbot, seg.controls)
+    assert len(viewer.layers) == n_layers + 1
+    result = viewer.layers[-1]
+    assert result.name == "nuclei 2D · nuclei-unet"
+    assert result.data.dtype == np.uint8 and result.data.shape == image.data.shape
+    assert result.metadata["segsuite"]["model"] == "nuclei-unet"
+    truth = viewer.layers["nuclei 2D ground truth (semantic)"].data
+    assert semantic.metrics(result.data, truth, 2)["dice"] > 0.8
+
+    # the user corrects a region with the brush: the layer is marked as edited
+    result.selected_label = 1
+    result.paint((20, 20), 1)
+    assert result.metadata["segsuite"]["edited"]
+    edited = result.data.copy()
+
+    # a second run never overwrites the edited layer
+    seg.run()
+    _wait(qtbot, seg.controls)
+    assert len(viewer.layers) == n_layers + 2
+    np.testing.assert_array_equal(result.data, edited)
+
+    # fine-tune the built-in model on the corrected layer
+    _, fin = viewer.window.add_plugin_dock_widget("napari-segsuite", "Fine-tune")
+    fin.image.value = image
+    fin.labels.value = result
+    assert fin.add_pair()
+    fin.base.value = seg.model.value
+    fin.epochs.value = 1
+    fin.name.value = "my nuclei"
+    assert fin.run() is not None
+    _wait(qtbot, fin.controls)
+    assert "Saved 'my nuclei'" in fin.controls.status.value, fin.controls.status.value
+
+    # the new model is in Segment's picker without a restart, and selected
+    assert seg.model.value.endswith("my nuclei")
+    card = load_model(seg.model.value).card
+    assert card["parent"]["name"] == "nuclei-unet" and card["label_values"] == [0, 1]
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    shot = viewer.screenshot(str(SHOTS / "segment_finetune.png"), canvas_only=False)
+    assert shot.std() > 5  # a real picture, not a blank frame
+
+
+def test_finetune_cancel_keeps_best_model(viewer_with_sample, qtbot):
+    viewer = viewer_with_sample
+    _, fin = viewer.window.add_plugin_dock_widget("napari-segsuite", "Fine-tune")
+    fin.image.value = viewer.layers["nuclei 2D"]
+    fin.labels.value = viewer.layers["nuclei 2D ground truth (semantic)"]
+    fin.base.value = "unet"
+    fin.epochs.value = 500
+    fin.name.value = "cancelled run"
+    worker = fin.run()
+    assert worker is not None
+    qtbot.waitUntil(lambda: fin.controls.bar.value >= 3, timeout=60_000)
+    fin.controls.cancel_btn.native.click()
+    _wait(qtbot, fin.controls)
+    assert fin.last_result.stopped == "cancelled"
+    saved = load_model(fin.last_path)
+    assert saved.card["training"]["stopped"] == "cancelled"
+    assert Path(fin.last_path).name == "cancelled-run"
+
+
+def test_bad_pairs_give_a_message_and_start_nothing(viewer_with_sample, qtbot):
+    viewer = viewer_with_sample
+    viewer.add_labels(np.zeros((10, 10), np.uint8), name="wrong size")
+    _, fin = viewer.window.add_plugin_dock_widget("napari-segsuite", "Fine-tune")
+    fin.image.value = viewer.layers["nuclei 2D"]
+    fin.labels.value = viewer.layers["wrong size"]
+    assert fin._check_pair(fin.image.value, fin.labels.value).startswith("Labels layer 'wrong size' is 10x10")
+    assert fin.run() is None and fin.controls.worker is None
+
+
+def test_segment_volume_current_slice_and_whole(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer(show=True)
+    viewer.open_sample("napari-segsuite", "nuclei3d")
+    _, seg = viewer.window.add_plugin_dock_widget("napari-segsuite", "Segment")
+    vol = viewer.layers["nuclei 3D"]
+    seg.image.value = vol
+    seg.run()
+    _wait(qtbot, seg.controls)
+    whole = viewer.layers[-1]
+    assert whole.data.shape == vol.data.shape
+    truth = viewer.layers["nuclei 3D ground truth (semantic)"].data
+    assert semantic.metrics(whole.data, truth, 2)["dice"] > 0.6
+    viewer.dims.set_current_step(0, 10)
+    seg.current_slice.value = True
+    seg.run()
+    _wait(qtbot, seg.controls)
+    one = viewer.layers[-1].data
+    assert one.shape == vol.data.shape
+    assert one[10].any() and not one[:10].any() and not one[11:].any()
