@@ -200,6 +200,11 @@ def save_model(model: SegModel, path: str | Path) -> Path:
     state = {k: v.detach().cpu().contiguous() for k, v in model.module.state_dict().items()}
     save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "napari-segsuite"})
     (tmp / CARD_FILE).write_text(json.dumps(model.card, indent=2, default=_json_default))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; a model folder is an ordinary folder
+    for f in tmp.iterdir():
+        os.chmod(f, 0o666 & ~umask)
     if path.exists():
         old = path.with_name(f".{path.name}.old")
         if old.exists():

@@ -105,7 +105,7 @@ def resolve_trained(spec: str) -> Path:
 
 def safe_name(name: str) -> str:
     """A file-system-safe model name."""
-    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", name.strip()).strip("-.")
+    cleaned = re.sub(r"[^A-Za-z0-9 ._-]+", "-", name.strip()).strip("-. ")
     return cleaned or "model"
 
 

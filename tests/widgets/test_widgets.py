@@ -56,11 +56,11 @@ def test_segment_then_finetune_then_pick(viewer_with_sample, qtbot):
     # fine-tune the built-in model on the corrected layer
     _, fin = viewer.window.add_plugin_dock_widget("napari-segsuite", "Fine-tune")
     fin.image.value = image
-    fin.labels.value = result
+    fin.labels_layer.value = result
     assert fin.add_pair()
     fin.base.value = seg.model.value
     fin.epochs.value = 1
-    fin.name.value = "my nuclei"
+    fin.model_name.value = "my nuclei"
     assert fin.run() is not None
     _wait(qtbot, fin.controls)
     assert "Saved 'my nuclei'" in fin.controls.status.value, fin.controls.status.value
@@ -79,10 +79,10 @@ def test_finetune_cancel_keeps_best_model(viewer_with_sample, qtbot):
     viewer = viewer_with_sample
     _, fin = viewer.window.add_plugin_dock_widget("napari-segsuite", "Fine-tune")
     fin.image.value = viewer.layers["nuclei 2D"]
-    fin.labels.value = viewer.layers["nuclei 2D ground truth (semantic)"]
+    fin.labels_layer.value = viewer.layers["nuclei 2D ground truth (semantic)"]
     fin.base.value = "unet"
     fin.epochs.value = 500
-    fin.name.value = "cancelled run"
+    fin.model_name.value = "cancelled run"
     worker = fin.run()
     assert worker is not None
     qtbot.waitUntil(lambda: fin.controls.bar.value >= 3, timeout=60_000)
@@ -91,7 +91,7 @@ def test_finetune_cancel_keeps_best_model(viewer_with_sample, qtbot):
     assert fin.last_result.stopped == "cancelled"
     saved = load_model(fin.last_path)
     assert saved.card["training"]["stopped"] == "cancelled"
-    assert Path(fin.last_path).name == "cancelled-run"
+    assert Path(fin.last_path).name == "cancelled run"
 
 
 def test_bad_pairs_give_a_message_and_start_nothing(viewer_with_sample, qtbot):
@@ -99,8 +99,8 @@ def test_bad_pairs_give_a_message_and_start_nothing(viewer_with_sample, qtbot):
     viewer.add_labels(np.zeros((10, 10), np.uint8), name="wrong size")
     _, fin = viewer.window.add_plugin_dock_widget("napari-segsuite", "Fine-tune")
     fin.image.value = viewer.layers["nuclei 2D"]
-    fin.labels.value = viewer.layers["wrong size"]
-    assert fin._check_pair(fin.image.value, fin.labels.value).startswith("Labels layer 'wrong size' is 10x10")
+    fin.labels_layer.value = viewer.layers["wrong size"]
+    assert fin._check_pair(fin.image.value, fin.labels_layer.value).startswith("Labels layer 'wrong size' is 10x10")
     assert fin.run() is None and fin.controls.worker is None
 
 

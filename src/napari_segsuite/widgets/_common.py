@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from magicgui.widgets import Container, Label, ProgressBar, PushButton
@@ -11,6 +13,27 @@ from napari.qt.threading import create_worker
 from napari.utils.notifications import notification_manager, show_error
 
 log = logging.getLogger(__name__)
+
+
+
+def guard_triton() -> None:
+    """Keep torch from loading triton into a process where Mesa's LLVM is already loaded.
+
+    torch imports ``triton`` lazily (the first optimiser built imports ``torch._dynamo``, which
+    probes for it). Where napari renders with Mesa's software OpenGL (llvmpipe: Xvfb, VMs, remote
+    desktops), Mesa has loaded its own libLLVM and triton's native library then segfaults the whole
+    viewer. Triton only serves ``torch.compile`` kernels, which this plugin does not use, so in such
+    a process torch is told it is absent.
+    """
+    if "triton" in sys.modules:
+        return
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return
+    if "libLLVM" in maps:
+        log.info("Mesa's LLVM is loaded: hiding triton from torch to avoid a crash")
+        sys.modules["triton"] = None  # type: ignore[assignment]  # makes `import triton` raise ImportError
 
 KNOWN_ERRORS = (ValueError, KeyError, FileNotFoundError, RuntimeError)
 
@@ -34,6 +57,7 @@ class RunControls(Container):
     def launch(self, work: Callable[..., Any], *args: Any, on_yield: Callable[[Any], None],
                on_done: Callable[[Any], None], on_cancel: Callable[[], None] | None = None) -> Any:
         """Run generator function ``work(*args)`` in a thread worker; Cancel calls ``on_cancel`` or quits it."""
+        guard_triton()
         worker = create_worker(work, *args, _start_thread=False)
         worker.yielded.connect(on_yield)
         worker.returned.connect(on_done)

@@ -10,3 +10,16 @@ class StoreEvents:
 
 
 store_events = StoreEvents()
+
+
+def on_models_changed(widget, callback) -> None:
+    """Connect ``callback`` to :attr:`StoreEvents.models_changed` for as long as ``widget``'s Qt object lives."""
+    store_events.models_changed.connect(callback)
+
+    def _drop(*_args) -> None:
+        try:
+            store_events.models_changed.disconnect(callback)
+        except (ValueError, RuntimeError):
+            pass
+
+    widget.native.destroyed.connect(_drop)

@@ -20,8 +20,12 @@ from ..store import list_models, new_model_path
 from ..training import TrainConfig, train
 from ..workflows import model_for_training
 from ._common import RunControls
-from ._events import store_events
+from ._events import on_models_changed, store_events
 from ._layers import layer_array, layer_choices
+
+
+STOP_REASONS = {"epochs": "epoch limit reached", "time budget": "time limit reached",
+                "early stopping": "stopped early: no more improvement", "cancelled": "cancelled, best so far kept"}
 
 
 def _finetune_work(spec: str, images: list, labels: list, names: list, rgb: bool, cfg: TrainConfig,
@@ -44,7 +48,7 @@ class FinetuneWidget(Container):
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         self._viewer = viewer
         self.image = ComboBox(label="Image", choices=lambda _w: layer_choices(viewer, napari.layers.Image))
-        self.labels = ComboBox(label="Labels", choices=lambda _w: layer_choices(viewer, napari.layers.Labels))
+        self.labels_layer = ComboBox(label="Labels", choices=lambda _w: layer_choices(viewer, napari.layers.Labels))
         self.add_btn = PushButton(text="Add pair")
         self.remove_btn = PushButton(text="Remove selected")
         self.pairs = Select(label="Pairs", choices=[], tooltip="Image/labels pairs to train on. Empty: the pair above.")
@@ -52,22 +56,22 @@ class FinetuneWidget(Container):
         self.epochs = SpinBox(label="Epochs", value=30, min=1, max=10000)
         self.minutes = FloatSpinBox(label="Time limit (min)", value=5.0, min=0.0, max=10000.0, step=0.5,
                                     tooltip="0 = no limit. Training stops here and keeps the best model.")
-        self.name = LineEdit(label="New model name", value="")
+        self.model_name = LineEdit(label="New model name", value="")
         self.controls = RunControls("Train", self.run)
         self._pairs: list[tuple[napari.layers.Image, napari.layers.Labels]] = []
         self._cancel = threading.Event()
         self.last_result: Any = None
         self.last_path: str | None = None
         super().__init__(widgets=[
-            self.image, self.labels,
+            self.image, self.labels_layer,
             Container(widgets=[self.add_btn, self.remove_btn], layout="horizontal", labels=False),
-            self.pairs, self.base, self.epochs, self.minutes, self.name, self.controls,
+            self.pairs, self.base, self.epochs, self.minutes, self.model_name, self.controls,
         ])
         self.add_btn.changed.connect(lambda _=None: self.add_pair())
         self.remove_btn.changed.connect(lambda _=None: self._remove_selected())
         for ev in (viewer.layers.events.inserted, viewer.layers.events.removed):
             ev.connect(lambda _=None: self._on_layers_changed())
-        store_events.models_changed.connect(self._on_models_changed)
+        on_models_changed(self, self._on_models_changed)
 
     # --- pairs ---
     def _check_pair(self, image: Any, labels: Any) -> str | None:
@@ -82,7 +86,7 @@ class FinetuneWidget(Container):
         return None
 
     def add_pair(self) -> bool:
-        image, labels = self.image.value, self.labels.value
+        image, labels = self.image.value, self.labels_layer.value
         problem = self._check_pair(image, labels)
         if problem:
             show_error(problem)
@@ -109,7 +113,7 @@ class FinetuneWidget(Container):
         self._pairs = [p for p in self._pairs if id(p[0]) in alive and id(p[1]) in alive]
         self._refresh_pairs()
         self.image.reset_choices()
-        self.labels.reset_choices()
+        self.labels_layer.reset_choices()
 
     def _on_models_changed(self, _path: str) -> None:
         self.base.reset_choices()
@@ -119,11 +123,11 @@ class FinetuneWidget(Container):
         """Start training; returns the worker (or ``None`` when the input is not usable)."""
         pairs = list(self._pairs)
         if not pairs:
-            problem = self._check_pair(self.image.value, self.labels.value)
+            problem = self._check_pair(self.image.value, self.labels_layer.value)
             if problem:
                 show_error(problem)
                 return None
-            pairs = [(self.image.value, self.labels.value)]
+            pairs = [(self.image.value, self.labels_layer.value)]
         rgbs = {bool(i.rgb) for i, _ in pairs}
         if len(rgbs) > 1:
             show_error("Mix of RGB and grayscale images: train on one kind at a time.")
@@ -135,7 +139,7 @@ class FinetuneWidget(Container):
         labels = [layer_array(lab) for _, lab in pairs]
         names = [f"{i.name} + {lab.name}" for i, lab in pairs]
         base_name = self.base.value.rstrip("/").rsplit("/", 1)[-1]
-        name = self.name.value.strip() or f"{pairs[0][0].name}-{base_name}"
+        name = self.model_name.value.strip() or f"{pairs[0][0].name}-{base_name}"
         out = str(new_model_path(name))
         cfg = TrainConfig(epochs=self.epochs.value, time_budget=self.minutes.value * 60 or None)
         self._cancel.clear()
@@ -148,10 +152,9 @@ class FinetuneWidget(Container):
             self.last_result, self.last_path = res, path
             m = res.model.card.get("metrics") or {}
             iou = m.get("mean_iou")
-            self.controls.status.value = (
-                f"Saved '{path.rsplit('/', 1)[-1]}' ({res.stopped}; val mean IoU "
-                f"{iou:.3f})." if iou is not None else f"Saved '{path}' ({res.stopped})."
-            )
+            why = STOP_REASONS.get(res.stopped, res.stopped)
+            score = f"; validation mean IoU {iou:.3f}" if iou is not None else ""
+            self.controls.status.value = f"Saved '{path.rsplit('/', 1)[-1]}' ({why}{score})."
             store_events.models_changed.emit(path)
 
         return self.controls.launch(

@@ -12,7 +12,7 @@ from ..inference import predict
 from ..io import load_model
 from ..store import list_models
 from ._common import RunControls
-from ._events import store_events
+from ._events import on_models_changed
 from ._layers import add_result, layer_array, layer_choices
 
 DEVICES = ["auto", "cpu", "cuda", "mps"]
@@ -43,7 +43,7 @@ class SegmentWidget(Container):
         super().__init__(widgets=[self.image, self.model, self.tile, self.device, self.current_slice, self.controls])
         for ev in (viewer.layers.events.inserted, viewer.layers.events.removed):
             ev.connect(lambda _=None: self.image.reset_choices())
-        store_events.models_changed.connect(self._on_models_changed)
+        on_models_changed(self, self._on_models_changed)
 
     def _on_models_changed(self, path: str) -> None:
         self.model.reset_choices()
