@@ -50,6 +50,30 @@ def _load_pairs(images: str, labels: str) -> tuple[list, list, list[str]]:
     return [read_image(i) for i, _ in pairs], [read_image(lab) for _, lab in pairs], [i.name for i, _ in pairs]
 
 
+def _value(text: str) -> Any:
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False, "none": None}.get(text.lower(), text)
+
+
+def _build_args(args: argparse.Namespace) -> dict[str, Any]:
+    """Builder arguments from --encoder, --weights and --arg KEY=VALUE (new models only)."""
+    build: dict[str, Any] = {}
+    for item in args.arg or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--arg takes KEY=VALUE (e.g. --arg upsample=interp), got {item!r}.")
+        build[key.strip()] = _value(value.strip())
+    if args.encoder:
+        build["encoder_name"] = args.encoder
+    if args.weights:
+        build["weights"] = args.weights
+    return build
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from .models import available
     from .store import list_models
@@ -86,7 +110,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .workflows import model_for_training
 
     images, labels, names = _load_pairs(args.images, args.labels)
-    build = {"encoder_name": args.encoder} if args.encoder else {}
+    build = _build_args(args)
     model = model_for_training(args.model, images, labels, **build)
     cfg = TrainConfig(
         epochs=args.epochs, time_budget=args.time_budget, batch_size=args.batch_size, patch_size=args.patch_size,
@@ -169,6 +193,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--lr", type=float, default=2e-3)
     s.add_argument("--patience", type=int, default=20, help="epochs without improvement before stopping (0: never)")
     s.add_argument("--encoder", default=None, help="encoder name for models that take one (e.g. resnet34)")
+    s.add_argument("--weights", default=None,
+                   help="initial weights of a new model: a local .safetensors file, or 'imagenet' for smp encoders "
+                        "(needs internet; offline it falls back to random weights with a warning)")
+    s.add_argument("--arg", action="append", metavar="KEY=VALUE",
+                   help="a builder argument of a new model, repeatable (e.g. --arg upsample=interp --arg base_filters=32)")
     s.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda, cuda:1, ...")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_train)

@@ -163,6 +163,31 @@ def rgb_scene(seed: int = 0, shape: tuple[int, int] = (256, 256), n: int = 14) -
     }
 
 
+def shapes_multiclass(seed: int = 0, shape: tuple[int, int] = (96, 96)) -> dict[str, np.ndarray]:
+    """A grayscale 3-class task with objects at several sizes: bright disks (class 1) and dark
+    squares (class 2) of radius 3..16 px on a noisy, unevenly lit background (class 0).
+
+    Returns:
+        ``{"image": (Y, X) float32, "semantic": (Y, X) uint8}``.
+    """
+    rng = np.random.default_rng(seed)
+    h, w = shape
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    sem = np.zeros(shape, np.uint8)
+    for _ in range(int(h * w / 900)):
+        r = float(np.exp(rng.uniform(np.log(3), np.log(16))))
+        cy, cx = rng.uniform(0, h), rng.uniform(0, w)
+        if rng.random() < 0.5:
+            sem[(yy - cy) ** 2 + (xx - cx) ** 2 < r**2] = 1
+        else:
+            sem[(np.abs(yy - cy) < r) & (np.abs(xx - cx) < r)] = 2
+    level = np.array([0.5, 0.85, 0.2], np.float32)
+    img = level[sem] + 0.08 * _smooth_noise(rng, shape, 1.5)
+    img *= 1 + 0.2 * _smooth_noise(rng, shape, h / 3)
+    img += rng.normal(0, 0.05, shape)
+    return {"image": img.astype(np.float32), "semantic": sem}
+
+
 def write_samples(out: str | Path, n_images: int = 8, seed: int = 0) -> dict[str, Path]:
     """Write every sample kind as TIFF files under ``out``, ready for ``segsuite train``.
 

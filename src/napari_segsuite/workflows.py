@@ -47,6 +47,11 @@ def model_for_training(
         return new_model(spec, label_values=lmap.values, in_channels=3 if axes.rgb else 1, **build_kwargs)
     from .store import resolve_trained
 
+    if build_kwargs:
+        raise ValueError(
+            f"Builder arguments ({', '.join(build_kwargs)}) only apply to a new model; {spec!r} is a trained model "
+            "whose architecture is fixed."
+        )
     path = resolve_trained(spec)
     model = load_model(path)
     model.card["parent"] = {"name": model.name, "path": str(path), "metrics": model.card.get("metrics")}

@@ -123,3 +123,28 @@ def test_segment_volume_current_slice_and_whole(make_napari_viewer, qtbot):
     one = viewer.layers[-1].data
     assert one.shape == vol.data.shape
     assert one[10].any() and not one[:10].any() and not one[11:].any()
+
+
+@pytest.mark.parametrize("name", [s.name for s in __import__("napari_segsuite.models", fromlist=["x"]).available("semantic")])
+def test_every_semantic_model_trains_and_segments_in_the_widgets(make_napari_viewer, qtbot, name):
+    from napari_segsuite import sample_data as sd
+
+    viewer = make_napari_viewer()
+    s = sd.nuclei_2d(seed=0, shape=(64, 64))
+    image = viewer.add_image(s["image"], name="small")
+    truth = viewer.add_labels(s["semantic"], name="small truth")
+    _, fin = viewer.window.add_plugin_dock_widget("napari-segsuite", "Fine-tune")
+    _, seg = viewer.window.add_plugin_dock_widget("napari-segsuite", "Segment")
+    fin.image.value, fin.labels_layer.value = image, truth
+    fin.base.value = name
+    assert fin.guide.value  # the picker explains what the model is for
+    fin.epochs.value = 1
+    fin.model_name.value = f"tiny {name}"
+    assert fin.run() is not None
+    _wait(qtbot, fin.controls)
+    assert seg.model.value == fin.last_path, fin.controls.status.value
+    seg.image.value = image
+    seg.run()
+    _wait(qtbot, seg.controls)
+    out = viewer.layers[-1]
+    assert out.name == f"small · tiny {name}" and out.data.shape == (64, 64)

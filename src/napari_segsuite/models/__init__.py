@@ -3,7 +3,7 @@
 Importing this package registers every built-in architecture.
 """
 
-from . import unet  # noqa: F401  (registers "unet")
+from . import enet, fcn, pspnet, segnet, smp_models, unet  # noqa: F401  (each registers its models)
 from .registry import ModelSpec, available, build, get_spec, register
 
 __all__ = ["ModelSpec", "available", "build", "get_spec", "register"]

@@ -105,8 +105,8 @@ class Upsample(nn.Module):
             self.op: nn.Module = tconv(in_channels, out_channels, scale, stride=scale)
         elif kind == "interp":
             self.op = conv(in_channels, out_channels, 3, padding=1)
-        else:
-            self.op = conv(in_channels, out_channels, 1)
+        else:  # SegNet-style: no learned upsampling; a 1x1 conv only where the channel count changes
+            self.op = nn.Identity() if in_channels == out_channels else conv(in_channels, out_channels, 1)
             unpool = {2: nn.MaxUnpool2d, 3: nn.MaxUnpool3d}[spatial_dims]
             self.unpool = unpool(scale)
 
@@ -130,8 +130,10 @@ class Upsample(nn.Module):
         return self.unpool(self.op(x), indices, output_size=output_size)
 
 
-def pad_to_multiple(x: torch.Tensor, multiple: int, spatial_dims: int = 2) -> tuple[torch.Tensor, tuple[int, ...]]:
-    """Pad the trailing spatial axes of ``x`` at the end to a multiple of ``multiple``.
+def pad_to_multiple(
+    x: torch.Tensor, multiple: int, spatial_dims: int = 2, min_size: int = 0
+) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """Pad the trailing spatial axes of ``x`` at the end to a multiple of ``multiple`` (and at least ``min_size``).
 
     Returns:
         The padded tensor and the original spatial sizes, for :func:`crop_to`.
@@ -139,7 +141,8 @@ def pad_to_multiple(x: torch.Tensor, multiple: int, spatial_dims: int = 2) -> tu
     sizes = tuple(x.shape[-spatial_dims:])
     pads: list[int] = []
     for s in reversed(sizes):
-        pads += [0, (-s) % multiple]
+        target = max(s, min_size)
+        pads += [0, target - s + (-target) % multiple]
     if not any(pads):
         return x, sizes
     mode = "reflect" if all(p < s for p, s in zip(pads[1::2], reversed(sizes))) else "replicate"
@@ -150,3 +153,97 @@ def crop_to(x: torch.Tensor, sizes: tuple[int, ...]) -> torch.Tensor:
     """Crop the trailing spatial axes of ``x`` back to ``sizes``."""
     idx = (Ellipsis,) + tuple(slice(0, s) for s in sizes)
     return x[idx]
+
+
+def bilinear_transpose(channels: int, scale: int) -> nn.ConvTranspose2d:
+    """A channel-wise transposed convolution upsampling by ``scale``, initialised to bilinear interpolation
+    (kernel ``2*scale``, as FCN does); it stays learnable."""
+    k = 2 * scale
+    up = nn.ConvTranspose2d(channels, channels, k, stride=scale, padding=scale // 2, bias=False)
+    with torch.no_grad():
+        up.weight.zero_()
+        kern = bilinear_kernel(k)
+        for c in range(channels):
+            up.weight[c, c] = kern
+    return up
+
+
+class VGGEncoder(nn.Module):
+    """A VGG-style encoder: stages of 3x3 conv-norm-act followed by 2x2 max pooling.
+
+    ``forward`` returns ``(features, indices, sizes)``: the pooled output of every stage
+    (strides 2, 4, ..., 2**n), the pooling indices (for max-unpooling) and the pre-pool sizes.
+
+    Args:
+        in_channels: Image channels.
+        widths: Channels of each stage (VGG16 is 64, 128, 256, 512, 512; the default is a quarter,
+            which trains from scratch on a CPU).
+        convs: Convolutions per stage (VGG16: 2, 2, 3, 3, 3).
+    """
+
+    def __init__(self, in_channels: int, widths: tuple[int, ...] = (16, 32, 64, 128, 128),
+                 convs: tuple[int, ...] = (2, 2, 3, 3, 3)) -> None:
+        super().__init__()
+        self.widths = widths
+        stages, c = [], in_channels
+        for w, n in zip(widths, convs):
+            layers = [ConvNormAct(c if i == 0 else w, w) for i in range(n)]
+            stages.append(nn.Sequential(*layers))
+            c = w
+        self.stages = nn.ModuleList(stages)
+        self.pool = nn.MaxPool2d(2, return_indices=True)
+
+    def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Size]]:
+        feats, idxs, sizes = [], [], []
+        for stage in self.stages:
+            x = stage(x)
+            sizes.append(x.shape)
+            x, idx = self.pool(x)
+            feats.append(x)
+            idxs.append(idx)
+        return feats, idxs, sizes
+
+
+class AsymmetricConv(nn.Sequential):
+    """An ``n x 1`` then ``1 x n`` convolution pair (ENet): an ``n x n`` receptive field at ``2n`` weights per channel pair."""
+
+    def __init__(self, in_channels: int, out_channels: int, n: int = 5) -> None:
+        super().__init__(
+            nn.Conv2d(in_channels, out_channels, (n, 1), padding=(n // 2, 0), bias=False),
+            nn.Conv2d(out_channels, out_channels, (1, n), padding=(0, n // 2), bias=False),
+        )
+
+
+class PyramidPooling(nn.Module):
+    """PSPNet's pyramid pooling module: average-pool to ``bins`` x ``bins`` grids, reduce channels,
+    upsample back and concatenate with the input (output: ``in_channels * 2`` channels)."""
+
+    def __init__(self, in_channels: int, bins: tuple[int, ...] = (1, 2, 3, 6)) -> None:
+        super().__init__()
+        red = in_channels // len(bins)
+        self.branches = nn.ModuleList(
+            nn.Sequential(nn.AdaptiveAvgPool2d(b), nn.Conv2d(in_channels, red, 1, bias=False),
+                          nn.BatchNorm2d(red), nn.ReLU(inplace=True))
+            for b in bins
+        )
+        self.out_channels = in_channels + red * len(bins)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = x.shape[-2:]
+        outs = [x]
+        for branch in self.branches:
+            y = branch(x)
+            outs.append(F.interpolate(y, size=size, mode="bilinear", align_corners=False))
+        return torch.cat(outs, 1)
+
+
+class PadTo(nn.Module):
+    """Wrap a network that needs sizes divisible by ``multiple``: pad (reflect) and crop back, so any size works."""
+
+    def __init__(self, net: nn.Module, multiple: int, min_size: int = 0) -> None:
+        super().__init__()
+        self.net, self.multiple, self.min_size = net, multiple, min_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x, sizes = pad_to_multiple(x, self.multiple, min_size=self.min_size)
+        return crop_to(self.net(x), sizes)

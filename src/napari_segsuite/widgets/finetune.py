@@ -10,11 +10,11 @@ import threading
 from typing import Any
 
 import napari
-from magicgui.widgets import ComboBox, Container, FloatSpinBox, LineEdit, PushButton, Select, SpinBox
+from magicgui.widgets import ComboBox, Container, FloatSpinBox, Label, LineEdit, PushButton, Select, SpinBox
 from napari.utils.notifications import show_error
 
 from ..io import save_model
-from ..models import available
+from ..models import available, get_spec
 from ..preprocess import infer_axes
 from ..store import list_models, new_model_path
 from ..training import TrainConfig, train
@@ -53,6 +53,8 @@ class FinetuneWidget(Container):
         self.remove_btn = PushButton(text="Remove selected")
         self.pairs = Select(label="Pairs", choices=[], tooltip="Image/labels pairs to train on. Empty: the pair above.")
         self.base = ComboBox(label="Start from", choices=_base_choices)
+        self.guide = Label(value="")
+        self.guide.native.setWordWrap(True)
         self.epochs = SpinBox(label="Epochs", value=30, min=1, max=10000)
         self.minutes = FloatSpinBox(label="Time limit (min)", value=5.0, min=0.0, max=10000.0, step=0.5,
                                     tooltip="0 = no limit. Training stops here and keeps the best model.")
@@ -65,13 +67,27 @@ class FinetuneWidget(Container):
         super().__init__(widgets=[
             self.image, self.labels_layer,
             Container(widgets=[self.add_btn, self.remove_btn], layout="horizontal", labels=False),
-            self.pairs, self.base, self.epochs, self.minutes, self.model_name, self.controls,
+            self.pairs, self.base, self.guide, self.epochs, self.minutes, self.model_name, self.controls,
         ])
+        self.base.changed.connect(lambda _=None: self._show_guide())
+        self._show_guide()
         self.add_btn.changed.connect(lambda _=None: self.add_pair())
         self.remove_btn.changed.connect(lambda _=None: self._remove_selected())
         for ev in (viewer.layers.events.inserted, viewer.layers.events.removed):
             ev.connect(lambda _=None: self._on_layers_changed())
         on_models_changed(self, self._on_models_changed)
+
+    def _show_guide(self) -> None:
+        """One line on what the chosen model is good for (the registry's description)."""
+        value = self.base.value
+        if value is None:
+            self.guide.value = ""
+            return
+        try:
+            arch = value if "/" not in value else None
+            self.guide.value = get_spec(arch).description if arch else "Fine-tune this trained model (its classes stay)."
+        except KeyError:
+            self.guide.value = ""
 
     # --- pairs ---
     def _check_pair(self, image: Any, labels: Any) -> str | None:

@@ -1,0 +1,43 @@
+"""Initial weights: ``None`` (random), a local ``.safetensors`` file, or ``"imagenet"`` encoders.
+
+ImageNet encoder weights are downloaded by segmentation-models-pytorch; where there is no internet
+that fails, and the model falls back to random weights with one clear warning.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+def load_local(model: nn.Module, weights: str | None) -> nn.Module:
+    """Load a local safetensors file into ``model`` when ``weights`` names one."""
+    if weights is None or weights == "imagenet":
+        return model
+    from ..io import load_state_dict_file
+
+    model.load_state_dict(load_state_dict_file(weights))
+    return model
+
+
+def encoder_weights(weights: str | None) -> str | None:
+    """The ``encoder_weights`` value for smp: ``"imagenet"`` when asked for, else ``None``."""
+    return "imagenet" if weights == "imagenet" else None
+
+
+def build_with_fallback(make, weights: str | None, name: str) -> nn.Module:
+    """Call ``make(encoder_weights)``; if ImageNet weights cannot be fetched, warn once and use random ones."""
+    ew = encoder_weights(weights)
+    if ew is None:
+        return make(None)
+    try:
+        return make(ew)
+    except Exception as err:  # network errors come in many types (URLError, HF hub errors, OSError)
+        log.warning(
+            "Could not download ImageNet weights for %s (%s: %s); using random weights instead.",
+            name, type(err).__name__, str(err).splitlines()[0] if str(err) else "",
+        )
+        return make(None)
