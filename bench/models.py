@@ -6,7 +6,7 @@ resident memory of the process (CPU) or peak CUDA memory; mean IoU on 4 unseen i
 generated 3-class task after a fixed number of training steps (96x96 crops, batch 4).
 Times are also given as ratios to UNet, measured in the same run.
 
-    .venv/bin/python bench/models.py [--device cpu|cuda] [--steps 150] [--models unet,enet,...]
+    .venv/bin/python bench/models.py [--device cpu|cuda] [--steps 150] [--models "unet;enet;segnet:base_filters=64"]
 """
 
 from __future__ import annotations
@@ -18,6 +18,16 @@ import resource
 import subprocess
 import sys
 import time
+
+
+def _spec(name: str) -> tuple[str, dict]:
+    """``"segnet:base_filters=64"`` -> (``"segnet"``, ``{"base_filters": 64}``): a model with builder arguments."""
+    arch, _, rest = name.partition(":")
+    kw = {}
+    for item in filter(None, rest.split(",")):
+        k, v = item.split("=")
+        kw[k] = int(v) if v.isdigit() else v
+    return arch, kw
 
 
 def measure(name: str, device: str, steps: int) -> dict:
@@ -33,7 +43,8 @@ def measure(name: str, device: str, steps: int) -> dict:
 
     dev = torch.device(device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    model = new_model(name, label_values=[0, 1, 2])
+    arch, kw = _spec(name)
+    model = new_model(arch, label_values=[0, 1, 2], **kw)
     net = model.module.to(dev)
     params = sum(p.numel() for p in net.parameters())
     x = torch.randn(1, 1, 512, 512, device=dev)
@@ -63,7 +74,8 @@ def measure(name: str, device: str, steps: int) -> dict:
     step = float(np.median(st[1:]))
     tr = [sd.shapes_multiclass(seed=i) for i in range(8)]
     te = [sd.shapes_multiclass(seed=1000 + i) for i in range(4)]
-    model = new_model(name, label_values=[0, 1, 2])
+    torch.manual_seed(0)
+    model = new_model(arch, label_values=[0, 1, 2], **kw)
     cfg = TrainConfig(epochs=1, steps_per_epoch=steps, patch_size=96, batch_size=4, device=device, seed=0)
     t = time.perf_counter()
     res = drive(train(model, [s["image"] for s in tr], [s["semantic"] for s in tr], cfg))
@@ -87,7 +99,9 @@ def main() -> None:
         return
     from napari_segsuite.models import available
 
-    names = args.models.split(",") if args.models else [s.name for s in available("semantic")]
+    names = args.models.split(";") if args.models else [s.name for s in available("semantic") if s.spatial_dims == 2]
+    if not args.models:
+        names.append("segnet:base_filters=64")  # SegNet at VGG16 widths, the paper's ENet comparison
     if "unet" not in names:
         names = ["unet"] + names
     rows = []

@@ -105,13 +105,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .io import save_model
+    from .io import check_model_destination, save_model
     from .training import TrainConfig, train
     from .workflows import model_for_training
 
+    check_model_destination(args.out)  # before an hour of training, not after
     images, labels, names = _load_pairs(args.images, args.labels)
     build = _build_args(args)
-    model = model_for_training(args.model, images, labels, **build)
+    model = model_for_training(args.model, images, labels, sparse=args.sparse, **build)
     cfg = TrainConfig(
         epochs=args.epochs, time_budget=args.time_budget, batch_size=args.batch_size, patch_size=args.patch_size,
         lr=args.lr, patience=args.patience, device=args.device, seed=args.seed,
@@ -186,6 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--images", required=True, help="folder, file or glob of images (TIFF, PNG, ...; 2D or 3D)")
     s.add_argument("--labels", required=True, help="folder of label images matched to images by file name")
     s.add_argument("--out", required=True, help="folder the model is saved to (model.safetensors + model.json)")
+    s.add_argument("--sparse", action="store_true",
+                   help="sparse labels: 0 = not annotated (ignored); paint every class, background included, as 1..K")
     s.add_argument("--epochs", type=int, default=100, help="epoch limit (default 100)")
     s.add_argument("--time-budget", type=float, default=None, help="wall-clock limit in seconds; keeps the best model")
     s.add_argument("--batch-size", type=int, default=4)

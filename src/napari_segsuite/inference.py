@@ -7,6 +7,7 @@ batch of tiles (so a front end can cancel between tiles) and returns the label a
 from __future__ import annotations
 
 import logging
+import itertools
 import math
 from collections.abc import Iterator
 
@@ -43,14 +44,15 @@ def tile_starts(size: int, tile: int, stride: int) -> list[int]:
     return sorted({round(i * (size - tile) / (n - 1)) for i in range(n)})
 
 
-def blend_window(shape: tuple[int, int], ramp: int) -> np.ndarray:
+def blend_window(shape: tuple[int, ...], ramp: int | tuple[int, ...]) -> np.ndarray:
     """Tile weights: 1 in the middle, falling linearly to a small floor over ``ramp`` pixels at each edge."""
-    axes = []
-    for n in shape:
-        r = max(1, min(ramp, n // 2))
+    ramps = (ramp,) * len(shape) if isinstance(ramp, int) else ramp
+    w = np.ones((), np.float32)
+    for n, r in zip(shape, ramps):
+        r = max(1, min(r, n // 2))
         i = np.arange(n, dtype=np.float32)
-        axes.append(np.clip(np.minimum(i + 1, n - i) / (r + 1), 1e-3, 1.0))
-    return axes[0][:, None] * axes[1][None, :]
+        w = np.multiply.outer(w, np.clip(np.minimum(i + 1, n - i) / (r + 1), 1e-3, 1.0))
+    return w.astype(np.float32)
 
 
 def _round_up(v: int, m: int) -> int:
@@ -68,49 +70,56 @@ def predict_probs(
     image: np.ndarray,
     *,
     num_classes: int,
-    tile: int = 512,
+    tile: int | tuple[int, ...] = 512,
     overlap: float = 0.25,
     batch_size: int = 4,
     divisible_by: int = 1,
     device: torch.device | None = None,
     amp: bool = True,
 ) -> Iterator[tuple[int, int] | np.ndarray]:
-    """Class probabilities of one normalised 2D image, tile by tile.
+    """Class probabilities of one normalised 2D image or 3D volume, tile by tile.
 
     Args:
-        module: Maps ``(N, C, h, w)`` to ``(N, K, h, w)`` logits; must be in eval mode.
-        image: ``(C, H, W)`` float32, already normalised.
-        tile: Tile edge in pixels (rounded up to ``divisible_by``); images no larger run whole.
+        module: Maps ``(N, C, *tile)`` to ``(N, K, *tile)`` logits; must be in eval mode.
+        image: ``(C, H, W)`` or ``(C, D, H, W)`` float32, already normalised.
+        tile: Tile edge per spatial axis (an int applies to all), rounded up to ``divisible_by``;
+            an image no larger than the tile runs whole.
         overlap: Fraction of the tile shared by neighbours, blended with :func:`blend_window`.
 
     Yields:
-        ``(done, total)`` tile-batch counts, then finally the ``(K, H, W)`` float32 probabilities.
+        ``(done, total)`` tile-batch counts, then finally the ``(K, *spatial)`` float32 probabilities.
     """
     device = device or next(module.parameters()).device
-    _, h, w = image.shape
+    spatial = image.shape[1:]
+    nd = len(spatial)
+    tiles = (tile,) * nd if isinstance(tile, int) else tuple(tile)
     m = max(1, divisible_by)
-    th, tw = _round_up(min(tile, h), m), _round_up(min(tile, w), m)
-    ph, pw = max(h, th), max(w, tw)
+    ts = tuple(_round_up(min(t, n), m) for t, n in zip(tiles, spatial))
+    padded = tuple(max(n, t) for n, t in zip(spatial, ts))
     x = torch.from_numpy(np.ascontiguousarray(image))
-    if (ph, pw) != (h, w):
-        mode = "reflect" if ph - h < h and pw - w < w else "replicate"
-        x = torch.nn.functional.pad(x[None], (0, pw - w, 0, ph - h), mode=mode)[0]
-    ys = tile_starts(ph, th, max(1, int(th * (1 - overlap))))
-    xs = tile_starts(pw, tw, max(1, int(tw * (1 - overlap))))
-    coords = [(y, x0) for y in ys for x0 in xs]
-    weight = torch.from_numpy(blend_window((th, tw), int(min(th, tw) * overlap)))
-    acc = torch.zeros((num_classes, ph, pw))
-    norm = torch.zeros((ph, pw))
+    if padded != spatial:
+        pads: list[int] = []
+        for n, p in zip(reversed(spatial), reversed(padded)):
+            pads += [0, p - n]
+        mode = "reflect" if all(p - n < n for n, p in zip(spatial, padded)) else "replicate"
+        x = torch.nn.functional.pad(x[None], pads, mode=mode)[0]
+    starts = [tile_starts(p, t, max(1, int(t * (1 - overlap)))) for p, t in zip(padded, ts)]
+    coords = list(itertools.product(*starts))
+    weight = torch.from_numpy(blend_window(ts, tuple(int(t * overlap) for t in ts)))
+    acc = torch.zeros((num_classes, *padded))
+    norm = torch.zeros(padded)
     n_batches = math.ceil(len(coords) / batch_size)
     for b in range(n_batches):
         chunk = coords[b * batch_size:(b + 1) * batch_size]
-        batch = torch.stack([x[:, y:y + th, x0:x0 + tw] for y, x0 in chunk]).to(device)
+        windows = [tuple(slice(c, c + t) for c, t in zip(corner, ts)) for corner in chunk]
+        batch = torch.stack([x[(slice(None), *w)] for w in windows]).to(device)
         probs = _forward(module, batch, amp).cpu()
-        for p, (y, x0) in zip(probs, chunk):
-            acc[:, y:y + th, x0:x0 + tw] += p * weight
-            norm[y:y + th, x0:x0 + tw] += weight
+        for p, w in zip(probs, windows):
+            acc[(slice(None), *w)] += p * weight
+            norm[w] += weight
         yield (b + 1, n_batches)
-    yield (acc / norm)[:, :h, :w].numpy()
+    crop = tuple(slice(0, n) for n in spatial)
+    yield (acc / norm)[(slice(None), *crop)].numpy()
 
 
 def predict(
@@ -119,6 +128,7 @@ def predict(
     *,
     rgb: bool | None = None,
     tile: int = 512,
+    tile_z: int = 32,
     overlap: float = 0.25,
     batch_size: int = 4,
     device: str | torch.device = "auto",
@@ -132,6 +142,7 @@ def predict(
         image: ``(Y, X)``, ``(Y, X, 3)``, ``(Z, Y, X)`` or ``(Z, Y, X, 3)``, any numeric dtype.
         rgb: Force the colour reading of a trailing 3/4 axis (``None``: guess as napari does).
         tile, overlap, batch_size: Sliding-window settings (see :func:`predict_probs`).
+        tile_z: Tile depth for native 3D models (2D models run slice by slice).
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ...; on CUDA out-of-memory the tile is halved and retried.
         amp: Mixed precision on CUDA.
         output: ``"values"`` for the user's label values (the card's ``label_values``), ``"classes"``
@@ -148,6 +159,19 @@ def predict(
     dev = pick_device(device)
     module = model.module.to(dev).eval()
     slices = normalize(to_slices(image, axes, card["in_channels"]), card.get("normalization"))
+    if card.get("spatial_dims", 2) == 3:  # native 3D: the whole (C, Z, Y, X) volume in 3D tiles
+        volume = np.moveaxis(slices, 0, 1)
+        probs = None
+        for item in predict_probs(module, volume, num_classes=card["num_classes"], tile=(tile_z, tile, tile),
+                                  overlap=overlap, batch_size=max(1, batch_size // 2), device=dev, amp=amp):
+            if isinstance(item, tuple):
+                yield Progress(item[0], item[1], f"3D tiles {item[0]}/{item[1]}")
+            else:
+                probs = item
+        assert probs is not None
+        labels3 = semantic.postprocess(probs)
+        labels3 = labels3 if axes.volume else labels3[0]
+        return labels3 if output == "classes" else LabelMap(card["label_values"]).to_values(labels3)
     n_slices = slices.shape[0]
     out = np.zeros((n_slices, *slices.shape[2:]), dtype=np.int64)
     step = 0

@@ -134,7 +134,7 @@ class SegModel:
         card: JSON-serialisable description. Keys: ``format``, ``architecture`` (registry name),
             ``kind``, ``build`` (builder kwargs), ``in_channels``, ``num_classes``, ``class_names``,
             ``label_values`` (user value of each class), ``normalization``, ``divisible_by``,
-            ``training`` (summary), ``metrics``, ``name``, ``parent``.
+            ``unannotated_value`` (sparse labels), ``training`` (summary), ``metrics``, ``name``, ``parent``.
     """
 
     module: nn.Module
@@ -152,9 +152,16 @@ def new_model(
     in_channels: int = 1,
     class_names: list[str] | None = None,
     normalization: dict[str, Any] | None = None,
+    unannotated_value: int | None = None,
     **build_kwargs: Any,
 ) -> SegModel:
-    """A randomly initialised model of a registered architecture, with its card filled in."""
+    """A randomly initialised model of a registered architecture, with its card filled in.
+
+    Args:
+        label_values: The user's label value of each class, sorted.
+        unannotated_value: For sparse annotation: the label value meaning "not annotated" (0 by the
+            plugin's rule); those pixels are ignored in training and evaluation. ``None``: dense labels.
+    """
     from .models import get_spec
     from .preprocess import DEFAULT_NORMALIZATION
 
@@ -181,11 +188,28 @@ def new_model(
         "class_names": class_names or [f"class {v}" for v in label_values],
         "normalization": normalization or dict(DEFAULT_NORMALIZATION),
         "divisible_by": spec.divisible_by,
+        "spatial_dims": spec.spatial_dims,
+        "unannotated_value": unannotated_value,
         "parent": None,
         "training": None,
         "metrics": None,
     }
     return SegModel(module, card)
+
+
+def check_model_destination(path: str | Path) -> Path:
+    """``path`` as a Path, if a model may be saved there: a new path or an existing model folder.
+
+    Raises:
+        ValueError: something that is not a saved model is there (it is never replaced).
+    """
+    path = Path(path)
+    if path.exists() and not (path / CARD_FILE).is_file():
+        raise ValueError(
+            f"{str(path)!r} exists and is not a saved model; choose a new folder name for the model "
+            "(an existing model folder is replaced, anything else is left alone)."
+        )
+    return path
 
 
 def save_model(model: SegModel, path: str | Path) -> Path:
@@ -194,7 +218,7 @@ def save_model(model: SegModel, path: str | Path) -> Path:
     The folder is written under a temporary name and renamed into place, so a crash never leaves a
     half-written model; an existing model at ``path`` is replaced only once the new one is complete.
     """
-    path = Path(path)
+    path = check_model_destination(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     state = {k: v.detach().cpu().contiguous() for k, v in model.module.state_dict().items()}

@@ -38,7 +38,8 @@ class TrainConfig:
         time_budget: Wall-clock limit in seconds (``None``: none). Training stops there and keeps the best model.
         steps_per_epoch: Optimiser steps between validations (``None``: from the data size, 10..100).
         batch_size: Crops per step.
-        patch_size: Crop edge in pixels.
+        patch_size: Crop edge in pixels (Y and X).
+        patch_size_z: Crop depth for native 3D models (their batches are half ``batch_size``).
         lr: Peak learning rate (AdamW; linear warm-up then cosine decay over whichever of the epoch
             limit and the time budget binds first).
         patience: Epochs without validation improvement before stopping early (0: never).
@@ -54,6 +55,7 @@ class TrainConfig:
     steps_per_epoch: int | None = None
     batch_size: int = 4
     patch_size: int = 256
+    patch_size_z: int = 32
     lr: float = 2e-3
     weight_decay: float = 1e-4
     patience: int = 20
@@ -81,8 +83,8 @@ class TrainResult:
 
 @dataclass
 class _Sample:
-    x: np.ndarray  # (C, H, W) float32, normalised
-    y: np.ndarray  # (H, W) int64 classes or IGNORE
+    x: np.ndarray  # (C, H, W) or, for native 3D models, (C, Z, H, W) float32, normalised
+    y: np.ndarray  # (H, W) or (Z, H, W) int64 classes or IGNORE
 
 
 def prepare_samples(
@@ -92,7 +94,8 @@ def prepare_samples(
     names: Sequence[str] | None = None,
     rgb: bool | None = None,
 ) -> list[_Sample]:
-    """Normalised 2D training samples (volumes give one per slice) with class-index targets.
+    """Normalised training samples with class-index targets: for 2D models one per image or volume
+    slice, for native 3D models one per volume (a 2D image is a one-slice volume).
 
     Raises:
         ValueError: counts or shapes differ, or labels hold values the model has no class for.
@@ -112,7 +115,7 @@ def prepare_samples(
                 f"Labels of {name!r} are {'x'.join(map(str, np.shape(lab)))} but the image is "
                 f"{'x'.join(map(str, want))}; pick the labels that belong to this image."
             )
-        unknown = lmap.unknown_values(lab)
+        unknown = [v for v in lmap.unknown_values(lab) if v != model.card.get("unannotated_value")]
         if unknown:
             raise ValueError(
                 f"Labels of {name!r} hold values {unknown[:10]} that model {model.name!r} has no class for "
@@ -120,7 +123,10 @@ def prepare_samples(
             )
         x = normalize(to_slices(img, axes, model.card["in_channels"]), model.card.get("normalization"))
         y = lmap.to_classes(np.asarray(lab)).reshape((-1, *x.shape[2:]))
-        samples += [_Sample(xs, ys) for xs, ys in zip(x, y)]
+        if model.card.get("spatial_dims", 2) == 3:
+            samples.append(_Sample(np.ascontiguousarray(np.moveaxis(x, 0, 1)), y))
+        else:
+            samples += [_Sample(xs, ys) for xs, ys in zip(x, y)]
     return samples
 
 
@@ -131,58 +137,65 @@ def split_samples(samples: list[_Sample], fraction: float, rng: np.random.Genera
         order = rng.permutation(len(samples))
         return [samples[i] for i in order[n_val:]], [samples[i] for i in order[:n_val]], f"{n_val} of {len(samples)} images"
     s = samples[0]
-    h = s.x.shape[1]
+    h = s.y.shape[-2]
     cut = int(round(h * (1 - fraction)))
     if h >= 64 and h - cut >= 16:
-        return [_Sample(s.x[:, :cut], s.y[:cut])], [_Sample(s.x[:, cut:], s.y[cut:])], f"bottom {h - cut} rows of the one image"
+        return ([_Sample(s.x[..., :cut, :], s.y[..., :cut, :])], [_Sample(s.x[..., cut:, :], s.y[..., cut:, :])],
+                f"bottom {h - cut} rows of the one image")
     return [s], [s], "none held out (one small image): validated on the training image"
 
 
-def _pad_to(s: _Sample, p: int) -> _Sample:
-    h, w = s.y.shape
-    ph, pw = max(0, p - h), max(0, p - w)
-    if not (ph or pw):
+def _pad_to(s: _Sample, patch: tuple[int, ...]) -> _Sample:
+    """Pad a sample at the end of each spatial axis up to ``patch``; padded labels are ``IGNORE``."""
+    extra = [max(0, p - n) for p, n in zip(patch, s.y.shape)]
+    if not any(extra):
         return s
-    mode = "reflect" if ph < h and pw < w else "edge"
-    x = np.pad(s.x, ((0, 0), (0, ph), (0, pw)), mode=mode)
-    y = np.pad(s.y, ((0, ph), (0, pw)), constant_values=semantic.IGNORE)
+    mode = "reflect" if all(e < n for e, n in zip(extra, s.y.shape)) else "edge"
+    x = np.pad(s.x, [(0, 0)] + [(0, e) for e in extra], mode=mode)
+    y = np.pad(s.y, [(0, e) for e in extra], constant_values=semantic.IGNORE)
     return _Sample(x, y)
 
 
-def _crop_batch(train: list[_Sample], p: int, n: int, rng: np.random.Generator, augment: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _crop_batch(train: list[_Sample], patch: tuple[int, ...], n: int, rng: np.random.Generator,
+                augment: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch of random crops of size ``patch`` (2D ``(p, p)`` or 3D ``(pz, p, p)``), augmented."""
     weights = np.array([s.y.size for s in train], dtype=np.float64)
+    nd = len(patch)
     xs, ys = [], []
     for i in rng.choice(len(train), size=n, p=weights / weights.sum()):
         s = train[i]
-        h, w = s.y.shape
-        c = p
-        if augment:  # scale augmentation: crop a larger or smaller window, resize to p
-            c = int(np.clip(round(p * math.exp(rng.uniform(-0.25, 0.25))), 16, min(h, w)))
-        y0, x0 = rng.integers(0, h - c + 1), rng.integers(0, w - c + 1)
-        x = torch.from_numpy(s.x[:, y0:y0 + c, x0:x0 + c].copy())
-        y = torch.from_numpy(s.y[y0:y0 + c, x0:x0 + c].copy())
-        if c != p:
-            x = F.interpolate(x[None], size=(p, p), mode="bilinear", align_corners=False)[0]
-            y = F.interpolate(y[None, None].float(), size=(p, p), mode="nearest")[0, 0].long()
+        size = list(patch)
+        if augment and nd == 2:  # scale augmentation: crop a larger or smaller window, resize to the patch
+            c = int(np.clip(round(patch[0] * math.exp(rng.uniform(-0.25, 0.25))), 16, min(s.y.shape)))
+            size = [c, c]
+        starts = [int(rng.integers(0, dim - c + 1)) for dim, c in zip(s.y.shape, size)]
+        window = tuple(slice(a, a + c) for a, c in zip(starts, size))
+        x = torch.from_numpy(s.x[(slice(None), *window)].copy())
+        y = torch.from_numpy(s.y[window].copy())
+        if tuple(size) != tuple(patch):
+            x = F.interpolate(x[None], size=patch, mode="bilinear", align_corners=False)[0]
+            y = F.interpolate(y[None, None].float(), size=patch, mode="nearest")[0, 0].long()
         if augment:
-            if rng.random() < 0.5:
-                x, y = x.flip(-1), y.flip(-1)
-            if rng.random() < 0.5:
-                x, y = x.flip(-2), y.flip(-2)
-            k = int(rng.integers(4))
-            x, y = torch.rot90(x, k, (-2, -1)), torch.rot90(y, k, (-2, -1))
-            gain = torch.from_numpy(rng.uniform(0.75, 1.33, (x.shape[0], 1, 1)).astype(np.float32))
-            shift = torch.from_numpy(rng.uniform(-0.15, 0.15, (x.shape[0], 1, 1)).astype(np.float32))
+            for axis in range(-nd, 0):
+                if rng.random() < 0.5:
+                    x, y = x.flip(axis), y.flip(axis)
+            if patch[-1] == patch[-2]:
+                k = int(rng.integers(4))
+                x, y = torch.rot90(x, k, (-2, -1)), torch.rot90(y, k, (-2, -1))
+            shape = (x.shape[0],) + (1,) * nd
+            gain = torch.from_numpy(rng.uniform(0.75, 1.33, shape).astype(np.float32))
+            shift = torch.from_numpy(rng.uniform(-0.15, 0.15, shape).astype(np.float32))
             x = x * gain + shift
             if rng.random() < 0.5:
-                x = x + float(rng.uniform(0, 0.08)) * torch.randn(x.shape, generator=None)
+                x = x + float(rng.uniform(0, 0.08)) * torch.randn(x.shape)
         xs.append(x)
         ys.append(y)
     return torch.stack(xs), torch.stack(ys)
 
 
 def evaluate_samples(
-    module: torch.nn.Module, samples: list[_Sample], num_classes: int, divisible_by: int, device: torch.device, amp: bool
+    module: torch.nn.Module, samples: list[_Sample], num_classes: int, divisible_by: int, device: torch.device, amp: bool,
+    tile: int | tuple[int, ...] = 512,
 ) -> dict[str, Any]:
     """Validation loss and pixel metrics of ``module`` over whole samples (tiled)."""
     was_training = module.training
@@ -191,7 +204,8 @@ def evaluate_samples(
     losses = []
     for s in samples:
         probs = None
-        for item in predict_probs(module, s.x, num_classes=num_classes, tile=512, divisible_by=divisible_by, device=device, amp=amp):
+        for item in predict_probs(module, s.x, num_classes=num_classes, tile=tile, divisible_by=divisible_by,
+                                  device=device, amp=amp):
             if isinstance(item, np.ndarray):
                 probs = item
         assert probs is not None
@@ -243,11 +257,18 @@ def train(
     k, div = card["num_classes"], max(1, card.get("divisible_by", 1))
     samples = prepare_samples(model, images, labels, names, rgb)
     train_s, val_s, val_note = split_samples(samples, cfg.val_fraction, rng)
-    p = min(cfg.patch_size, max(max(s.y.shape) for s in train_s))
+    three_d = card.get("spatial_dims", 2) == 3
+    p = min(cfg.patch_size, max(max(s.y.shape[-2:]) for s in train_s))
     p = max(div, -(-p // div) * div)
-    train_s = [_pad_to(s, p) for s in train_s]
+    patch: tuple[int, ...] = (p, p)
+    batch_size = cfg.batch_size
+    val_tile: int | tuple[int, ...] = 512
+    if three_d:
+        pz = min(cfg.patch_size_z, max(s.y.shape[0] for s in train_s))
+        patch, batch_size, val_tile = (pz, p, p), max(1, cfg.batch_size // 2), (2 * cfg.patch_size_z, 256, 256)
+    train_s = [_pad_to(s, patch) for s in train_s]
     train_px = sum(s.y.size for s in train_s)
-    spe = cfg.steps_per_epoch or int(np.clip(math.ceil(train_px / (cfg.batch_size * p * p)), 10, 100))
+    spe = cfg.steps_per_epoch or int(np.clip(math.ceil(train_px / (batch_size * np.prod(patch))), 10, 100))
     total = cfg.epochs * spe
 
     module = model.module.to(device).train()
@@ -282,7 +303,7 @@ def train(
             lr = cfg.lr * warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac())))
             for g in opt.param_groups:
                 g["lr"] = lr
-            x, y = _crop_batch(train_s, p, cfg.batch_size, rng, cfg.augment)
+            x, y = _crop_batch(train_s, patch, batch_size, rng, cfg.augment)
             x, y = x.to(device), y.to(device)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                 loss = semantic.loss_fn(module(x), y)
@@ -295,7 +316,7 @@ def train(
             yield Progress(step, total, f"epoch {epoch}/{cfg.epochs} · loss {running[-1]:.3f}", {"loss": running[-1], "lr": lr})
         if step == epoch_start and (best_state is not None or not running):
             break  # stopped before this epoch took a step: the last validation still holds
-        val = evaluate_samples(module, val_s, k, div, device, use_amp)
+        val = evaluate_samples(module, val_s, k, div, device, use_amp, val_tile)
         row = {
             "epoch": epoch, "step": step, "time": time.monotonic() - t0,
             "train_loss": float(np.mean(running[-spe:])), "val_loss": val["loss"],

@@ -20,6 +20,8 @@ from .tasks import semantic
 
 log = logging.getLogger(__name__)
 
+UNANNOTATED = 0  # the sparse-annotation rule: label value 0 = not annotated (ignored by the loss)
+
 
 def is_architecture(spec: str) -> bool:
     return spec in {s.name for s in available()}
@@ -31,6 +33,7 @@ def model_for_training(
     labels: Sequence[np.ndarray],
     *,
     rgb: bool | None = None,
+    sparse: bool = False,
     **build_kwargs: Any,
 ) -> SegModel:
     """The model ``train`` starts from.
@@ -39,12 +42,22 @@ def model_for_training(
         spec: A registry name (a new, randomly initialised model whose classes are the sorted label
             values found in ``labels`` and whose channels follow the first image), or a trained
             model's path or stored name (fine-tuning: classes and channels are the model's own).
+        sparse: Sparse annotation: label value 0 means "not annotated" and is ignored; every class,
+            background included, is painted with its own value 1..K.
         build_kwargs: Builder arguments for a new model (e.g. ``base_filters=32``).
     """
     if is_architecture(spec):
-        lmap = LabelMap.from_labels(list(labels))
+        values = LabelMap.from_labels(list(labels)).values
+        if sparse:
+            values = [v for v in values if v != UNANNOTATED]
+            if len(values) < 2:
+                raise ValueError(
+                    f"Sparse labels need at least two painted classes (0 = not annotated; paint the background "
+                    f"as a class of its own, e.g. 1 background, 2 nucleus); found only {values or 'nothing'}."
+                )
         axes = infer_axes(np.shape(images[0]), rgb)
-        return new_model(spec, label_values=lmap.values, in_channels=3 if axes.rgb else 1, **build_kwargs)
+        return new_model(spec, label_values=values, in_channels=3 if axes.rgb else 1,
+                         unannotated_value=UNANNOTATED if sparse else None, **build_kwargs)
     from .store import resolve_trained
 
     if build_kwargs:
@@ -54,6 +67,13 @@ def model_for_training(
         )
     path = resolve_trained(spec)
     model = load_model(path)
+    if sparse and model.card.get("unannotated_value") != UNANNOTATED:
+        if UNANNOTATED in model.card["label_values"]:
+            raise ValueError(
+                f"Model {model.name!r} has a class for label value 0, so 0 cannot mean 'not annotated' here. "
+                "Fine-tune it with dense labels, or train a new model with sparse labels."
+            )
+        model.card["unannotated_value"] = UNANNOTATED
     model.card["parent"] = {"name": model.name, "path": str(path), "metrics": model.card.get("metrics")}
     return model
 
@@ -89,7 +109,7 @@ def evaluate(
             yield Progress(i, len(images), f"image {i + 1}/{len(images)}: {p.note}")
         if pred.shape != np.shape(lab):
             raise ValueError(f"Labels of image {i + 1} are {np.shape(lab)} but the image's prediction is {pred.shape}.")
-        unknown = lmap.unknown_values(np.asarray(lab))
+        unknown = [v for v in lmap.unknown_values(np.asarray(lab)) if v != model.card.get("unannotated_value")]
         if unknown:
             log.warning("Image %d: label values %s are not classes of the model; left out of the scores", i + 1, unknown[:10])
         cm += semantic.confusion(pred, lmap.to_classes(np.asarray(lab)), k)

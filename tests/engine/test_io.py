@@ -61,3 +61,12 @@ def test_write_labels_keeps_values_and_3d(tmp_path):
     p = write_labels(tmp_path / "v.png", vol)  # 3D cannot be PNG: written as TIFF
     assert p.suffix == ".tif"
     np.testing.assert_array_equal(read_image(p), vol)
+
+
+def test_save_never_replaces_a_folder_that_is_not_a_model(tmp_path):
+    data = tmp_path / "my data"
+    data.mkdir()
+    (data / "cells.tif").write_bytes(b"precious")
+    with pytest.raises(ValueError, match="not a saved model"):
+        save_model(new_model("unet", label_values=[0, 1], depth=2, base_filters=4), data)
+    assert (data / "cells.tif").read_bytes() == b"precious"

@@ -22,6 +22,8 @@ def test_forward_backward_any_size(spec, shape):
     if spec.divisible_by > 1 and any(s % spec.divisible_by for s in shape):
         pytest.skip(f"{spec.name} needs multiples of {spec.divisible_by}")
     model = build(spec.name, num_classes=3, in_channels=1)
+    if spec.spatial_dims == 3:
+        shape = (5, *shape)
     x = torch.randn(2, 1, *shape, requires_grad=True)
     out = model(x)
     assert out.shape == (2, 3, *shape)
@@ -57,3 +59,13 @@ def test_unet_upsample_choice(kind):
 def test_unet_3d():
     model = UNet(num_classes=2, spatial_dims=3, depth=2, base_filters=4)
     assert model(torch.randn(1, 1, 9, 20, 20)).shape == (1, 2, 9, 20, 20)
+
+
+def test_unet_3d_anisotropic_pooling_keeps_z_longer():
+    iso = UNet(num_classes=2, spatial_dims=3, depth=3, base_filters=4)
+    aniso = UNet(num_classes=2, spatial_dims=3, depth=3, base_filters=4, xy_only_levels=2)
+    assert iso.multiple == (8, 8, 8) and aniso.multiple == (2, 8, 8)
+    x = torch.randn(1, 1, 4, 24, 24)
+    assert aniso(x).shape == (1, 2, 4, 24, 24)
+    with pytest.raises(ValueError, match="3D"):
+        UNet(num_classes=2, xy_only_levels=1)

@@ -64,6 +64,7 @@ def test_segment_then_finetune_then_pick(viewer_with_sample, qtbot):
     assert fin.run() is not None
     _wait(qtbot, fin.controls)
     assert "Saved 'my nuclei'" in fin.controls.status.value, fin.controls.status.value
+    assert len(fin.plot.loss) >= 10 and len(fin.plot.val_iou) == 1  # the live plot saw every step and the epoch
 
     # the new model is in Segment's picker without a restart, and selected
     assert seg.model.value.endswith("my nuclei")

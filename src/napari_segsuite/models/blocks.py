@@ -92,7 +92,7 @@ class Upsample(nn.Module):
         out_channels: int,
         kind: str = "transpose",
         *,
-        scale: int = 2,
+        scale: int | tuple[int, ...] = 2,
         spatial_dims: int = 2,
     ) -> None:
         super().__init__()
@@ -131,7 +131,7 @@ class Upsample(nn.Module):
 
 
 def pad_to_multiple(
-    x: torch.Tensor, multiple: int, spatial_dims: int = 2, min_size: int = 0
+    x: torch.Tensor, multiple: int | tuple[int, ...], spatial_dims: int = 2, min_size: int = 0
 ) -> tuple[torch.Tensor, tuple[int, ...]]:
     """Pad the trailing spatial axes of ``x`` at the end to a multiple of ``multiple`` (and at least ``min_size``).
 
@@ -139,10 +139,11 @@ def pad_to_multiple(
         The padded tensor and the original spatial sizes, for :func:`crop_to`.
     """
     sizes = tuple(x.shape[-spatial_dims:])
+    mults = (multiple,) * spatial_dims if isinstance(multiple, int) else tuple(multiple)
     pads: list[int] = []
-    for s in reversed(sizes):
+    for s, m in zip(reversed(sizes), reversed(mults)):
         target = max(s, min_size)
-        pads += [0, target - s + (-target) % multiple]
+        pads += [0, target - s + (-target) % m]
     if not any(pads):
         return x, sizes
     mode = "reflect" if all(p < s for p, s in zip(pads[1::2], reversed(sizes))) else "replicate"

@@ -24,6 +24,8 @@ class ModelSpec:
         builder: Called with keyword arguments only; returns an ``nn.Module``.
         description: One line for ``segsuite models`` and the widget's picker.
         divisible_by: Input height and width the model needs a multiple of (1 when it pads itself).
+        spatial_dims: 2 for models of ``(N, C, H, W)`` (run on volumes slice by slice), 3 for native 3D
+            models of ``(N, C, D, H, W)``.
         defaults: Keyword arguments the builder gets unless the caller overrides them.
     """
 
@@ -32,6 +34,7 @@ class ModelSpec:
     builder: Callable[..., nn.Module]
     description: str
     divisible_by: int = 1
+    spatial_dims: int = 2
     defaults: dict[str, Any] = field(default_factory=dict)
 
 
@@ -39,7 +42,7 @@ _REGISTRY: dict[str, ModelSpec] = {}
 
 
 def register(
-    name: str, *, kind: str, description: str, divisible_by: int = 1, **defaults: Any
+    name: str, *, kind: str, description: str, divisible_by: int = 1, spatial_dims: int = 2, **defaults: Any
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Decorator that registers a model builder under ``name``.
 
@@ -52,7 +55,7 @@ def register(
     def deco(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY:
             raise ValueError(f"A model named {name!r} is already registered.")
-        _REGISTRY[name] = ModelSpec(name, kind, builder, description, divisible_by, dict(defaults))
+        _REGISTRY[name] = ModelSpec(name, kind, builder, description, divisible_by, spatial_dims, dict(defaults))
         return builder
 
     return deco

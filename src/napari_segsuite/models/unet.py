@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from .blocks import DoubleConv, Upsample, conv_nd, crop_to, maxpool_nd, pad_to_multiple
+from ._weights import load_local
 from .registry import register
 
 
@@ -20,6 +21,8 @@ class UNet(nn.Module):
         upsample: ``"transpose"`` (the paper's up-convolution), ``"interp"`` or ``"unpool"``.
         spatial_dims: 2 for ``(N, C, H, W)`` input, 3 for ``(N, C, D, H, W)``.
         norm: Batch norm after each convolution.
+        xy_only_levels: 3D only: how many of the first poolings leave Z alone (anisotropic pooling
+            for thick slices: with Z spacing 4x the XY spacing, use 2).
 
     Input of any size is padded to a multiple of ``2**depth`` and the output cropped back, so
     ``forward`` returns logits of shape ``(N, num_classes, *input_spatial)``.
@@ -35,17 +38,25 @@ class UNet(nn.Module):
         upsample: str = "transpose",
         spatial_dims: int = 2,
         norm: bool = True,
+        xy_only_levels: int = 0,
     ) -> None:
         super().__init__()
         self.depth, self.spatial_dims = depth, spatial_dims
+        if spatial_dims == 2 and xy_only_levels:
+            raise ValueError("xy_only_levels applies to 3D UNets only.")
+        kernels = [(1, 2, 2) if spatial_dims == 3 and i < xy_only_levels else (2,) * spatial_dims for i in range(depth)]
+        self.multiple = tuple(2 ** sum(k[a] == 2 for k in kernels) for a in range(spatial_dims))
         chans = [base_filters * 2**i for i in range(depth + 1)]
         self.encoders = nn.ModuleList(
             [DoubleConv(in_channels, chans[0], norm=norm, spatial_dims=spatial_dims)]
             + [DoubleConv(chans[i], chans[i + 1], norm=norm, spatial_dims=spatial_dims) for i in range(depth)]
         )
-        self.pool = maxpool_nd(spatial_dims)(2, return_indices=upsample == "unpool")
+        self.pools = nn.ModuleList(
+            [maxpool_nd(spatial_dims)(k, return_indices=upsample == "unpool") for k in kernels]
+        )
         self.ups = nn.ModuleList(
-            [Upsample(chans[i + 1], chans[i], upsample, spatial_dims=spatial_dims) for i in reversed(range(depth))]
+            [Upsample(chans[i + 1], chans[i], upsample, scale=kernels[i], spatial_dims=spatial_dims)
+             for i in reversed(range(depth))]
         )
         self.decoders = nn.ModuleList(
             [DoubleConv(2 * chans[i], chans[i], norm=norm, spatial_dims=spatial_dims) for i in reversed(range(depth))]
@@ -53,12 +64,12 @@ class UNet(nn.Module):
         self.head = conv_nd(spatial_dims)(chans[0], num_classes, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x, sizes = pad_to_multiple(x, 2**self.depth, self.spatial_dims)
+        x, sizes = pad_to_multiple(x, self.multiple, self.spatial_dims)
         skips, indices = [], []
         x = self.encoders[0](x)
-        for enc in self.encoders[1:]:
+        for enc, pool in zip(self.encoders[1:], self.pools):
             skips.append(x)
-            pooled = self.pool(x)
+            pooled = pool(x)
             if isinstance(pooled, tuple):
                 pooled, idx = pooled
                 indices.append(idx)
@@ -88,8 +99,26 @@ def build_unet(
     model = UNet(
         in_channels=in_channels, num_classes=num_classes, base_filters=base_filters, depth=depth, upsample=upsample
     )
-    if weights is not None:
-        from ..io import load_state_dict_file
+    return load_local(model, weights)
 
-        model.load_state_dict(load_state_dict_file(weights))
-    return model
+
+@register(
+    "unet3d",
+    kind="semantic",
+    spatial_dims=3,
+    description="3D UNet for volumes (native 3D convolutions; xy_only_levels for thick slices): when context across Z matters.",
+)
+def build_unet3d(
+    *,
+    num_classes: int,
+    in_channels: int = 1,
+    base_filters: int = 16,
+    depth: int = 4,
+    upsample: str = "transpose",
+    xy_only_levels: int = 0,
+    weights: str | None = None,
+) -> nn.Module:
+    """Build a 3D :class:`UNet` taking ``(N, C, D, H, W)``."""
+    model = UNet(in_channels=in_channels, num_classes=num_classes, base_filters=base_filters, depth=depth,
+                 upsample=upsample, spatial_dims=3, xy_only_levels=xy_only_levels)
+    return load_local(model, weights)

@@ -19,8 +19,8 @@ def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Cross-entropy plus soft Dice over classes, both ignoring ``IGNORE`` pixels.
 
     Args:
-        logits: ``(N, K, H, W)`` float.
-        target: ``(N, H, W)`` int64 in ``0..K-1`` or ``IGNORE``.
+        logits: ``(N, K, H, W)`` or ``(N, K, D, H, W)`` float.
+        target: ``(N, H, W)`` or ``(N, D, H, W)`` int64 in ``0..K-1`` or ``IGNORE``.
 
     Cross-entropy drives every pixel; the Dice term keeps a rare class (a thin membrane, small
     nuclei) from being swamped by the background.
@@ -33,7 +33,7 @@ def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     k = logits.shape[1]
     onehot = F.one_hot(target.clamp(min=0), k).movedim(-1, 1).float()
     mask = valid.unsqueeze(1).float()
-    dims = (0, 2, 3)
+    dims = (0, *range(2, logits.ndim))
     inter = (probs * onehot * mask).sum(dims)
     denom = ((probs + onehot) * mask).sum(dims)
     present = onehot.mul(mask).sum(dims) > 0

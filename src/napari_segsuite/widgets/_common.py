@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,7 @@ class RunControls(Container):
             labels=False,
         )
         self.worker: Any = None
+        self._t0 = time.monotonic()
         self.start_btn.changed.connect(lambda _=None: on_start())
 
     def launch(self, work: Callable[..., Any], *args: Any, on_yield: Callable[[Any], None],
@@ -67,6 +69,7 @@ class RunControls(Container):
         self.cancel_btn.changed.disconnect()
         self.cancel_btn.changed.connect(lambda _=None: self._cancel(on_cancel))
         self.worker = worker
+        self._t0 = time.monotonic()
         self.start_btn.enabled, self.cancel_btn.enabled = False, True
         self.bar.visible, self.bar.value = True, 0
         worker.start()
@@ -75,7 +78,12 @@ class RunControls(Container):
     def show_progress(self, step: int, total: int, note: str) -> None:
         self.bar.max = max(1, total)
         self.bar.value = min(step, self.bar.max)
-        self.status.value = note
+        elapsed = time.monotonic() - self._t0
+        left = ""
+        if 0 < step < total and elapsed > 2:
+            secs = elapsed / step * (total - step)
+            left = f" · ~{secs / 60:.0f} min left" if secs >= 90 else f" · ~{secs:.0f} s left"
+        self.status.value = note + left
 
     def _cancel(self, on_cancel: Callable[[], None] | None) -> None:
         self.status.value = "Cancelling..."

@@ -10,7 +10,7 @@ import threading
 from typing import Any
 
 import napari
-from magicgui.widgets import ComboBox, Container, FloatSpinBox, Label, LineEdit, PushButton, Select, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, LineEdit, PushButton, Select, SpinBox
 from napari.utils.notifications import show_error
 
 from ..io import save_model
@@ -22,6 +22,7 @@ from ..workflows import model_for_training
 from ._common import RunControls
 from ._events import on_models_changed, store_events
 from ._layers import layer_array, layer_choices
+from .plot import TrainingPlot
 
 
 STOP_REASONS = {"epochs": "epoch limit reached", "time budget": "time limit reached",
@@ -29,8 +30,8 @@ STOP_REASONS = {"epochs": "epoch limit reached", "time budget": "time limit reac
 
 
 def _finetune_work(spec: str, images: list, labels: list, names: list, rgb: bool, cfg: TrainConfig,
-                   out: str, cancel: threading.Event):
-    model = model_for_training(spec, images, labels, rgb=rgb)
+                   out: str, cancel: threading.Event, sparse: bool = False):
+    model = model_for_training(spec, images, labels, rgb=rgb, sparse=sparse)
     model.card["name"] = out.rsplit("/", 1)[-1]
     result = yield from train(model, images, labels, cfg, names=names, rgb=rgb, cancel=cancel.is_set, checkpoint=out)
     save_model(result.model, out)
@@ -55,11 +56,13 @@ class FinetuneWidget(Container):
         self.base = ComboBox(label="Start from", choices=_base_choices)
         self.guide = Label(value="")
         self.guide.native.setWordWrap(True)
+        self.sparse = CheckBox(text="Sparse labels: 0 = not annotated (paint background as a class)", value=False)
         self.epochs = SpinBox(label="Epochs", value=30, min=1, max=10000)
         self.minutes = FloatSpinBox(label="Time limit (min)", value=5.0, min=0.0, max=10000.0, step=0.5,
                                     tooltip="0 = no limit. Training stops here and keeps the best model.")
         self.model_name = LineEdit(label="New model name", value="")
         self.controls = RunControls("Train", self.run)
+        self.plot = TrainingPlot()
         self._pairs: list[tuple[napari.layers.Image, napari.layers.Labels]] = []
         self._cancel = threading.Event()
         self.last_result: Any = None
@@ -67,7 +70,7 @@ class FinetuneWidget(Container):
         super().__init__(widgets=[
             self.image, self.labels_layer,
             Container(widgets=[self.add_btn, self.remove_btn], layout="horizontal", labels=False),
-            self.pairs, self.base, self.guide, self.epochs, self.minutes, self.model_name, self.controls,
+            self.pairs, self.base, self.guide, self.sparse, self.epochs, self.minutes, self.model_name, self.controls, self.plot,
         ])
         self.base.changed.connect(lambda _=None: self._show_guide())
         self._show_guide()
@@ -160,8 +163,11 @@ class FinetuneWidget(Container):
         cfg = TrainConfig(epochs=self.epochs.value, time_budget=self.minutes.value * 60 or None)
         self._cancel.clear()
 
+        self.plot.reset()
+
         def on_yield(p: Any) -> None:
             self.controls.show_progress(p.step, p.total, p.note)
+            self.plot.add(p)
 
         def done(result: tuple) -> None:
             path, res = result
@@ -174,6 +180,6 @@ class FinetuneWidget(Container):
             store_events.models_changed.emit(path)
 
         return self.controls.launch(
-            _finetune_work, self.base.value, images, labels, names, rgbs.pop(), cfg, out, self._cancel,
+            _finetune_work, self.base.value, images, labels, names, rgbs.pop(), cfg, out, self._cancel, self.sparse.value,
             on_yield=on_yield, on_done=done, on_cancel=self._cancel.set,
         )

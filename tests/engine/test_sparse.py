@@ -1,0 +1,61 @@
+"""Sparse annotation: label value 0 = not annotated, ignored by the loss; classes painted as 1..K."""
+
+import numpy as np
+import pytest
+
+from napari_segsuite import sample_data as sd
+from napari_segsuite.inference import predict
+from napari_segsuite.progress import drive
+from napari_segsuite.tasks import semantic
+from napari_segsuite.training import TrainConfig, train
+from napari_segsuite.workflows import model_for_training
+
+
+def _blocks_mask(shape, rng, block=32, keep=0.5):
+    """True on a random half of the 32x32 blocks: the part the user annotated."""
+    grid = rng.random((shape[0] // block + 1, shape[1] // block + 1)) < keep
+    return np.kron(grid, np.ones((block, block), bool))[: shape[0], : shape[1]]
+
+
+def _dice(model, data):
+    cm = sum(semantic.confusion(drive(predict(model, d["image"], output="classes")), d["semantic"], 2) for d in data)
+    return semantic.metrics_from_confusion(cm)["dice"]
+
+
+def _fit(images, labels, sparse):
+    model = model_for_training("unet", images, labels, sparse=sparse)
+    cfg = TrainConfig(epochs=4, steps_per_epoch=25, patch_size=128, seed=0)
+    return drive(train(model, images, labels, cfg)).model
+
+
+def test_sparse_learns_like_dense_and_unannotated_pixels_are_ignored():
+    rng = np.random.default_rng(0)
+    data = [sd.nuclei_2d(seed=i) for i in range(6)]
+    unseen = [sd.nuclei_2d(seed=200 + i) for i in range(3)]
+    images = [d["image"] for d in data]
+    dense = [d["semantic"] + 1 for d in data]  # 1 background, 2 nucleus
+    masks = [_blocks_mask(lab.shape, rng) for lab in dense]
+    sparse = [np.where(m, lab, 0) for lab, m in zip(dense, masks)]
+    # the same un-annotated half, labelled wrongly (foreground and background swapped)
+    wrong = [np.where(m, lab, 3 - lab) for lab, m in zip(dense, masks)]
+
+    dense_model = _fit(images, dense, sparse=False)
+    sparse_model = _fit(images, sparse, sparse=True)
+    wrong_model = _fit(images, wrong, sparse=False)
+    assert sparse_model.card["label_values"] == [1, 2] and sparse_model.card["unannotated_value"] == 0
+    assert sparse_model.card["training"]["labelled_pixels"] < 0.6 * sparse_model.card["training"]["pixels"]
+
+    d_dense, d_sparse, d_wrong = (_dice(m, unseen) for m in (dense_model, sparse_model, wrong_model))
+    assert d_dense >= 0.85 and d_sparse >= 0.85, (d_dense, d_sparse)
+    assert abs(d_dense - d_sparse) <= 0.05, (d_dense, d_sparse)
+    # those pixels matter when they are trusted: wrong labels there ruin the model, 0 there does not
+    assert d_wrong < d_sparse - 0.1, (d_wrong, d_sparse)
+    # the sparse model writes only painted values back
+    out = drive(predict(sparse_model, unseen[0]["image"]))
+    assert set(np.unique(out)) <= {1, 2}
+
+
+def test_sparse_needs_two_painted_classes():
+    d = sd.nuclei_2d(seed=0, shape=(64, 64))
+    with pytest.raises(ValueError, match="at least two painted classes"):
+        model_for_training("unet", [d["image"]], [d["semantic"]], sparse=True)  # only 0 and 1 painted
