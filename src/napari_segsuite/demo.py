@@ -18,6 +18,8 @@ def open_viewer(show: bool = True):
     import napari
 
     viewer = napari.Viewer(title="napari-segsuite demo", show=show)
+    if hasattr(viewer.window, "resize"):
+        viewer.window.resize(1500, 950)
     viewer.open_sample("napari-segsuite", "nuclei2d")
     _, seg = viewer.window.add_plugin_dock_widget("napari-segsuite", "Segment")
     _, fin = viewer.window.add_plugin_dock_widget("napari-segsuite", "Fine-tune")

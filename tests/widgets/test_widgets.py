@@ -19,6 +19,7 @@ def _wait(qtbot, controls, timeout=120_000):
 @pytest.fixture
 def viewer_with_sample(make_napari_viewer):
     viewer = make_napari_viewer(show=True)
+    viewer.window.resize(1500, 950)
     viewer.open_sample("napari-segsuite", "nuclei2d")
     return viewer
 
@@ -63,7 +64,7 @@ def test_segment_then_finetune_then_pick(viewer_with_sample, qtbot):
     fin.model_name.value = "my nuclei"
     assert fin.run() is not None
     _wait(qtbot, fin.controls)
-    assert "Saved 'my nuclei'" in fin.controls.status.value, fin.controls.status.value
+    assert "Saved 'my nuclei' · val IoU" in fin.controls.status.value, fin.controls.status.value
     assert len(fin.plot.loss) >= 10 and len(fin.plot.val_iou) == 1  # the live plot saw every step and the epoch
 
     # the new model is in Segment's picker without a restart, and selected

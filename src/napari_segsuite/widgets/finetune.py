@@ -72,6 +72,8 @@ class FinetuneWidget(Container):
             Container(widgets=[self.add_btn, self.remove_btn], layout="horizontal", labels=False),
             self.pairs, self.base, self.guide, self.sparse, self.epochs, self.minutes, self.model_name, self.controls, self.plot,
         ])
+        if "unet" in [c for c in self.base.choices]:
+            self.base.value = "unet"  # the small-data default
         self.base.changed.connect(lambda _=None: self._show_guide())
         self._show_guide()
         self.add_btn.changed.connect(lambda _=None: self.add_pair())
@@ -175,8 +177,9 @@ class FinetuneWidget(Container):
             m = res.model.card.get("metrics") or {}
             iou = m.get("mean_iou")
             why = STOP_REASONS.get(res.stopped, res.stopped)
-            score = f"; validation mean IoU {iou:.3f}" if iou is not None else ""
-            self.controls.status.value = f"Saved '{path.rsplit('/', 1)[-1]}' ({why}{score})."
+            score = f" · val IoU {iou:.3f}" if iou is not None else ""
+            self.controls.status.value = f"Saved '{path.rsplit('/', 1)[-1]}'{score}"
+            self.controls.status.tooltip = f"{path} ({why})"
             store_events.models_changed.emit(path)
 
         return self.controls.launch(
