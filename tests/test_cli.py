@@ -81,3 +81,27 @@ def test_errors_are_one_clear_line(tmp_path, capsys, monkeypatch, argv, needle):
     code, out, err = run(capsys, *argv)
     assert code == 2
     assert needle in err and "Traceback" not in err
+
+
+def test_instance_model_train_segment_evaluate(tmp_path, capsys):
+    for d in ("img", "lab"):
+        (tmp_path / d).mkdir()
+    for i in range(3):
+        s = sd.nuclei_2d(seed=i, shape=(96, 96))
+        write_labels(tmp_path / "img" / f"n{i}.tif", s["image"])
+        write_labels(tmp_path / "lab" / f"n{i}.tif", s["instances"].astype(np.uint16))
+    code, out, err = run(capsys, "train", "--model", "unet-instance", "--images", str(tmp_path / "img"),
+                         "--labels", str(tmp_path / "lab"), "--out", str(tmp_path / "inst"), "--epochs", "2",
+                         "--patch-size", "64")
+    assert code == 0, err
+    code, out, err = run(capsys, "segment", "--model", str(tmp_path / "inst"), "--input", str(tmp_path / "img" / "n0.tif"),
+                         "--output", str(tmp_path / "pred"))
+    assert code == 0, err
+    ids = read_image(tmp_path / "pred" / "n0.tif")
+    assert ids.shape == (96, 96) and np.issubdtype(ids.dtype, np.integer)
+    code, out, err = run(capsys, "evaluate", "--model", str(tmp_path / "inst"), "--images", str(tmp_path / "img"),
+                         "--labels", str(tmp_path / "lab"), "--json")
+    assert code == 0, err
+    metrics = json.loads(out)
+    assert {"ap50", "ap50_95", "f1", "mean_matched_iou"} <= set(metrics)
+    assert 0.0 <= metrics["ap50_95"] <= metrics["ap50"] <= 1.0

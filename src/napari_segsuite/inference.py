@@ -17,7 +17,7 @@ import torch
 from .io import SegModel
 from .preprocess import LabelMap, infer_axes, normalize, to_slices
 from .progress import Progress, Work
-from .tasks import semantic
+from .tasks import instance, semantic
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +152,9 @@ def predict(
         :class:`Progress` once per batch of tiles.
 
     Returns:
-        Labels of the image's spatial shape: ``(Y, X)`` or ``(Z, Y, X)``.
+        Labels of the image's spatial shape: ``(Y, X)`` or ``(Z, Y, X)``. Semantic models give class
+        values; instance models give int32 object ids 1..N (0 background), unique in the whole image
+        or volume (tiles are blended before objects are formed, so none is cut at a tile border).
     """
     card = model.card
     axes = infer_axes(np.shape(image), rgb)
@@ -173,6 +175,7 @@ def predict(
         labels3 = labels3 if axes.volume else labels3[0]
         return labels3 if output == "classes" else LabelMap(card["label_values"]).to_values(labels3)
     n_slices = slices.shape[0]
+    is_instance = card.get("kind") == "instance"
     out = np.zeros((n_slices, *slices.shape[2:]), dtype=np.int64)
     step = 0
     for s in range(n_slices):
@@ -189,6 +192,8 @@ def predict(
                             step + done, total * n_slices,
                             f"slice {s + 1}/{n_slices}, tiles {done}/{total}" if n_slices > 1 else f"tiles {done}/{total}",
                         )
+                    elif is_instance:
+                        out[s] = instance.postprocess(item)
                     else:
                         out[s] = semantic.postprocess(item)
                 step += total
@@ -201,6 +206,8 @@ def predict(
                 torch.cuda.empty_cache()
                 tile //= 2
                 log.warning("GPU out of memory; retrying with %d-pixel tiles", tile)
+    if is_instance:  # object ids, linked across slices into 3D objects for volumes
+        return instance.link_slices(out) if axes.volume else instance.relabel(out[0])
     labels = out if axes.volume else out[0]
     if output == "classes":
         return labels

@@ -24,7 +24,7 @@ from .inference import pick_device, predict_probs
 from .io import SegModel, save_model
 from .preprocess import LabelMap, infer_axes, normalize, to_slices
 from .progress import Progress, Work
-from .tasks import semantic
+from .tasks import instance, semantic
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +106,7 @@ def prepare_samples(
         raise ValueError("No training images were given.")
     names = list(names) if names is not None else [f"image {i + 1}" for i in range(len(images))]
     lmap = LabelMap(model.card["label_values"])
+    is_instance = model.card.get("kind") == "instance"
     samples = []
     for img, lab, name in zip(images, labels, names):
         axes = infer_axes(np.shape(img), rgb)
@@ -115,14 +116,17 @@ def prepare_samples(
                 f"Labels of {name!r} are {'x'.join(map(str, np.shape(lab)))} but the image is "
                 f"{'x'.join(map(str, want))}; pick the labels that belong to this image."
             )
-        unknown = [v for v in lmap.unknown_values(lab) if v != model.card.get("unannotated_value")]
+        unknown = [] if is_instance else [v for v in lmap.unknown_values(lab) if v != model.card.get("unannotated_value")]
         if unknown:
             raise ValueError(
                 f"Labels of {name!r} hold values {unknown[:10]} that model {model.name!r} has no class for "
                 f"(its label values are {lmap.values}). Train a new model, or relabel those pixels."
             )
         x = normalize(to_slices(img, axes, model.card["in_channels"]), model.card.get("normalization"))
-        y = lmap.to_classes(np.asarray(lab)).reshape((-1, *x.shape[2:]))
+        if is_instance:  # background / interior / boundary targets, per 2D slice
+            y = np.stack([instance.targets(sl) for sl in np.asarray(lab).reshape((-1, *x.shape[2:]))])
+        else:
+            y = lmap.to_classes(np.asarray(lab)).reshape((-1, *x.shape[2:]))
         if model.card.get("spatial_dims", 2) == 3:
             samples.append(_Sample(np.ascontiguousarray(np.moveaxis(x, 0, 1)), y))
         else:

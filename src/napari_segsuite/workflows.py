@@ -13,10 +13,10 @@ import numpy as np
 
 from .inference import predict
 from .io import SegModel, load_model, new_model
-from .models import available
+from .models import available, get_spec
 from .preprocess import LabelMap, infer_axes
 from .progress import Progress, Work
-from .tasks import semantic
+from .tasks import instance, semantic
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,15 @@ def model_for_training(
             background included, is painted with its own value 1..K.
         build_kwargs: Builder arguments for a new model (e.g. ``base_filters=32``).
     """
+    if is_architecture(spec) and get_spec(spec).kind == "instance":
+        if sparse:
+            raise ValueError("Sparse labels are not supported for instance models yet; give every object an id.")
+        for lab in labels:
+            if not np.issubdtype(np.asarray(lab).dtype, np.integer):
+                raise ValueError("Instance labels must be integer ids (0 background, 1..N objects).")
+        axes = infer_axes(np.shape(images[0]), rgb)
+        return new_model(spec, label_values=[0, 1, 2], class_names=["background", "interior", "boundary"],
+                         in_channels=3 if axes.rgb else 1, **build_kwargs)
     if is_architecture(spec):
         values = LabelMap.from_labels(list(labels)).values
         if sparse:
@@ -92,14 +101,18 @@ def evaluate(
     Label values the model has no class for are left out of the scores (and logged).
 
     Returns:
-        ``mean_iou``, ``dice``, ``pixel_accuracy``, ``iou_per_class``, ``dice_per_class``,
-        ``class_values`` and ``images`` (the count).
+        Semantic models: ``mean_iou``, ``dice``, ``pixel_accuracy``, ``iou_per_class``,
+        ``dice_per_class``, ``class_values`` and ``images`` (the count). Instance models: ``ap50``,
+        ``ap50_95``, ``f1``, ``mean_matched_iou``, ``n_pred``, ``n_true`` and ``images`` (objects are
+        matched one-to-one per image; counts are summed over images).
     """
     lmap = LabelMap(model.card["label_values"])
     k = model.card["num_classes"]
     cm = np.zeros((k, k), np.int64)
+    is_instance = model.card.get("kind") == "instance"
+    ious, n_pred, n_true = [], 0, 0
     for i, (img, lab) in enumerate(zip(images, labels)):
-        gen = predict(model, img, rgb=rgb, device=device, tile=tile, output="classes")
+        gen = predict(model, img, rgb=rgb, device=device, tile=tile, output="values" if is_instance else "classes")
         while True:
             try:
                 p = next(gen)
@@ -109,10 +122,19 @@ def evaluate(
             yield Progress(i, len(images), f"image {i + 1}/{len(images)}: {p.note}")
         if pred.shape != np.shape(lab):
             raise ValueError(f"Labels of image {i + 1} are {np.shape(lab)} but the image's prediction is {pred.shape}.")
+        if is_instance:
+            m = instance.metrics(pred, np.asarray(lab))
+            ious.append(instance.match(pred, np.asarray(lab)))
+            n_pred, n_true = n_pred + m["n_pred"], n_true + m["n_true"]
+            continue
         unknown = [v for v in lmap.unknown_values(np.asarray(lab)) if v != model.card.get("unannotated_value")]
         if unknown:
             log.warning("Image %d: label values %s are not classes of the model; left out of the scores", i + 1, unknown[:10])
         cm += semantic.confusion(pred, lmap.to_classes(np.asarray(lab)), k)
+    if is_instance:
+        res: dict[str, Any] = instance.metrics_from_matches(np.concatenate(ious) if ious else np.zeros(0), n_pred, n_true)
+        res["images"] = len(images)
+        return res
     out = semantic.metrics_from_confusion(cm)
     out["class_values"] = model.card["label_values"]
     out["images"] = len(images)

@@ -127,14 +127,18 @@ def test_segment_volume_current_slice_and_whole(make_napari_viewer, qtbot):
     assert one[10].any() and not one[:10].any() and not one[11:].any()
 
 
-@pytest.mark.parametrize("name", [s.name for s in __import__("napari_segsuite.models", fromlist=["x"]).available("semantic")])
-def test_every_semantic_model_trains_and_segments_in_the_widgets(make_napari_viewer, qtbot, name):
+TRAINABLE = [s for s in __import__("napari_segsuite.models", fromlist=["x"]).available() if s.kind in ("semantic", "instance")]
+
+
+@pytest.mark.parametrize("spec", TRAINABLE, ids=lambda s: s.name)
+def test_every_model_trains_and_segments_in_the_widgets(make_napari_viewer, qtbot, spec):
     from napari_segsuite import sample_data as sd
 
+    name = spec.name
     viewer = make_napari_viewer()
     s = sd.nuclei_2d(seed=0, shape=(64, 64))
     image = viewer.add_image(s["image"], name="small")
-    truth = viewer.add_labels(s["semantic"], name="small truth")
+    truth = viewer.add_labels(s["instances" if spec.kind == "instance" else "semantic"], name="small truth")
     _, fin = viewer.window.add_plugin_dock_widget("napari-segsuite", "Fine-tune")
     _, seg = viewer.window.add_plugin_dock_widget("napari-segsuite", "Segment")
     fin.image.value, fin.labels_layer.value = image, truth

@@ -122,3 +122,25 @@ def build_unet3d(
     model = UNet(in_channels=in_channels, num_classes=num_classes, base_filters=base_filters, depth=depth,
                  upsample=upsample, spatial_dims=3, xy_only_levels=xy_only_levels)
     return load_local(model, weights)
+
+
+@register(
+    "unet-instance",
+    kind="instance",
+    description="UNet predicting background / interior / boundary, objects split by seeded watershed: "
+                "the small-data default for cells and nuclei.",
+)
+def build_unet_instance(
+    *,
+    num_classes: int = 3,
+    in_channels: int = 1,
+    base_filters: int = 16,
+    depth: int = 4,
+    upsample: str = "transpose",
+    weights: str | None = None,
+) -> nn.Module:
+    """A 2D :class:`UNet` with the 3 output classes of :mod:`napari_segsuite.tasks.instance`."""
+    if num_classes != 3:
+        raise ValueError(f"unet-instance predicts 3 classes (background, interior, boundary), not {num_classes}.")
+    model = UNet(in_channels=in_channels, num_classes=3, base_filters=base_filters, depth=depth, upsample=upsample)
+    return load_local(model, weights)

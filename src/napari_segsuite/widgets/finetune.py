@@ -39,8 +39,8 @@ def _finetune_work(spec: str, images: list, labels: list, names: list, rgb: bool
 
 
 def _base_choices(_w: Any = None) -> list[tuple[str, str]]:
-    archs = [(f"{s.name} (new, random weights)", s.name) for s in available("semantic")]
-    return archs + [(m.label, str(m.path)) for m in list_models("semantic")]
+    archs = [(f"{s.name} (new, random weights)", s.name) for s in available() if s.kind in ("semantic", "instance")]
+    return archs + [(m.label, str(m.path)) for m in list_models() if m.card.get("kind") in ("semantic", "instance")]
 
 
 class FinetuneWidget(Container):

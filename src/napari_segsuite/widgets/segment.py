@@ -33,7 +33,7 @@ class SegmentWidget(Container):
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         self._viewer = viewer
         self.image = ComboBox(label="Image", choices=lambda _w: layer_choices(viewer, napari.layers.Image))
-        self.model = ComboBox(label="Model", choices=lambda _w: [(m.label, str(m.path)) for m in list_models("semantic")])
+        self.model = ComboBox(label="Model", choices=lambda _w: [(m.label, str(m.path)) for m in list_models()])
         self.tile = SpinBox(label="Tile (px)", value=512, min=64, max=4096, step=64,
                             tooltip="Images larger than this run in overlapping, blended tiles.")
         self.device = ComboBox(label="Device", choices=DEVICES, value="auto",

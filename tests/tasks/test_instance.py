@@ -1,0 +1,100 @@
+import numpy as np
+import pytest
+
+from napari_segsuite import sample_data as sd
+from napari_segsuite.inference import predict
+from napari_segsuite.io import new_model
+from napari_segsuite.progress import drive
+from napari_segsuite.tasks import instance
+from napari_segsuite.training import TrainConfig, train
+from napari_segsuite.workflows import evaluate, model_for_training
+
+
+def _one_hot_probs(inst):
+    t = instance.targets(inst)
+    return np.stack([(t == k).astype(np.float32) for k in range(3)])
+
+
+def test_targets_and_postprocess_recover_touching_objects():
+    s = sd.nuclei_2d(seed=0)
+    t = instance.targets(s["instances"])
+    assert set(np.unique(t)) == {0, 1, 2}
+    labels = instance.postprocess(_one_hot_probs(s["instances"]))
+    m = instance.metrics(labels, s["instances"])
+    assert m["ap50"] == 1.0 and m["n_pred"] == s["instances"].max()
+
+
+def test_metrics_hand_computed():
+    gt = np.zeros((10, 10), int)
+    gt[0:4, 0:4] = 1
+    gt[6:10, 6:10] = 2
+    perfect = instance.metrics(gt, gt)
+    assert perfect["ap50"] == perfect["ap50_95"] == perfect["f1"] == 1.0
+    missed = gt.copy()
+    missed[missed == 2] = 0  # one object missed: TP 1, FN 1 -> AP 1/2
+    assert instance.metrics(missed, gt)["ap50"] == pytest.approx(0.5)
+    extra = gt.copy()
+    extra[0:2, 8:10] = 3  # one false positive: TP 2, FP 1 -> AP 2/3, F1 = 4/5
+    m = instance.metrics(extra, gt)
+    assert m["ap50"] == pytest.approx(2 / 3) and m["f1"] == pytest.approx(0.8)
+    split = gt.copy()
+    split[0:4, 2:4] = 4  # object 1 split in halves of IoU 0.5: TP 2, FP 1 at 0.5; only object 2 at 0.55
+    m = instance.metrics(split, gt)
+    assert m["ap50"] == pytest.approx(2 / 3) and m["mean_matched_iou"] == pytest.approx(0.75)
+    assert m["ap50_95"] == pytest.approx((2 / 3 + 9 * (1 / 4)) / 10)
+
+
+def test_tiled_prediction_keeps_objects_whole():
+    """Objects crossing tile borders come out once: probabilities are blended before objects form."""
+    s = sd.nuclei_2d(seed=3, shape=(200, 200))
+
+    probs = _one_hot_probs(s["instances"])
+    whole = instance.postprocess(probs)
+    # the same through the tiled path: a model whose logits are the one-hot map (tile by tile)
+    import torch
+
+    from napari_segsuite.inference import predict_probs
+
+    class Lookup(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x):  # channel 0 carries the class index
+            return torch.nn.functional.one_hot(x[:, 0].long(), 3).movedim(-1, 1).float() * 20
+
+    t = instance.targets(s["instances"]).astype(np.float32)[None]
+    *_, tiled_probs = list(predict_probs(Lookup(), t, num_classes=3, tile=64, overlap=0.25))
+    tiled = instance.postprocess(tiled_probs)
+    assert tiled.max() == whole.max() == s["instances"].max()
+    assert instance.metrics(tiled, s["instances"])["ap50"] == 1.0
+
+
+def test_linking_gives_3d_ids():
+    v = sd.nuclei_3d(seed=0)
+    per_slice = np.stack([instance.postprocess(_one_hot_probs(sl), min_size=1) for sl in v["instances"]])
+    linked = instance.link_slices(per_slice)
+    assert instance.metrics(linked, v["instances"])["ap50"] >= 0.9
+    # an object seen in several slices has one id throughout
+    biggest = np.bincount(v["instances"].ravel())[1:].argmax() + 1
+    ids = np.unique(linked[v["instances"] == biggest])
+    assert len(ids[ids > 0]) == 1
+
+
+def test_unet_instance_learns_nuclei():
+    """From random weights, 45 s on the CPU: AP50 on 3 unseen images >= 0.8 (touching nuclei)."""
+    data = [sd.nuclei_2d(seed=i) for i in range(6)]
+    unseen = [sd.nuclei_2d(seed=300 + i) for i in range(3)]
+    images, labels = [d["image"] for d in data], [d["instances"] for d in data]
+    model = model_for_training("unet-instance", images, labels)
+    result = drive(train(model, images, labels, TrainConfig(time_budget=45, patch_size=128, seed=0)))
+    m = drive(evaluate(result.model, [d["image"] for d in unseen], [d["instances"] for d in unseen], device="cpu"))
+    assert m["ap50"] >= 0.8, m
+    out = drive(predict(result.model, unseen[0]["image"]))
+    assert out.dtype == np.int32 and out.max() == len(np.unique(out)) - 1  # ids 1..N
+
+
+def test_instance_volume_prediction_links_slices():
+    model = new_model("unet-instance", label_values=[0, 1, 2])
+    out = drive(predict(model, sd.nuclei_3d(seed=0, shape=(4, 32, 32))["image"], device="cpu"))
+    assert out.shape == (4, 32, 32) and out.dtype == np.int32
