@@ -37,7 +37,7 @@ class TrainConfig:
         epochs: Upper limit on epochs.
         time_budget: Wall-clock limit in seconds (``None``: none). Training stops there and keeps the best model.
         steps_per_epoch: Optimiser steps between validations (``None``: from the data size, 10..100).
-        batch_size: Crops per step.
+        batch_size: Crops per step (at least 2: batch norm needs two samples).
         patch_size: Crop edge in pixels (Y and X).
         patch_size_z: Crop depth for native 3D models (their batches are half ``batch_size``).
         lr: Peak learning rate (AdamW; linear warm-up then cosine decay over whichever of the epoch
@@ -265,11 +265,11 @@ def train(
     p = min(cfg.patch_size, max(max(s.y.shape[-2:]) for s in train_s))
     p = max(div, -(-p // div) * div)
     patch: tuple[int, ...] = (p, p)
-    batch_size = cfg.batch_size
+    batch_size = max(2, cfg.batch_size)  # batch norm in pooling branches (PSPNet, DeepLab) needs two samples
     val_tile: int | tuple[int, ...] = 512
     if three_d:
         pz = min(cfg.patch_size_z, max(s.y.shape[0] for s in train_s))
-        patch, batch_size, val_tile = (pz, p, p), max(1, cfg.batch_size // 2), (2 * cfg.patch_size_z, 256, 256)
+        patch, batch_size, val_tile = (pz, p, p), max(2, cfg.batch_size // 2), (2 * cfg.patch_size_z, 256, 256)
     train_s = [_pad_to(s, patch) for s in train_s]
     train_px = sum(s.y.size for s in train_s)
     spe = cfg.steps_per_epoch or int(np.clip(math.ceil(train_px / (batch_size * np.prod(patch))), 10, 100))

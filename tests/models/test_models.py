@@ -69,3 +69,24 @@ def test_unet_3d_anisotropic_pooling_keeps_z_longer():
     assert aniso(x).shape == (1, 2, 4, 24, 24)
     with pytest.raises(ValueError, match="3D"):
         UNet(num_classes=2, xy_only_levels=1)
+
+
+def test_imagenet_weights_offline_fall_back_with_one_warning(caplog, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with caplog.at_level("WARNING"):
+        model = build("deeplabv3plus", num_classes=2, weights="imagenet")
+    warnings = [r for r in caplog.records if "ImageNet" in r.getMessage()]
+    assert len(warnings) == 1 and "random weights" in warnings[0].getMessage()
+    assert model.eval()(torch.randn(1, 1, 64, 64)).shape == (1, 2, 64, 64)
+
+
+def test_local_weights_file_initialises_the_model(tmp_path):
+    from safetensors.torch import save_file
+
+    src = build("enet", num_classes=2)
+    save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    loaded = build("enet", num_classes=2, weights=str(tmp_path / "w.safetensors"))
+    for (k, a), b in zip(src.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), k
+    with pytest.raises(ValueError, match="safetensors"):
+        build("enet", num_classes=2, weights=str(tmp_path / "w.pt"))
