@@ -44,10 +44,10 @@ def _run(work: Any, desc: str) -> Any:
 
 
 def _load_pairs(images: str, labels: str) -> tuple[list, list, list[str]]:
-    from .io import match_pairs, read_image
+    from .io import match_pairs, read_image, read_labels
 
     pairs = match_pairs(images, labels)
-    return [read_image(i) for i, _ in pairs], [read_image(lab) for _, lab in pairs], [i.name for i, _ in pairs]
+    return [read_image(i) for i, _ in pairs], [read_labels(lab) for _, lab in pairs], [i.name for i, _ in pairs]
 
 
 def _value(text: str) -> Any:

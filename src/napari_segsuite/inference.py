@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 import itertools
 import math
-from collections.abc import Iterator
+from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -20,6 +21,7 @@ from .progress import Progress, Work
 from .tasks import instance, semantic
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def pick_device(device: str | torch.device = "auto") -> torch.device:
@@ -76,7 +78,7 @@ def predict_probs(
     divisible_by: int = 1,
     device: torch.device | None = None,
     amp: bool = True,
-) -> Iterator[tuple[int, int] | np.ndarray]:
+) -> Work[np.ndarray]:
     """Class probabilities of one normalised 2D image or 3D volume, tile by tile.
 
     Args:
@@ -87,7 +89,10 @@ def predict_probs(
         overlap: Fraction of the tile shared by neighbours, blended with :func:`blend_window`.
 
     Yields:
-        ``(done, total)`` tile-batch counts, then finally the ``(K, *spatial)`` float32 probabilities.
+        :class:`Progress` per batch of tiles (``step`` of ``total`` batches).
+
+    Returns:
+        ``(K, *spatial)`` float32 probabilities.
     """
     device = device or next(module.parameters()).device
     spatial = image.shape[1:]
@@ -117,9 +122,19 @@ def predict_probs(
         for p, w in zip(probs, windows):
             acc[(slice(None), *w)] += p * weight
             norm[w] += weight
-        yield (b + 1, n_batches)
+        yield Progress(b + 1, n_batches, f"tiles {b + 1}/{n_batches}")
     crop = tuple(slice(0, n) for n in spatial)
-    yield (acc / norm)[(slice(None), *crop)].numpy()
+    return (acc / norm)[(slice(None), *crop)].numpy()
+
+
+def map_progress(work: Work[T], fn: Callable[[Progress], Progress]) -> Work[T]:
+    """Pass ``work``'s reports through ``fn`` (to rebase steps or prefix notes) and return its result."""
+    while True:
+        try:
+            report = next(work)
+        except StopIteration as stop:
+            return stop.value
+        yield fn(report)
 
 
 def predict(
@@ -163,14 +178,11 @@ def predict(
     slices = normalize(to_slices(image, axes, card["in_channels"]), card.get("normalization"))
     if card.get("spatial_dims", 2) == 3:  # native 3D: the whole (C, Z, Y, X) volume in 3D tiles
         volume = np.moveaxis(slices, 0, 1)
-        probs = None
-        for item in predict_probs(module, volume, num_classes=card["num_classes"], tile=(tile_z, tile, tile),
-                                  overlap=overlap, batch_size=max(1, batch_size // 2), device=dev, amp=amp):
-            if isinstance(item, tuple):
-                yield Progress(item[0], item[1], f"3D tiles {item[0]}/{item[1]}")
-            else:
-                probs = item
-        assert probs is not None
+        probs = yield from map_progress(
+            predict_probs(module, volume, num_classes=card["num_classes"], tile=(tile_z, tile, tile),
+                          overlap=overlap, batch_size=max(1, batch_size // 2), device=dev, amp=amp),
+            lambda p: Progress(p.step, p.total, f"3D {p.note}"),
+        )
         labels3 = semantic.postprocess(probs)
         labels3 = labels3 if axes.volume else labels3[0]
         return labels3 if output == "classes" else LabelMap(card["label_values"]).to_values(labels3)
@@ -181,22 +193,19 @@ def predict(
     for s in range(n_slices):
         while True:
             try:
-                gen = predict_probs(
+                totals: list[int] = []
+
+                def rebase(p: Progress, s: int = s) -> Progress:
+                    totals[:] = [p.total]
+                    note = f"slice {s + 1}/{n_slices}, {p.note}" if n_slices > 1 else p.note
+                    return Progress(step + p.step, p.total * n_slices, note)
+
+                probs = yield from map_progress(predict_probs(
                     module, slices[s], num_classes=card["num_classes"], tile=tile, overlap=overlap,
                     batch_size=batch_size, divisible_by=card.get("divisible_by", 1), device=dev, amp=amp,
-                )
-                for item in gen:
-                    if isinstance(item, tuple):
-                        done, total = item
-                        yield Progress(
-                            step + done, total * n_slices,
-                            f"slice {s + 1}/{n_slices}, tiles {done}/{total}" if n_slices > 1 else f"tiles {done}/{total}",
-                        )
-                    elif is_instance:
-                        out[s] = instance.postprocess(item)
-                    else:
-                        out[s] = semantic.postprocess(item)
-                step += total
+                ), rebase)
+                out[s] = instance.postprocess(probs) if is_instance else semantic.postprocess(probs)
+                step += totals[0]
                 break
             except torch.cuda.OutOfMemoryError:
                 if tile <= 128:

@@ -37,12 +37,53 @@ def read_image(path: str | Path) -> np.ndarray:
     if suffix in (".tif", ".tiff"):
         import tifffile
 
-        return tifffile.imread(path)
+        return _drop_singletons(tifffile.imread(path))
     if suffix == ".npy":
-        return np.load(path, allow_pickle=False)
+        return _drop_singletons(np.load(path, allow_pickle=False))
     import imageio.v3 as iio
 
-    return iio.imread(path)
+    return _drop_singletons(iio.imread(path))
+
+
+def read_labels(path: str | Path) -> np.ndarray:
+    """Read a label image as integer values, whatever the file's colour model.
+
+    Palette PNGs give their indices (not colours); an RGB(A) label image whose channels are equal
+    (a grey mask saved as colour) gives one channel; trailing or leading axes of length 1 are dropped.
+
+    Raises:
+        ValueError: a colour label image whose channels differ (colours are not classes).
+    """
+    path = Path(path)
+    if path.suffix.lower() in (".png", ".bmp", ".gif"):
+        from PIL import Image
+
+        with Image.open(path) as im:
+            arr = np.asarray(im)
+    else:
+        arr = read_image(path)
+    arr = _drop_singletons(arr)
+    if arr.ndim == 3 and arr.shape[-1] in (3, 4):
+        rgb = arr[..., :3]
+        if (rgb == rgb[..., :1]).all():
+            arr = rgb[..., 0]
+        elif arr.shape[0] > 4:  # a colour-coded mask, not a short (Z, Y, X) volume
+            raise ValueError(
+                f"Label image {path.name!r} is in colour with different channels; save the labels as one "
+                "channel of integer values (class ids or object ids)."
+            )
+    if np.issubdtype(arr.dtype, np.floating):
+        if not np.all(np.mod(arr, 1) == 0):
+            raise ValueError(f"Label image {path.name!r} holds fractional values; labels must be integers.")
+        arr = arr.astype(np.int64)
+    return arr
+
+
+def _drop_singletons(arr: np.ndarray) -> np.ndarray:
+    """Drop axes of length 1 (a (1, Y, X) stack or a (Y, X, 1) image is 2D), keeping at least 2 axes."""
+    while arr.ndim > 2 and 1 in arr.shape:
+        arr = arr.squeeze(axis=arr.shape.index(1))
+    return arr
 
 
 def write_labels(path: str | Path, labels: np.ndarray) -> Path:

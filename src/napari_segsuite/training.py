@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from .inference import pick_device, predict_probs
 from .io import SegModel, save_model
 from .preprocess import LabelMap, infer_axes, normalize, to_slices
-from .progress import Progress, Work
+from .progress import Progress, Work, drive
 from .tasks import instance, semantic
 
 log = logging.getLogger(__name__)
@@ -207,12 +207,8 @@ def evaluate_samples(
     cm = np.zeros((num_classes, num_classes), np.int64)
     losses = []
     for s in samples:
-        probs = None
-        for item in predict_probs(module, s.x, num_classes=num_classes, tile=tile, divisible_by=divisible_by,
-                                  device=device, amp=amp):
-            if isinstance(item, np.ndarray):
-                probs = item
-        assert probs is not None
+        probs = drive(predict_probs(module, s.x, num_classes=num_classes, tile=tile, divisible_by=divisible_by,
+                                    device=device, amp=amp))
         valid = s.y != semantic.IGNORE
         if valid.any():
             p = np.clip(probs[:, valid], 1e-7, 1.0)

@@ -31,8 +31,9 @@ def test_tiled_equals_whole_for_pointwise_model():
     torch.manual_seed(0)
     module = Pointwise().eval()
     img = np.random.default_rng(0).random((1, 300, 217)).astype(np.float32)
-    *reports, whole = list(predict_probs(module, img, num_classes=3, tile=1024))
-    *reports_t, tiled = list(predict_probs(module, img, num_classes=3, tile=64, overlap=0.25, batch_size=3))
+    reports, reports_t = [], []
+    whole = drive(predict_probs(module, img, num_classes=3, tile=1024), reports.append)
+    tiled = drive(predict_probs(module, img, num_classes=3, tile=64, overlap=0.25, batch_size=3), reports_t.append)
     assert len(reports) == 1 and len(reports_t) > 3
     np.testing.assert_allclose(tiled, whole, atol=1e-5)
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_segsuite.io import load_model, match_pairs, new_model, read_image, save_model, write_labels
+from napari_segsuite.io import load_model, match_pairs, new_model, read_image, read_labels, save_model, write_labels
 
 
 def test_model_round_trip_gives_identical_output(tmp_path):
@@ -70,3 +70,23 @@ def test_save_never_replaces_a_folder_that_is_not_a_model(tmp_path):
     with pytest.raises(ValueError, match="not a saved model"):
         save_model(new_model("unet", label_values=[0, 1], depth=2, base_filters=4), data)
     assert (data / "cells.tif").read_bytes() == b"precious"
+
+
+def test_read_labels_palette_grey_rgb_and_singletons(tmp_path):
+    from PIL import Image
+
+    lab = np.zeros((8, 8), np.uint8)
+    lab[2:5, 2:5] = 3
+    pal = Image.fromarray(lab, mode="P")
+    pal.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0, 0, 0, 255] + [0] * (256 * 3 - 12))
+    pal.save(tmp_path / "pal.png")
+    np.testing.assert_array_equal(read_labels(tmp_path / "pal.png"), lab)  # indices, not colours
+    Image.fromarray(np.repeat(lab[..., None] * 80, 3, axis=2)).save(tmp_path / "grey_rgb.png")
+    np.testing.assert_array_equal(read_labels(tmp_path / "grey_rgb.png"), lab * 80)
+    np.save(tmp_path / "stack.npy", lab[None])
+    assert read_labels(tmp_path / "stack.npy").shape == (8, 8)
+    colour = np.zeros((8, 8, 3), np.uint8)
+    colour[..., 0] = lab
+    Image.fromarray(colour).save(tmp_path / "colour.png")
+    with pytest.raises(ValueError, match="one channel"):
+        read_labels(tmp_path / "colour.png")

@@ -64,7 +64,7 @@ def test_tiled_prediction_keeps_objects_whole():
             return torch.nn.functional.one_hot(x[:, 0].long(), 3).movedim(-1, 1).float() * 20
 
     t = instance.targets(s["instances"]).astype(np.float32)[None]
-    *_, tiled_probs = list(predict_probs(Lookup(), t, num_classes=3, tile=64, overlap=0.25))
+    tiled_probs = drive(predict_probs(Lookup(), t, num_classes=3, tile=64, overlap=0.25))
     tiled = instance.postprocess(tiled_probs)
     assert tiled.max() == whole.max() == s["instances"].max()
     assert instance.metrics(tiled, s["instances"])["ap50"] == 1.0

@@ -7,6 +7,7 @@ best so far) and appears in the Segment widget's picker at once.
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import Any
 
 import napari
@@ -32,7 +33,7 @@ STOP_REASONS = {"epochs": "epoch limit reached", "time budget": "time limit reac
 def _finetune_work(spec: str, images: list, labels: list, names: list, rgb: bool, cfg: TrainConfig,
                    out: str, cancel: threading.Event, sparse: bool = False):
     model = model_for_training(spec, images, labels, rgb=rgb, sparse=sparse)
-    model.card["name"] = out.rsplit("/", 1)[-1]
+    model.card["name"] = Path(out).name
     result = yield from train(model, images, labels, cfg, names=names, rgb=rgb, cancel=cancel.is_set, checkpoint=out)
     save_model(result.model, out)
     return out, result
@@ -89,7 +90,7 @@ class FinetuneWidget(Container):
             self.guide.value = ""
             return
         try:
-            arch = value if "/" not in value else None
+            arch = value if value in {s.name for s in available()} else None
             self.guide.value = get_spec(arch).description if arch else "Fine-tune this trained model (its classes stay)."
         except KeyError:
             self.guide.value = ""
@@ -159,7 +160,7 @@ class FinetuneWidget(Container):
         images = [layer_array(i) for i, _ in pairs]
         labels = [layer_array(lab) for _, lab in pairs]
         names = [f"{i.name} + {lab.name}" for i, lab in pairs]
-        base_name = self.base.value.rstrip("/").rsplit("/", 1)[-1]
+        base_name = Path(self.base.value).name
         name = self.model_name.value.strip() or f"{pairs[0][0].name}-{base_name}"
         out = str(new_model_path(name))
         cfg = TrainConfig(epochs=self.epochs.value, time_budget=self.minutes.value * 60 or None)
@@ -178,7 +179,7 @@ class FinetuneWidget(Container):
             iou = m.get("mean_iou")
             why = STOP_REASONS.get(res.stopped, res.stopped)
             score = f" · val IoU {iou:.3f}" if iou is not None else ""
-            self.controls.status.value = f"Saved '{path.rsplit('/', 1)[-1]}'{score}"
+            self.controls.status.value = f"Saved '{Path(path).name}'{score}"
             self.controls.status.tooltip = f"{path} ({why})"
             store_events.models_changed.emit(path)
 
