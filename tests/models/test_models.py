@@ -90,3 +90,16 @@ def test_local_weights_file_initialises_the_model(tmp_path):
         assert torch.equal(a, b), k
     with pytest.raises(ValueError, match="safetensors"):
         build("enet", num_classes=2, weights=str(tmp_path / "w.pt"))
+
+
+def test_bilinear_transpose_starts_as_bilinear_interpolation():
+    from napari_segsuite.models.blocks import bilinear_transpose
+
+    up = bilinear_transpose(2, 4)
+    x = torch.rand(1, 2, 6, 6)
+    y = up(x)
+    ref = torch.nn.functional.interpolate(x, scale_factor=4, mode="bilinear", align_corners=False)
+    assert y.shape == ref.shape == (1, 2, 24, 24)
+    # away from the border (where the transposed conv sees zero padding) it is bilinear interpolation
+    torch.testing.assert_close(y[..., 4:-4, 4:-4], ref[..., 4:-4, 4:-4], atol=1e-5, rtol=0)
+    assert all(p.requires_grad for p in up.parameters())
