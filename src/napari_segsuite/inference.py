@@ -9,19 +9,16 @@ from __future__ import annotations
 import logging
 import itertools
 import math
-from collections.abc import Callable
-from typing import TypeVar
 
 import numpy as np
 import torch
 
 from .io import SegModel
 from .preprocess import LabelMap, infer_axes, normalize, to_slices
-from .progress import Progress, Work
+from .progress import Progress, Work, map_progress
 from .tasks import instance, semantic
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 def pick_device(device: str | torch.device = "auto") -> torch.device:
@@ -125,16 +122,6 @@ def predict_probs(
         yield Progress(b + 1, n_batches, f"tiles {b + 1}/{n_batches}")
     crop = tuple(slice(0, n) for n in spatial)
     return (acc / norm)[(slice(None), *crop)].numpy()
-
-
-def map_progress(work: Work[T], fn: Callable[[Progress], Progress]) -> Work[T]:
-    """Pass ``work``'s reports through ``fn`` (to rebase steps or prefix notes) and return its result."""
-    while True:
-        try:
-            report = next(work)
-        except StopIteration as stop:
-            return stop.value
-        yield fn(report)
 
 
 def predict(

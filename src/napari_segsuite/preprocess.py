@@ -101,10 +101,13 @@ class LabelMap:
 
     Args:
         values: Sorted distinct label values; ``values[k]`` is the user's value of class ``k``.
+        unannotated: The value meaning "not annotated" with sparse labels (mapped to ignore, never
+            reported as unknown); ``None`` for dense labels.
     """
 
-    def __init__(self, values: list[int]) -> None:
+    def __init__(self, values: list[int], unannotated: int | None = None) -> None:
         self.values = [int(v) for v in values]
+        self.unannotated = unannotated
         if sorted(set(self.values)) != self.values:
             raise ValueError(f"Label values must be sorted and distinct, got {values}.")
 
@@ -136,8 +139,14 @@ class LabelMap:
         known = values[idx] == labels
         return np.where(known, idx, ignore).astype(np.int64)
 
+    @classmethod
+    def of_card(cls, card: dict) -> "LabelMap":
+        """The label map a model card describes (``label_values`` and ``unannotated_value``)."""
+        return cls(card["label_values"], card.get("unannotated_value"))
+
     def unknown_values(self, labels: np.ndarray) -> list[int]:
-        return sorted(set(int(v) for v in np.unique(labels)) - set(self.values))
+        """Values in ``labels`` that are neither a class nor the "not annotated" value."""
+        return sorted(set(int(v) for v in np.unique(labels)) - set(self.values) - {self.unannotated})
 
     def to_values(self, classes: np.ndarray) -> np.ndarray:
         """The user's values for class indices, in the smallest unsigned dtype that holds them."""

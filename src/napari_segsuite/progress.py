@@ -50,3 +50,13 @@ def drive(work: Work[T], on_progress: Callable[[Progress], Any] | None = None) -
             return stop.value
         if on_progress is not None:
             on_progress(report)
+
+
+def map_progress(work: Work[T], fn: Callable[[Progress], Progress]) -> Work[T]:
+    """Pass ``work``'s reports through ``fn`` (to rebase steps or prefix notes) and return its result."""
+    while True:
+        try:
+            report = next(work)
+        except StopIteration as stop:
+            return stop.value
+        yield fn(report)

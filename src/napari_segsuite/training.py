@@ -105,7 +105,7 @@ def prepare_samples(
     if not images:
         raise ValueError("No training images were given.")
     names = list(names) if names is not None else [f"image {i + 1}" for i in range(len(images))]
-    lmap = LabelMap(model.card["label_values"])
+    lmap = LabelMap.of_card(model.card)
     is_instance = model.card.get("kind") == "instance"
     samples = []
     for img, lab, name in zip(images, labels, names):
@@ -116,7 +116,7 @@ def prepare_samples(
                 f"Labels of {name!r} are {'x'.join(map(str, np.shape(lab)))} but the image is "
                 f"{'x'.join(map(str, want))}; pick the labels that belong to this image."
             )
-        unknown = [] if is_instance else [v for v in lmap.unknown_values(lab) if v != model.card.get("unannotated_value")]
+        unknown = [] if is_instance else lmap.unknown_values(lab)
         if unknown:
             raise ValueError(
                 f"Labels of {name!r} hold values {unknown[:10]} that model {model.name!r} has no class for "

@@ -15,7 +15,7 @@ from .inference import predict
 from .io import SegModel, load_model, new_model
 from .models import available, get_spec
 from .preprocess import LabelMap, infer_axes
-from .progress import Progress, Work
+from .progress import Progress, Work, map_progress
 from .tasks import instance, semantic
 
 log = logging.getLogger(__name__)
@@ -106,20 +106,16 @@ def evaluate(
         ``ap50_95``, ``f1``, ``mean_matched_iou``, ``n_pred``, ``n_true`` and ``images`` (objects are
         matched one-to-one per image; counts are summed over images).
     """
-    lmap = LabelMap(model.card["label_values"])
+    lmap = LabelMap.of_card(model.card)
     k = model.card["num_classes"]
     cm = np.zeros((k, k), np.int64)
     is_instance = model.card.get("kind") == "instance"
     ious, n_pred, n_true = [], 0, 0
     for i, (img, lab) in enumerate(zip(images, labels)):
-        gen = predict(model, img, rgb=rgb, device=device, tile=tile, output="values" if is_instance else "classes")
-        while True:
-            try:
-                p = next(gen)
-            except StopIteration as stop:
-                pred = stop.value
-                break
-            yield Progress(i, len(images), f"image {i + 1}/{len(images)}: {p.note}")
+        pred = yield from map_progress(
+            predict(model, img, rgb=rgb, device=device, tile=tile, output="values" if is_instance else "classes"),
+            lambda p, i=i: Progress(i, len(images), f"image {i + 1}/{len(images)}: {p.note}"),
+        )
         if pred.shape != np.shape(lab):
             raise ValueError(f"Labels of image {i + 1} are {np.shape(lab)} but the image's prediction is {pred.shape}.")
         if is_instance:
@@ -127,7 +123,7 @@ def evaluate(
             ious.append(instance.match(pred, np.asarray(lab)))
             n_pred, n_true = n_pred + m["n_pred"], n_true + m["n_true"]
             continue
-        unknown = [v for v in lmap.unknown_values(np.asarray(lab)) if v != model.card.get("unannotated_value")]
+        unknown = lmap.unknown_values(np.asarray(lab))
         if unknown:
             log.warning("Image %d: label values %s are not classes of the model; left out of the scores", i + 1, unknown[:10])
         cm += semantic.confusion(pred, lmap.to_classes(np.asarray(lab)), k)
