@@ -50,6 +50,24 @@ def _load_pairs(images: str, labels: str) -> tuple[list, list, list[str]]:
     return [read_image(i) for i, _ in pairs], [read_labels(lab) for _, lab in pairs], [i.name for i, _ in pairs]
 
 
+def _load_instances(images: str, instances: str | None) -> list | None:
+    """Object-id images matched to ``images`` by name (``--instances``), or ``None``."""
+    if not instances:
+        return None
+    from .io import match_pairs, read_labels
+
+    return [read_labels(lab) for _, lab in match_pairs(images, instances)]
+
+
+def _things(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        return [int(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise ValueError(f"--things takes label values separated by commas (e.g. --things 2,3), got {text!r}.") from None
+
+
 def _value(text: str) -> Any:
     for cast in (int, float):
         try:
@@ -76,7 +94,22 @@ def _build_args(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_models(args: argparse.Namespace) -> int:
     from .models import available
-    from .store import list_models
+    from .store import delete_model, export_model, import_model, list_models, rename_model
+
+    if args.rename:
+        print(rename_model(*args.rename))
+        return 0
+    if args.delete:
+        if not args.yes:
+            raise ValueError(f"Deleting {args.delete!r} cannot be undone; add --yes to confirm.")
+        print(f"deleted {delete_model(args.delete)}")
+        return 0
+    if args.export:
+        print(export_model(*args.export))
+        return 0
+    if args.import_file:
+        print(import_model(args.import_file))
+        return 0
 
     archs = [{"name": s.name, "task": s.kind, "description": s.description, "trained": False} for s in available()]
     trained = [{"name": m.name, "task": m.card.get("kind"), "description": m.label, "trained": True,
@@ -106,42 +139,47 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .io import check_model_destination, save_model
-    from .training import TrainConfig, train
+    from .training import TrainConfig, score_of, train
     from .workflows import model_for_training
 
     check_model_destination(args.out)  # before an hour of training, not after
     images, labels, names = _load_pairs(args.images, args.labels)
     build = _build_args(args)
-    model = model_for_training(args.model, images, labels, sparse=args.sparse, **build)
+    instances = _load_instances(args.images, args.instances)
+    model = model_for_training(args.model, images, labels, sparse=args.sparse, instances=instances,
+                               things=_things(args.things), **build)
     cfg = TrainConfig(
         epochs=args.epochs, time_budget=args.time_budget, batch_size=args.batch_size, patch_size=args.patch_size,
         lr=args.lr, patience=args.patience, device=args.device, seed=args.seed,
     )
     out = Path(args.out)
     model.card["name"] = out.name
-    result = _run(train(model, images, labels, cfg, names=names, checkpoint=out), "train")
+    result = _run(train(model, images, labels, cfg, names=names, instances=instances, checkpoint=out), "train")
     save_model(result.model, out)
-    m = result.model.card.get("metrics") or {}
     t = result.model.card["training"]
+    sc = score_of(result.model.card)
     print(
         f"Saved {out} ({t['epochs']} epochs, {t['steps']} steps, {t['seconds']:.0f} s, stopped: {result.stopped}; "
-        f"validation on {t['validation']}: mean IoU {m.get('mean_iou') or 0:.3f}, Dice {m.get('dice') or 0:.3f})"
+        f"validation on {t['validation']}: {sc[0] if sc else 'score'} {sc[1] if sc else 0:.3f})"
     )
     return 0
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
-    from .inference import predict
-    from .io import list_images, load_model, read_image, write_labels
+    from .inference import segment
+    from .io import list_images, load_model, read_image, write_labels, write_objects_table
     from .store import resolve_trained
 
     model = load_model(resolve_trained(args.model))
     files = list_images(args.input)
     out = Path(args.output)
     for f in files:
-        labels = _run(predict(model, read_image(f), tile=args.tile, device=args.device), f.name)
-        written = write_labels(out / f.name, labels)
-        print(written)
+        seg = _run(segment(model, read_image(f), tile=args.tile, device=args.device), f.name)
+        print(write_labels(out / f.name, seg.labels))
+        if seg.semantic is not None and seg.instances is not None:  # panoptic: the objects beside the classes
+            print(write_labels(out / f"{Path(f.name).stem}_instances.tif", seg.instances))
+        if seg.features is not None:
+            print(write_objects_table(out / f"{Path(f.name).stem}_objects.csv", seg.features))
     return 0
 
 
@@ -152,7 +190,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     model = load_model(resolve_trained(args.model))
     images, labels, _ = _load_pairs(args.images, args.labels)
-    metrics = _run(evaluate(model, images, labels, device=args.device, tile=args.tile), "evaluate")
+    instances = _load_instances(args.images, args.instances)
+    metrics = _run(evaluate(model, images, labels, instances=instances, device=args.device, tile=args.tile), "evaluate")
     if args.json:
         print(json.dumps(metrics))
     else:
@@ -174,6 +213,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("models", help="list architectures and trained models")
     s.add_argument("--json", action="store_true", help="print a JSON list")
+    s.add_argument("--rename", nargs=2, metavar=("NAME", "NEW_NAME"), help="rename a trained model")
+    s.add_argument("--delete", metavar="NAME", help="delete a trained model (with --yes)")
+    s.add_argument("--yes", action="store_true", help="confirm --delete")
+    s.add_argument("--export", nargs=2, metavar=("NAME", "FILE"), help="write a model to one .segsuite.zip file")
+    s.add_argument("--import", dest="import_file", metavar="FILE", help="add an exported model to the store")
     s.set_defaults(func=cmd_models)
 
     s = sub.add_parser("sample", help="write the generated sample images and labels")
@@ -187,6 +231,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--images", required=True, help="folder, file or glob of images (TIFF, PNG, ...; 2D or 3D)")
     s.add_argument("--labels", required=True, help="folder of label images matched to images by file name")
     s.add_argument("--out", required=True, help="folder the model is saved to (model.safetensors + model.json)")
+    s.add_argument("--instances", default=None,
+                   help="folder of object-id images (0 background, 1..N objects) matched by name: with --labels "
+                        "holding class values, for instance models with a class per object and panoptic models")
+    s.add_argument("--things", default=None,
+                   help="panoptic models: label values of the countable classes, e.g. 2,3 (default: the classes "
+                        "found under objects in --instances)")
     s.add_argument("--sparse", action="store_true",
                    help="sparse labels: 0 = not annotated (ignored); paint every class, background included, as 1..K")
     s.add_argument("--epochs", type=int, default=100, help="epoch limit (default 100)")
@@ -217,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", required=True)
     s.add_argument("--images", required=True)
     s.add_argument("--labels", required=True)
+    s.add_argument("--instances", default=None, help="folder of object-id images matched by name (see train)")
     s.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
     s.add_argument("--tile", type=int, default=512)
     s.add_argument("--device", default="auto")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import itertools
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -16,6 +17,7 @@ import torch
 from .io import SegModel
 from .preprocess import LabelMap, infer_axes, normalize, to_slices
 from .progress import Progress, Work, map_progress
+from .models.base import DenseHeads, ObjectModel
 from .tasks import instance, semantic
 
 log = logging.getLogger(__name__)
@@ -61,7 +63,26 @@ def _round_up(v: int, m: int) -> int:
 def _forward(module: torch.nn.Module, batch: torch.Tensor, amp: bool) -> torch.Tensor:
     with torch.inference_mode(), torch.autocast(batch.device.type, enabled=amp and batch.device.type == "cuda"):
         out = module(batch)
+    if isinstance(module, DenseHeads):
+        return module.activate(out.float())
     return out.float().softmax(1)
+
+
+def _pad_input(image: np.ndarray, tiles: tuple[int, ...], divisible_by: int) -> tuple[torch.Tensor, tuple[int, ...], tuple[int, ...]]:
+    """The image as a tensor padded (reflect, or replicate when too small) at the end of each spatial axis
+    to at least one tile, with tiles rounded up to ``divisible_by``; returns ``(x, tile shape, padded shape)``."""
+    spatial = image.shape[1:]
+    m = max(1, divisible_by)
+    ts = tuple(_round_up(min(t, n), m) for t, n in zip(tiles, spatial))
+    padded = tuple(max(n, t) for n, t in zip(spatial, ts))
+    x = torch.from_numpy(np.ascontiguousarray(image))
+    if padded != spatial:
+        pads: list[int] = []
+        for n, p in zip(reversed(spatial), reversed(padded)):
+            pads += [0, p - n]
+        mode = "reflect" if all(p - n < n for n, p in zip(spatial, padded)) else "replicate"
+        x = torch.nn.functional.pad(x[None], pads, mode=mode)[0]
+    return x, ts, padded
 
 
 def predict_probs(
@@ -79,7 +100,8 @@ def predict_probs(
     """Class probabilities of one normalised 2D image or 3D volume, tile by tile.
 
     Args:
-        module: Maps ``(N, C, *tile)`` to ``(N, K, *tile)`` logits; must be in eval mode.
+        module: Maps ``(N, C, *tile)`` to ``(N, K, *tile)`` logits (softmax-ed here), or a
+            :class:`~.models.base.DenseHeads` whose ``activate`` gives ``K`` blendable maps; in eval mode.
         image: ``(C, H, W)`` or ``(C, D, H, W)`` float32, already normalised.
         tile: Tile edge per spatial axis (an int applies to all), rounded up to ``divisible_by``;
             an image no larger than the tile runs whole.
@@ -95,16 +117,7 @@ def predict_probs(
     spatial = image.shape[1:]
     nd = len(spatial)
     tiles = (tile,) * nd if isinstance(tile, int) else tuple(tile)
-    m = max(1, divisible_by)
-    ts = tuple(_round_up(min(t, n), m) for t, n in zip(tiles, spatial))
-    padded = tuple(max(n, t) for n, t in zip(spatial, ts))
-    x = torch.from_numpy(np.ascontiguousarray(image))
-    if padded != spatial:
-        pads: list[int] = []
-        for n, p in zip(reversed(spatial), reversed(padded)):
-            pads += [0, p - n]
-        mode = "reflect" if all(p - n < n for n, p in zip(spatial, padded)) else "replicate"
-        x = torch.nn.functional.pad(x[None], pads, mode=mode)[0]
+    x, ts, padded = _pad_input(image, tiles, divisible_by)
     starts = [tile_starts(p, t, max(1, int(t * (1 - overlap)))) for p, t in zip(padded, ts)]
     coords = list(itertools.product(*starts))
     weight = torch.from_numpy(blend_window(ts, tuple(int(t * overlap) for t in ts)))
@@ -124,7 +137,135 @@ def predict_probs(
     return (acc / norm)[(slice(None), *crop)].numpy()
 
 
-def predict(
+def core_bounds(starts: list[int], tile: int) -> list[tuple[float, float]]:
+    """Each tile's share of one axis: from the middle of its overlap with the previous tile to the
+    middle of its overlap with the next (the first starts at -inf, the last ends at +inf)."""
+    cuts = [(a + tile + b) / 2 for a, b in zip(starts[:-1], starts[1:])]
+    return list(zip([-math.inf, *cuts], [*cuts, math.inf]))
+
+
+def predict_objects(
+    module: ObjectModel,
+    image: np.ndarray,
+    *,
+    tile: int = 512,
+    overlap: float = 0.25,
+    batch_size: int = 4,
+    divisible_by: int = 1,
+    device: torch.device | None = None,
+    score_threshold: float = 0.5,
+    min_size: int = 8,
+) -> Work[tuple[np.ndarray, dict[str, np.ndarray]]]:
+    """Objects of an :class:`~.models.base.ObjectModel` in one normalised 2D image, tile by tile, stitched.
+
+    Tiles overlap by at least the model's ``max_object_size``; an object is kept only by the tile
+    whose share of the image (:func:`core_bounds`) holds its centroid, so an object crossing a tile
+    border comes out once and whole (it lies whole inside the tile that keeps it). Overlaps between
+    objects are then resolved best score first (:func:`~.tasks.instance.paste`).
+
+    Args:
+        image: ``(C, H, W)`` float32, normalised.
+
+    Returns:
+        ``(ids, features)``: int32 ids 1..N and per-object ``index``, ``class`` (class index) and ``score``.
+    """
+    device = device or next(module.parameters()).device
+    spatial = image.shape[1:]
+    x, ts, padded = _pad_input(image, (tile, tile), divisible_by)
+    ov = [min(max(int(t * overlap), module.max_object_size), t // 2) for t in ts]
+    starts = [tile_starts(p, t, max(1, t - o)) for p, t, o in zip(padded, ts, ov)]
+    cores = [dict(zip(st, core_bounds(st, t))) for st, t in zip(starts, ts)]
+    coords = list(itertools.product(*starts))
+    n_batches = math.ceil(len(coords) / batch_size)
+    kept: list[instance.Obj] = []
+    for b in range(n_batches):
+        chunk = coords[b * batch_size:(b + 1) * batch_size]
+        batch = torch.stack([x[:, y0:y0 + ts[0], x0:x0 + ts[1]] for y0, x0 in chunk]).to(device)
+        with torch.inference_mode():
+            dets = module.detect(batch, score_threshold=score_threshold)
+        for (y0, x0), d in zip(chunk, dets):
+            objs = instance.objects_from_masks(d["masks"].cpu().numpy(), d["scores"].float().cpu().numpy(),
+                                               d["classes"].cpu().numpy(), offset=(y0, x0))
+            (ylo, yhi), (xlo, xhi) = cores[0][y0], cores[1][x0]
+            for o in objs:
+                cy, cx = o.centroid
+                if ylo <= cy < yhi and xlo <= cx < xhi and cy < spatial[0] and cx < spatial[1]:
+                    kept.append(o)
+        yield Progress(b + 1, n_batches, f"tiles {b + 1}/{n_batches}")
+    return instance.paste(kept, spatial, min_size=min_size)
+
+
+@dataclass
+class Segmentation:
+    """What :func:`segment` returns.
+
+    Attributes:
+        semantic: Class label values per pixel (semantic and panoptic models), ``(Y, X)`` or ``(Z, Y, X)``.
+        instances: Object ids 1..N, 0 elsewhere (instance and panoptic models), int32, unique in the
+            whole image or volume.
+        features: Per object (instance models with classes, panoptic models): ``index`` (the id),
+            ``class`` (the class's label value) and ``score``, in id order; a napari Labels layer's
+            ``features`` table.
+    """
+
+    semantic: np.ndarray | None = None
+    instances: np.ndarray | None = None
+    features: dict[str, np.ndarray] | None = None
+
+    @property
+    def labels(self) -> np.ndarray:
+        """The main result: object ids for instance models, class values otherwise."""
+        return self.semantic if self.semantic is not None else self.instances
+
+
+def segment_slice(model: SegModel, x: np.ndarray, *, tile: int | tuple[int, ...] = 512, overlap: float = 0.25,
+                  batch_size: int = 4, device: torch.device | None = None, amp: bool = True) -> Work[Segmentation]:
+    """Segment one normalised ``(C, H, W)`` image (or ``(C, D, H, W)`` volume for native 3D models),
+    in class indices (not label values) and object ids, by the model's kind."""
+    card = model.card
+    module = model.module
+    div = card.get("divisible_by", 1)
+    if isinstance(module, ObjectModel):
+        ids, feats = yield from predict_objects(module, x, tile=tile if isinstance(tile, int) else tile[-1],
+                                                overlap=overlap, batch_size=batch_size, divisible_by=div, device=device)
+        return Segmentation(instances=ids, features=feats)
+    channels = card["num_classes"] + (3 if card.get("kind") == "panoptic" else 0)
+    probs = yield from predict_probs(module, x, num_classes=channels, tile=tile, overlap=overlap,
+                                     batch_size=batch_size, divisible_by=div, device=device, amp=amp)
+    if card.get("kind") == "panoptic":
+        from .tasks import panoptic
+
+        sem, ids, feats = panoptic.postprocess(probs, tuple(card["build"].get("thing_classes", (1,))))
+        return Segmentation(semantic=sem, instances=ids, features=feats)
+    if card.get("kind") == "instance":
+        return Segmentation(instances=instance.postprocess(probs))
+    return Segmentation(semantic=semantic.postprocess(probs))
+
+
+def _linked_features(per_slice: list[dict | None], stack2d: np.ndarray, stack3d: np.ndarray) -> dict[str, np.ndarray] | None:
+    """Per-object table of 3D objects from the tables of their 2D pieces (class: by pixel majority, score: mean)."""
+    if all(f is None for f in per_slice):
+        return None
+    votes: dict[int, dict[int, int]] = {}
+    scores: dict[int, list[float]] = {}
+    for z, f in enumerate(per_slice):
+        if f is None or not len(f["index"]):
+            continue
+        cls_of = dict(zip(f["index"].tolist(), f["class"].tolist()))
+        score_of = dict(zip(f["index"].tolist(), f["score"].tolist()))
+        pairs, counts = np.unique(np.stack([stack2d[z].ravel(), stack3d[z].ravel()]), axis=1, return_counts=True)
+        for (i2, i3), n in zip(pairs.T.tolist(), counts.tolist()):
+            if i2 and i3 and i2 in cls_of:
+                v = votes.setdefault(i3, {})
+                v[cls_of[i2]] = v.get(cls_of[i2], 0) + n
+                scores.setdefault(i3, []).append(score_of[i2])
+    ids = sorted(votes)
+    return {"index": np.array(ids, np.int32),
+            "class": np.array([max(votes[i], key=votes[i].get) for i in ids], np.int64),
+            "score": np.array([np.mean(scores[i]) for i in ids], np.float32)}
+
+
+def segment(
     model: SegModel,
     image: np.ndarray,
     *,
@@ -135,33 +276,31 @@ def predict(
     batch_size: int = 4,
     device: str | torch.device = "auto",
     amp: bool = True,
-    output: str = "values",
-) -> Work[np.ndarray]:
-    """Segment a 2D image or a 3D volume (2D models run slice by slice).
+) -> Work[Segmentation]:
+    """Segment a 2D image or a 3D volume with any model (2D models run slice by slice).
 
     Args:
         model: A loaded :class:`~.io.SegModel`.
         image: ``(Y, X)``, ``(Y, X, 3)``, ``(Z, Y, X)`` or ``(Z, Y, X, 3)``, any numeric dtype.
         rgb: Force the colour reading of a trailing 3/4 axis (``None``: guess as napari does).
         tile, overlap, batch_size: Sliding-window settings (see :func:`predict_probs`).
-        tile_z: Tile depth for native 3D models (2D models run slice by slice).
+        tile_z: Tile depth for native 3D models.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ...; on CUDA out-of-memory the tile is halved and retried.
         amp: Mixed precision on CUDA.
-        output: ``"values"`` for the user's label values (the card's ``label_values``), ``"classes"``
-            for class indices 0..K-1.
 
     Yields:
         :class:`Progress` once per batch of tiles.
 
     Returns:
-        Labels of the image's spatial shape: ``(Y, X)`` or ``(Z, Y, X)``. Semantic models give class
-        values; instance models give int32 object ids 1..N (0 background), unique in the whole image
-        or volume (tiles are blended before objects are formed, so none is cut at a tile border).
+        A :class:`Segmentation` in the user's label values. Instance ids are unique in the whole image
+        or volume: dense outputs are blended across tiles before objects form, object models' tiles are
+        stitched (:func:`predict_objects`), and a volume's 2D objects are linked across slices.
     """
     card = model.card
     axes = infer_axes(np.shape(image), rgb)
     dev = pick_device(device)
     module = model.module.to(dev).eval()
+    lmap = LabelMap(card["label_values"])
     slices = normalize(to_slices(image, axes, card["in_channels"]), card.get("normalization"))
     if card.get("spatial_dims", 2) == 3:  # native 3D: the whole (C, Z, Y, X) volume in 3D tiles
         volume = np.moveaxis(slices, 0, 1)
@@ -170,12 +309,13 @@ def predict(
                           overlap=overlap, batch_size=max(1, batch_size // 2), device=dev, amp=amp),
             lambda p: Progress(p.step, p.total, f"3D {p.note}"),
         )
+        if card.get("kind") == "instance":  # 3D watershed on the 3D maps
+            ids = instance.postprocess(probs)
+            return Segmentation(instances=ids if axes.volume else ids[0])
         labels3 = semantic.postprocess(probs)
-        labels3 = labels3 if axes.volume else labels3[0]
-        return labels3 if output == "classes" else LabelMap(card["label_values"]).to_values(labels3)
+        return Segmentation(semantic=lmap.to_values(labels3 if axes.volume else labels3[0]))
     n_slices = slices.shape[0]
-    is_instance = card.get("kind") == "instance"
-    out = np.zeros((n_slices, *slices.shape[2:]), dtype=np.int64)
+    parts: list[Segmentation] = []
     step = 0
     for s in range(n_slices):
         while True:
@@ -187,11 +327,10 @@ def predict(
                     note = f"slice {s + 1}/{n_slices}, {p.note}" if n_slices > 1 else p.note
                     return Progress(step + p.step, p.total * n_slices, note)
 
-                probs = yield from map_progress(predict_probs(
-                    module, slices[s], num_classes=card["num_classes"], tile=tile, overlap=overlap,
-                    batch_size=batch_size, divisible_by=card.get("divisible_by", 1), device=dev, amp=amp,
-                ), rebase)
-                out[s] = instance.postprocess(probs) if is_instance else semantic.postprocess(probs)
+                part = yield from map_progress(
+                    segment_slice(model, slices[s], tile=tile, overlap=overlap, batch_size=batch_size, device=dev,
+                                  amp=amp), rebase)
+                parts.append(part)
                 step += totals[0]
                 break
             except torch.cuda.OutOfMemoryError:
@@ -202,9 +341,29 @@ def predict(
                 torch.cuda.empty_cache()
                 tile //= 2
                 log.warning("GPU out of memory; retrying with %d-pixel tiles", tile)
-    if is_instance:  # object ids, linked across slices into 3D objects for volumes
-        return instance.link_slices(out) if axes.volume else instance.relabel(out[0])
-    labels = out if axes.volume else out[0]
-    if output == "classes":
-        return labels
-    return LabelMap(card["label_values"]).to_values(labels)
+    out = Segmentation()
+    if parts[0].semantic is not None:
+        sem = np.stack([p.semantic for p in parts])
+        out.semantic = lmap.to_values(sem if axes.volume else sem[0])
+    if parts[0].instances is not None:
+        stack2d = np.stack([p.instances for p in parts])
+        if axes.volume:
+            out.instances = instance.link_slices(stack2d)
+            feats = _linked_features([p.features for p in parts], stack2d, out.instances)
+        else:
+            out.instances = stack2d[0]
+            feats = parts[0].features
+        if feats is not None:  # class indices -> the user's label values
+            feats = {**feats, "class": np.asarray(card["label_values"])[feats["class"]]}
+        out.features = feats
+    return out
+
+
+def predict(model: SegModel, image: np.ndarray, *, output: str = "values", **kwargs) -> Work[np.ndarray]:
+    """The main label array of :func:`segment` (same arguments): object ids for instance models,
+    class values otherwise (``output="classes"``: class indices 0..K-1 instead of values)."""
+    result = yield from segment(model, image, **kwargs)
+    labels = result.labels
+    if output == "classes" and result.semantic is not None:
+        return LabelMap(model.card["label_values"]).to_classes(labels)
+    return labels

@@ -107,6 +107,21 @@ def write_labels(path: str | Path, labels: np.ndarray) -> Path:
     return path
 
 
+def write_objects_table(path: str | Path, features: dict[str, np.ndarray]) -> Path:
+    """Write a per-object table (``index``, ``class``, ``score``, ...) as CSV, atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    keys = list(features)
+    rows = zip(*(np.asarray(features[k]).tolist() for k in keys))
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(",".join(keys) + "\n")
+        for row in rows:
+            fh.write(",".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
 def list_images(spec: str | Path) -> list[Path]:
     """Image files named by a folder, a single file or a glob pattern, sorted naturally.
 

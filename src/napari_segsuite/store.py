@@ -42,9 +42,11 @@ class StoredModel:
 
     @property
     def label(self) -> str:
-        """One line for a picker: name, architecture, task, and the validation mean IoU when known."""
-        m = self.card.get("metrics") or {}
-        score = f", val IoU {m['mean_iou']:.2f}" if isinstance(m.get("mean_iou"), (int, float)) else ""
+        """One line for a picker: name, architecture, task, and the validation score (mean IoU, AP50 or PQ) when known."""
+        from .training import score_of
+
+        sc = score_of(self.card)
+        score = f", val {sc[0]} {sc[1]:.2f}" if sc else ""
         origin = "built-in" if self.builtin else self.card.get("architecture", "?")
         return f"{self.name} ({origin}, {self.card.get('kind', '?')}{score})"
 
@@ -117,3 +119,107 @@ def new_model_path(name: str) -> Path:
     while path.exists() or (BUILTIN_DIR / path.name).exists():
         path, i = root / f"{base}-{i}", i + 1
     return path
+
+
+def _user_model(name: str) -> StoredModel:
+    hit = next((m for m in reversed(list_models()) if m.name == name and not m.builtin), None)
+    if hit is None:
+        if any(m.name == name for m in list_models()):
+            raise ValueError(f"{name!r} is a built-in model; it cannot be renamed or deleted.")
+        raise FileNotFoundError(f"No stored model named {name!r}. Stored: {', '.join(m.name for m in list_models()) or 'none'}.")
+    return hit
+
+
+def rename_model(name: str, new_name: str) -> Path:
+    """Rename a user model (its folder and the name in its card); returns the new folder.
+
+    Raises:
+        ValueError: a model called ``new_name`` exists already, or ``name`` is built in.
+    """
+    m = _user_model(name)
+    target = model_dir() / safe_name(new_name)
+    if target.exists() or (BUILTIN_DIR / target.name).exists():
+        raise ValueError(f"A model named {target.name!r} exists already; choose another name.")
+    os.replace(m.path, target)
+    card = json.loads((target / CARD_FILE).read_text())
+    card["name"] = target.name
+    _write_card(target, card)
+    return target
+
+
+def delete_model(name: str) -> Path:
+    """Delete a user model's folder (front ends ask the user to confirm first); returns the removed path."""
+    import shutil
+
+    m = _user_model(name)
+    trash = m.path.with_name(f".{m.path.name}.deleting")
+    os.replace(m.path, trash)  # gone from listings at once, even if removal is slow
+    shutil.rmtree(trash, ignore_errors=True)
+    return m.path
+
+
+def export_model(spec: str, dest: str | Path) -> Path:
+    """Write a stored model (a name or a folder) as one ``.segsuite.zip`` file: its card and safetensors
+    weights, nothing executable. Returns the file written."""
+    import zipfile
+
+    folder = resolve_trained(spec)
+    dest = Path(dest)
+    if dest.is_dir():
+        dest = dest / f"{folder.name}.segsuite.zip"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        z.write(folder / CARD_FILE, CARD_FILE)
+        z.write(folder / WEIGHTS_FILE, WEIGHTS_FILE)
+    os.replace(tmp, dest)
+    return dest
+
+
+def import_model(file: str | Path, name: str | None = None) -> Path:
+    """Add a model exported by :func:`export_model` to the store (under a fresh name) and check it loads.
+
+    Only the two expected members are read (JSON and safetensors, never unpickled); anything else in
+    the archive is ignored.
+
+    Raises:
+        ValueError: the file is not an exported model, or its weights do not fit its card.
+    """
+    import shutil
+    import tempfile
+    import zipfile
+
+    from .io import load_model
+
+    file = Path(file)
+    try:
+        with zipfile.ZipFile(file) as z:
+            members = set(z.namelist())
+            if not {CARD_FILE, WEIGHTS_FILE} <= members:
+                raise ValueError(f"{file.name!r} is not an exported model: it lacks {CARD_FILE} or {WEIGHTS_FILE}.")
+            card = json.loads(z.read(CARD_FILE))
+            stem = name or card.get("name") or file.name.split(".")[0]
+            target = new_model_path(stem)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+            for member in (CARD_FILE, WEIGHTS_FILE):
+                with z.open(member) as src, open(tmp / member, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+    except zipfile.BadZipFile:
+        raise ValueError(f"{file.name!r} is not an exported model (not a zip file).") from None
+    try:
+        load_model(tmp)
+    except (ValueError, KeyError) as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ValueError(f"{file.name!r} does not hold a usable model: {err}") from None
+    card["name"] = target.name
+    card.pop("path", None)
+    _write_card(tmp, card)
+    os.chmod(tmp, 0o755)
+    os.replace(tmp, target)
+    return target
+
+
+def _write_card(folder: Path, card: dict[str, Any]) -> None:
+    tmp = folder / f".{CARD_FILE}.tmp"
+    tmp.write_text(json.dumps(card, indent=2))
+    os.replace(tmp, folder / CARD_FILE)

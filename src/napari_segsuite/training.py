@@ -24,6 +24,7 @@ from .inference import pick_device, predict_probs
 from .io import SegModel, save_model
 from .preprocess import LabelMap, infer_axes, normalize, to_slices
 from .progress import Progress, Work, drive
+from .models.base import DenseHeads, ObjectModel
 from .tasks import instance, semantic
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,8 @@ class TrainResult:
 
     Attributes:
         model: The best model on the validation split (its card carries the training summary and metrics).
-        history: One dict per epoch: ``epoch``, ``step``, ``time``, ``train_loss``, ``val_loss``, ``val_mean_iou``, ``val_dice``.
+        history: One dict per epoch: ``epoch``, ``step``, ``time``, ``train_loss``, ``val_loss``,
+            ``val_score`` (mean IoU, AP50 or PQ by task) and the task's other ``val_*`` metrics.
         stopped: Why training ended: ``"epochs"``, ``"time budget"``, ``"early stopping"`` or ``"cancelled"``.
     """
 
@@ -84,7 +86,19 @@ class TrainResult:
 @dataclass
 class _Sample:
     x: np.ndarray  # (C, H, W) or, for native 3D models, (C, Z, H, W) float32, normalised
-    y: np.ndarray  # (H, W) or (Z, H, W) int64 classes or IGNORE
+    y: np.ndarray  # (H, W) or (Z, H, W) int64 classes or IGNORE; (2, ...) ids + classes for object/panoptic models
+    ids: np.ndarray | None = None  # object ids (instance and panoptic tasks), for validation
+
+    @property
+    def classes(self) -> np.ndarray:
+        """The class-index channel of the targets (IGNORE where unknown)."""
+        return self.y[1] if self.y.ndim == self.x.ndim else self.y
+
+
+def _target_layout(model: SegModel) -> str:
+    """How a model's targets look: ``"classes"`` (per-pixel classes, incl. unet-instance's 3 classes)
+    or ``"ids+classes"`` (object and dense-heads models: :mod:`~.models.base`)."""
+    return "ids+classes" if isinstance(model.module, (ObjectModel, DenseHeads)) else "classes"
 
 
 def prepare_samples(
@@ -93,45 +107,80 @@ def prepare_samples(
     labels: Sequence[np.ndarray],
     names: Sequence[str] | None = None,
     rgb: bool | None = None,
+    instances: Sequence[np.ndarray] | None = None,
 ) -> list[_Sample]:
-    """Normalised training samples with class-index targets: for 2D models one per image or volume
-    slice, for native 3D models one per volume (a 2D image is a one-slice volume).
+    """Normalised training samples with targets: for 2D models one per image or volume slice, for
+    native 3D models one per volume (a 2D image is a one-slice volume).
+
+    What ``labels`` (and ``instances``) mean depends on the model's task: semantic models take class
+    values; instance models take object ids in ``labels`` (one class), or class values in ``labels``
+    and object ids in ``instances`` (a class per object); panoptic models take class values in
+    ``labels`` and object ids of the thing classes in ``instances`` (when ``None``, each connected
+    region of a thing class is one object).
 
     Raises:
         ValueError: counts or shapes differ, or labels hold values the model has no class for.
     """
     if len(images) != len(labels):
         raise ValueError(f"Got {len(images)} images but {len(labels)} label images; give one label image per image.")
+    if instances is not None and len(instances) != len(images):
+        raise ValueError(f"Got {len(images)} images but {len(instances)} instance images; give one per image.")
     if not images:
         raise ValueError("No training images were given.")
     names = list(names) if names is not None else [f"image {i + 1}" for i in range(len(images))]
     lmap = LabelMap.of_card(model.card)
-    is_instance = model.card.get("kind") == "instance"
+    kind = model.card.get("kind")
+    layout = _target_layout(model)
+    three_d = model.card.get("spatial_dims", 2) == 3
     samples = []
-    for img, lab, name in zip(images, labels, names):
+    for i, (img, lab, name) in enumerate(zip(images, labels, names)):
         axes = infer_axes(np.shape(img), rgb)
         want = axes.spatial_shape(np.shape(img))
-        if tuple(np.shape(lab)) != want:
-            raise ValueError(
-                f"Labels of {name!r} are {'x'.join(map(str, np.shape(lab)))} but the image is "
-                f"{'x'.join(map(str, want))}; pick the labels that belong to this image."
-            )
-        unknown = [] if is_instance else lmap.unknown_values(lab)
+        inst = None if instances is None or instances[i] is None else np.asarray(instances[i])
+        for what, arr in (("Labels", lab), ("Instance labels", inst)):
+            if arr is not None and tuple(np.shape(arr)) != want:
+                raise ValueError(
+                    f"{what} of {name!r} are {'x'.join(map(str, np.shape(arr)))} but the image is "
+                    f"{'x'.join(map(str, want))}; pick the labels that belong to this image."
+                )
+        lab = np.asarray(lab)
+        if kind == "instance" and inst is None:  # one class: labels are the object ids
+            inst, cls_values = lab, None
+        else:
+            cls_values = lab
+        unknown = [] if cls_values is None else lmap.unknown_values(cls_values)
         if unknown:
             raise ValueError(
                 f"Labels of {name!r} hold values {unknown[:10]} that model {model.name!r} has no class for "
                 f"(its label values are {lmap.values}). Train a new model, or relabel those pixels."
             )
         x = normalize(to_slices(img, axes, model.card["in_channels"]), model.card.get("normalization"))
-        if is_instance:  # background / interior / boundary targets, per 2D slice
-            y = np.stack([instance.targets(sl) for sl in np.asarray(lab).reshape((-1, *x.shape[2:]))])
+        spatial = x.shape[2:]
+        if kind == "panoptic" and inst is None:
+            things = np.isin(lmap.to_classes(cls_values), list(model.card["build"].get("thing_classes", (1,))))
+            inst = _components(things)
+        ids = None if inst is None else np.asarray(inst).astype(np.int64).reshape((-1, *spatial))
+        if layout == "ids+classes":
+            cls = (ids > 0).astype(np.int64) if cls_values is None else lmap.to_classes(cls_values).reshape((-1, *spatial))
+            if kind == "instance" and cls_values is not None:
+                cls = np.where(ids > 0, cls, np.where(cls == semantic.IGNORE, semantic.IGNORE, 0))
+            y = np.stack([ids, cls], axis=1)  # (S, 2, H, W)
+        elif kind == "instance":  # background / interior / boundary targets, per 2D slice or per volume
+            y = instance.targets(ids) if three_d else np.stack([instance.targets(sl) for sl in ids])
         else:
-            y = lmap.to_classes(np.asarray(lab)).reshape((-1, *x.shape[2:]))
-        if model.card.get("spatial_dims", 2) == 3:
-            samples.append(_Sample(np.ascontiguousarray(np.moveaxis(x, 0, 1)), y))
+            y = lmap.to_classes(cls_values).reshape((-1, *spatial))
+        if three_d:
+            y3 = np.moveaxis(y, 0, 1) if y.ndim == 4 else y
+            samples.append(_Sample(np.ascontiguousarray(np.moveaxis(x, 0, 1)), np.ascontiguousarray(y3), ids))
         else:
-            samples += [_Sample(xs, ys) for xs, ys in zip(x, y)]
+            samples += [_Sample(xs, ys, None if ids is None else ids[j]) for j, (xs, ys) in enumerate(zip(x, y))]
     return samples
+
+
+def _components(mask: np.ndarray) -> np.ndarray:
+    from scipy import ndimage as ndi
+
+    return ndi.label(mask)[0]
 
 
 def split_samples(samples: list[_Sample], fraction: float, rng: np.random.Generator) -> tuple[list[_Sample], list[_Sample], str]:
@@ -144,41 +193,48 @@ def split_samples(samples: list[_Sample], fraction: float, rng: np.random.Genera
     h = s.y.shape[-2]
     cut = int(round(h * (1 - fraction)))
     if h >= 64 and h - cut >= 16:
-        return ([_Sample(s.x[..., :cut, :], s.y[..., :cut, :])], [_Sample(s.x[..., cut:, :], s.y[..., cut:, :])],
-                f"bottom {h - cut} rows of the one image")
+        def part(rows: slice) -> _Sample:
+            return _Sample(s.x[..., rows, :], s.y[..., rows, :], None if s.ids is None else s.ids[..., rows, :])
+
+        return [part(slice(0, cut))], [part(slice(cut, None))], f"bottom {h - cut} rows of the one image"
     return [s], [s], "none held out (one small image): validated on the training image"
 
 
 def _pad_to(s: _Sample, patch: tuple[int, ...]) -> _Sample:
     """Pad a sample at the end of each spatial axis up to ``patch``; padded labels are ``IGNORE``."""
-    extra = [max(0, p - n) for p, n in zip(patch, s.y.shape)]
+    spatial = s.x.shape[1:]
+    extra = [max(0, p - n) for p, n in zip(patch, spatial)]
     if not any(extra):
         return s
-    mode = "reflect" if all(e < n for e, n in zip(extra, s.y.shape)) else "edge"
+    mode = "reflect" if all(e < n for e, n in zip(extra, spatial)) else "edge"
     x = np.pad(s.x, [(0, 0)] + [(0, e) for e in extra], mode=mode)
-    y = np.pad(s.y, [(0, e) for e in extra], constant_values=semantic.IGNORE)
-    return _Sample(x, y)
+    lead = [(0, 0)] * (s.y.ndim - len(spatial))
+    y = np.pad(s.y, lead + [(0, e) for e in extra], constant_values=semantic.IGNORE)
+    return _Sample(x, y, s.ids)
 
 
 def _crop_batch(train: list[_Sample], patch: tuple[int, ...], n: int, rng: np.random.Generator,
                 augment: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """A batch of random crops of size ``patch`` (2D ``(p, p)`` or 3D ``(pz, p, p)``), augmented."""
-    weights = np.array([s.y.size for s in train], dtype=np.float64)
+    weights = np.array([s.x[0].size for s in train], dtype=np.float64)
     nd = len(patch)
     xs, ys = [], []
     for i in rng.choice(len(train), size=n, p=weights / weights.sum()):
         s = train[i]
+        spatial = s.x.shape[1:]
         size = list(patch)
         if augment and nd == 2:  # scale augmentation: crop a larger or smaller window, resize to the patch
-            c = int(np.clip(round(patch[0] * math.exp(rng.uniform(-0.25, 0.25))), 16, min(s.y.shape)))
+            c = int(np.clip(round(patch[0] * math.exp(rng.uniform(-0.25, 0.25))), 16, min(spatial)))
             size = [c, c]
-        starts = [int(rng.integers(0, dim - c + 1)) for dim, c in zip(s.y.shape, size)]
+        starts = [int(rng.integers(0, dim - c + 1)) for dim, c in zip(spatial, size)]
         window = tuple(slice(a, a + c) for a, c in zip(starts, size))
         x = torch.from_numpy(s.x[(slice(None), *window)].copy())
-        y = torch.from_numpy(s.y[window].copy())
+        y = torch.from_numpy(s.y[(Ellipsis, *window)].copy())
         if tuple(size) != tuple(patch):
             x = F.interpolate(x[None], size=patch, mode="bilinear", align_corners=False)[0]
-            y = F.interpolate(y[None, None].float(), size=patch, mode="nearest")[0, 0].long()
+            lead = y.ndim > nd  # (2, ...) ids + classes
+            y = F.interpolate((y[None] if lead else y[None, None]).float(), size=patch, mode="nearest")[0].long()
+            y = y if lead else y[0]
         if augment:
             for axis in range(-nd, 0):
                 if rng.random() < 0.5:
@@ -198,26 +254,97 @@ def _crop_batch(train: list[_Sample], patch: tuple[int, ...], n: int, rng: np.ra
 
 
 def evaluate_samples(
-    module: torch.nn.Module, samples: list[_Sample], num_classes: int, divisible_by: int, device: torch.device, amp: bool,
-    tile: int | tuple[int, ...] = 512,
+    model: SegModel, samples: list[_Sample], device: torch.device, amp: bool, tile: int | tuple[int, ...] = 512,
 ) -> dict[str, Any]:
-    """Validation loss and pixel metrics of ``module`` over whole samples (tiled)."""
+    """Validation loss and the task's metrics of ``model`` over whole samples (tiled, as at inference).
+
+    Returns the task's metrics (semantic: ``mean_iou``, ``dice``, ...; instance: ``ap50``, ...;
+    panoptic: ``pq``, ...), ``loss`` (NaN for object models, whose loss needs training mode) and
+    ``score``, the one number that picks the best model: mean IoU, AP50 or PQ.
+    """
+    from .inference import segment_slice
+
+    module, card = model.module, model.card
+    k, div, kind = card["num_classes"], max(1, card.get("divisible_by", 1)), card.get("kind")
     was_training = module.training
     module.eval()
-    cm = np.zeros((num_classes, num_classes), np.int64)
-    losses = []
+    cm = np.zeros((k, k), np.int64)
+    losses: list[float] = []
+    ious: list[np.ndarray] = []
+    n_pred = n_true = 0
+    pq_counts = None
     for s in samples:
-        probs = drive(predict_probs(module, s.x, num_classes=num_classes, tile=tile, divisible_by=divisible_by,
-                                    device=device, amp=amp))
-        valid = s.y != semantic.IGNORE
-        if valid.any():
-            p = np.clip(probs[:, valid], 1e-7, 1.0)
-            losses.append(float(-np.log(p[s.y[valid], np.arange(valid.sum())]).mean()))
-        cm += semantic.confusion(semantic.postprocess(probs), s.y, num_classes)
+        if isinstance(module, ObjectModel):
+            seg = drive(segment_slice(model, s.x, tile=tile, device=device, amp=amp))
+            pred_ids = seg.instances
+        else:
+            channels = k + (3 if kind == "panoptic" else 0)
+            probs = drive(predict_probs(module, s.x, num_classes=channels, tile=tile, divisible_by=div,
+                                        device=device, amp=amp))
+            cls = s.classes
+            valid = cls != semantic.IGNORE
+            if valid.any():
+                p = np.clip(probs[:k][:, valid], 1e-7, 1.0)
+                losses.append(float(-np.log(p[cls[valid], np.arange(valid.sum())]).mean()))
+            if kind == "semantic":
+                cm += semantic.confusion(semantic.postprocess(probs), cls, k)
+                continue
+            if kind == "panoptic":
+                from .tasks import panoptic
+
+                things = tuple(card["build"].get("thing_classes", (1,)))
+                sem, pred_ids, _ = panoptic.postprocess(probs, things)
+                c = panoptic.pq_counts(sem, pred_ids, cls, s.ids, things, k)
+                pq_counts = c if pq_counts is None else _add_counts(pq_counts, c)
+                continue
+            pred_ids = instance.postprocess(probs)
+        known = s.ids >= 0
+        gt = np.where(known, s.ids, 0)
+        pred_ids = np.where(known, pred_ids, 0)
+        m = instance.metrics(pred_ids, gt)
+        ious.append(instance.match(pred_ids, gt))
+        n_pred, n_true = n_pred + m["n_pred"], n_true + m["n_true"]
     module.train(was_training)
-    out = semantic.metrics_from_confusion(cm)
+    if kind == "semantic":
+        out = semantic.metrics_from_confusion(cm)
+        out["score"] = out["mean_iou"] or 0.0
+    elif kind == "panoptic":
+        from .tasks import panoptic
+
+        out = panoptic.pq_from_counts(pq_counts)
+        out["score"] = out["pq"] or 0.0
+    else:
+        out = instance.metrics_from_matches(np.concatenate(ious) if ious else np.zeros(0), n_pred, n_true)
+        out["score"] = out["ap50"]
     out["loss"] = float(np.mean(losses)) if losses else float("nan")
     return out
+
+
+def _add_counts(a: Any, b: Any) -> Any:
+    """Sum two per-class PQ count tables (see :func:`~.tasks.panoptic.pq_counts`)."""
+    from .tasks import panoptic
+
+    return panoptic.add_counts(a, b)
+
+
+def _loss(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The training loss by the model's contract (:mod:`~.models.base`)."""
+    if isinstance(module, ObjectModel):
+        return module.loss(x, y)
+    if isinstance(module, DenseHeads):
+        return module.loss_from_output(module(x), y)
+    return semantic.loss_fn(module(x), y)
+
+
+SCORE_NAMES = {"semantic": "mean IoU", "instance": "AP50", "panoptic": "PQ"}
+SCORE_KEYS = {"semantic": "mean_iou", "instance": "ap50", "panoptic": "pq"}
+
+
+def score_of(card: dict[str, Any]) -> tuple[str, float] | None:
+    """The task's validation score recorded in a model card, e.g. ``("AP50", 0.83)``; ``None`` if untrained."""
+    kind = card.get("kind", "semantic")
+    value = (card.get("metrics") or {}).get(SCORE_KEYS.get(kind, ""))
+    return (SCORE_NAMES[kind], float(value)) if isinstance(value, (int, float)) else None
 
 
 def train(
@@ -228,6 +355,7 @@ def train(
     *,
     names: Sequence[str] | None = None,
     rgb: bool | None = None,
+    instances: Sequence[np.ndarray] | None = None,
     cancel: Callable[[], bool] | None = None,
     checkpoint: str | Path | None = None,
 ) -> Work[TrainResult]:
@@ -254,17 +382,18 @@ def train(
     torch.manual_seed(cfg.seed)
     device = pick_device(cfg.device)
     card = model.card
-    k, div = card["num_classes"], max(1, card.get("divisible_by", 1))
-    samples = prepare_samples(model, images, labels, names, rgb)
+    div = max(1, card.get("divisible_by", 1))
+    score_name = SCORE_NAMES.get(card.get("kind", "semantic"), "score")
+    samples = prepare_samples(model, images, labels, names, rgb, instances)
     train_s, val_s, val_note = split_samples(samples, cfg.val_fraction, rng)
     three_d = card.get("spatial_dims", 2) == 3
-    p = min(cfg.patch_size, max(max(s.y.shape[-2:]) for s in train_s))
+    p = min(cfg.patch_size, max(max(s.x.shape[-2:]) for s in train_s))
     p = max(div, -(-p // div) * div)
     patch: tuple[int, ...] = (p, p)
     batch_size = max(2, cfg.batch_size)  # batch norm in pooling branches (PSPNet, DeepLab) needs two samples
     val_tile: int | tuple[int, ...] = 512
     if three_d:
-        pz = min(cfg.patch_size_z, max(s.y.shape[0] for s in train_s))
+        pz = min(cfg.patch_size_z, max(s.x.shape[1] for s in train_s))
         patch, batch_size, val_tile = (pz, p, p), max(2, cfg.batch_size // 2), (2 * cfg.patch_size_z, 256, 256)
     train_s = [_pad_to(s, patch) for s in train_s]
     train_px = sum(s.y.size for s in train_s)
@@ -282,6 +411,11 @@ def train(
     history: list[dict[str, float]] = []
     stopped, step, epoch = "epochs", 0, 0
     running: list[float] = []
+    parent_val = None
+    if card.get("parent"):  # fine-tuning: score the starting model on the same validation images first
+        parent_val = evaluate_samples(model, val_s, device, use_amp, val_tile)
+        yield Progress(0, total, f"starting model: {score_name} {parent_val['score']:.3f} on the validation images",
+                       {"parent_score": parent_val["score"]})
 
     def frac() -> float:
         f = step / total
@@ -306,7 +440,7 @@ def train(
             x, y = _crop_batch(train_s, patch, batch_size, rng, cfg.augment)
             x, y = x.to(device), y.to(device)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                loss = semantic.loss_fn(module(x), y)
+                loss = _loss(module, x, y)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)
@@ -316,16 +450,19 @@ def train(
             yield Progress(step, total, f"epoch {epoch}/{cfg.epochs} · loss {running[-1]:.3f}", {"loss": running[-1], "lr": lr})
         if step == epoch_start and (best_state is not None or not running):
             break  # stopped before this epoch took a step: the last validation still holds
-        val = evaluate_samples(module, val_s, k, div, device, use_amp, val_tile)
+        val = evaluate_samples(model, val_s, device, use_amp, val_tile)
         row = {
             "epoch": epoch, "step": step, "time": time.monotonic() - t0,
             "train_loss": float(np.mean(running[-spe:])), "val_loss": val["loss"],
-            "val_mean_iou": val["mean_iou"] or 0.0, "val_dice": val["dice"] or 0.0,
+            "val_score": val["score"],
         }
+        for key in ("mean_iou", "dice", "ap50", "ap50_95", "pq", "sq", "rq"):
+            if key in val:
+                row[f"val_{key}"] = val[key] or 0.0
         history.append(row)
-        improved = (val["mean_iou"] or 0.0) > best_iou
+        improved = val["score"] > best_iou
         if improved:
-            best_iou, best_epoch = val["mean_iou"] or 0.0, epoch
+            best_iou, best_epoch = val["score"], epoch
             best_state = copy.deepcopy({n: t.detach().cpu() for n, t in module.state_dict().items()})
             best_metrics = val
             if checkpoint is not None:
@@ -335,7 +472,7 @@ def train(
                 save_model(snapshot, checkpoint)
         yield Progress(
             step, total,
-            f"epoch {epoch}: val loss {val['loss']:.3f} · mean IoU {row['val_mean_iou']:.3f}" + (" (best)" if improved else ""),
+            f"epoch {epoch}: val loss {val['loss']:.3f} · {score_name} {val['score']:.3f}" + (" (best)" if improved else ""),
             {k2: v for k2, v in row.items() if isinstance(v, float)},
         )
         if cfg.patience and epoch - best_epoch >= cfg.patience and stopped == "epochs":
@@ -344,6 +481,12 @@ def train(
         module.load_state_dict(best_state)
     module.eval()
     _annotate(model, cfg, samples, train_s, val_note, history, best_epoch, best_metrics, stopped, step, t0)
+    if parent_val is not None and best_metrics is not None:
+        model.card["comparison"] = {
+            "metric": score_name, "parent": parent_val["score"], "new": best_metrics["score"],
+            "better": bool(best_metrics["score"] >= parent_val["score"]), "validation": val_note,
+            "parent_name": card["parent"].get("name"), "parent_path": card["parent"].get("path"),
+        }
     return TrainResult(model, history, stopped)
 
 
@@ -355,8 +498,8 @@ def _annotate(model: SegModel, cfg: TrainConfig, samples: list, train_s: list, v
         "samples": len(samples),
         "train_samples": len(train_s),
         "validation": val_note,
-        "pixels": int(sum(s.y.size for s in samples)),
-        "labelled_pixels": int(sum((s.y != semantic.IGNORE).sum() for s in samples)),
+        "pixels": int(sum(s.x[0].size for s in samples)),
+        "labelled_pixels": int(sum((s.classes != semantic.IGNORE).sum() for s in samples)),
         "epochs": len(history),
         "best_epoch": best_epoch,
         "steps": step,

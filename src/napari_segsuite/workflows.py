@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .inference import predict
+from .inference import segment
 from .io import SegModel, load_model, new_model
 from .models import available, get_spec
 from .preprocess import LabelMap, infer_axes
@@ -27,6 +27,12 @@ def is_architecture(spec: str) -> bool:
     return spec in {s.name for s in available()}
 
 
+def _check_ids(labels: Sequence[np.ndarray], what: str = "Instance labels") -> None:
+    for lab in labels:
+        if not np.issubdtype(np.asarray(lab).dtype, np.integer):
+            raise ValueError(f"{what} must be integer ids (0 background, 1..N objects).")
+
+
 def model_for_training(
     spec: str,
     images: Sequence[np.ndarray],
@@ -34,6 +40,8 @@ def model_for_training(
     *,
     rgb: bool | None = None,
     sparse: bool = False,
+    instances: Sequence[np.ndarray] | None = None,
+    things: Sequence[int] | None = None,
     **build_kwargs: Any,
 ) -> SegModel:
     """The model ``train`` starts from.
@@ -42,20 +50,56 @@ def model_for_training(
         spec: A registry name (a new, randomly initialised model whose classes are the sorted label
             values found in ``labels`` and whose channels follow the first image), or a trained
             model's path or stored name (fine-tuning: classes and channels are the model's own).
+        labels: Semantic models: class values. Instance models: object ids (one class), or class
+            values when ``instances`` holds the ids (a class per object; object models only).
+            Panoptic models: class values.
         sparse: Sparse annotation: label value 0 means "not annotated" and is ignored; every class,
             background included, is painted with its own value 1..K.
+        instances: Object ids per image (instance models with classes; panoptic models).
+        things: Panoptic models: the label values of the countable classes (the rest are stuff);
+            default: the classes found under objects in ``instances``.
         build_kwargs: Builder arguments for a new model (e.g. ``base_filters=32``).
     """
-    if is_architecture(spec) and get_spec(spec).kind == "instance":
-        if sparse:
-            raise ValueError("Sparse labels are not supported for instance models yet; give every object an id.")
-        for lab in labels:
-            if not np.issubdtype(np.asarray(lab).dtype, np.integer):
-                raise ValueError("Instance labels must be integer ids (0 background, 1..N objects).")
-        axes = infer_axes(np.shape(images[0]), rgb)
-        return new_model(spec, label_values=[0, 1, 2], class_names=["background", "interior", "boundary"],
-                         in_channels=3 if axes.rgb else 1, **build_kwargs)
-    if is_architecture(spec):
+    arch = get_spec(spec) if is_architecture(spec) else None
+    in_channels = 3 if infer_axes(np.shape(images[0]), rgb).rgb else 1
+    if arch is not None and arch.kind != "semantic" and sparse:
+        raise ValueError(f"Sparse labels are not supported for {arch.kind} models yet; label whole images.")
+    if arch is not None and arch.kind == "instance":
+        _check_ids(labels if instances is None else instances)
+        if not arch.objects:
+            if instances is not None:
+                raise ValueError(
+                    f"{spec!r} finds objects of one class; for a class per object pick an object model "
+                    f"({', '.join(s.name for s in available('instance') if s.objects)})."
+                )
+            return new_model(spec, label_values=[0, 1, 2], class_names=["background", "interior", "boundary"],
+                             in_channels=in_channels, **build_kwargs)
+        if instances is None:
+            return new_model(spec, label_values=[0, 1], class_names=["background", "object"],
+                             in_channels=in_channels, **build_kwargs)
+        values = sorted(set(LabelMap.from_labels(list(labels)).values) | {0})
+        return new_model(spec, label_values=values, in_channels=in_channels, **build_kwargs)
+    if arch is not None and arch.kind == "panoptic":
+        lmap = LabelMap.from_labels(list(labels))
+        if instances is not None:
+            _check_ids(instances)
+        if things is None:
+            if instances is None:
+                raise ValueError(
+                    "Say which classes are countable things (e.g. --things 2,3), or give instance labels "
+                    "from which they can be read."
+                )
+            found: set[int] = set()
+            for lab, inst in zip(labels, instances):
+                found |= {int(v) for v in np.unique(np.asarray(lab)[np.asarray(inst) > 0])}
+            things = sorted(found - {0}) or [v for v in lmap.values if v != 0]
+        missing = sorted(set(things) - set(lmap.values))
+        if missing:
+            raise ValueError(f"Thing classes {missing} do not occur in the labels (values {lmap.values}).")
+        thing_idx = tuple(lmap.values.index(v) for v in things)
+        return new_model(spec, label_values=lmap.values, in_channels=in_channels,
+                         **{"thing_classes": thing_idx, **build_kwargs})
+    if arch is not None:
         values = LabelMap.from_labels(list(labels)).values
         if sparse:
             values = [v for v in values if v != UNANNOTATED]
@@ -64,8 +108,7 @@ def model_for_training(
                     f"Sparse labels need at least two painted classes (0 = not annotated; paint the background "
                     f"as a class of its own, e.g. 1 background, 2 nucleus); found only {values or 'nothing'}."
                 )
-        axes = infer_axes(np.shape(images[0]), rgb)
-        return new_model(spec, label_values=values, in_channels=3 if axes.rgb else 1,
+        return new_model(spec, label_values=values, in_channels=in_channels,
                          unannotated_value=UNANNOTATED if sparse else None, **build_kwargs)
     from .store import resolve_trained
 
@@ -77,6 +120,8 @@ def model_for_training(
     path = resolve_trained(spec)
     model = load_model(path)
     if sparse and model.card.get("unannotated_value") != UNANNOTATED:
+        if model.card.get("kind") != "semantic":
+            raise ValueError(f"Sparse labels are not supported for {model.card.get('kind')} models yet.")
         if UNANNOTATED in model.card["label_values"]:
             raise ValueError(
                 f"Model {model.name!r} has a class for label value 0, so 0 cannot mean 'not annotated' here. "
@@ -92,43 +137,69 @@ def evaluate(
     images: Sequence[np.ndarray],
     labels: Sequence[np.ndarray],
     *,
+    instances: Sequence[np.ndarray] | None = None,
     rgb: bool | None = None,
     device: str = "auto",
     tile: int = 512,
 ) -> Work[dict[str, Any]]:
     """Segment each image and score it against its labels (the user's values, mapped by the card).
 
-    Label values the model has no class for are left out of the scores (and logged).
+    ``labels`` and ``instances`` mean what they mean for :func:`model_for_training`. Label values
+    the model has no class for are left out of the scores (and logged).
 
     Returns:
         Semantic models: ``mean_iou``, ``dice``, ``pixel_accuracy``, ``iou_per_class``,
         ``dice_per_class``, ``class_values`` and ``images`` (the count). Instance models: ``ap50``,
         ``ap50_95``, ``f1``, ``mean_matched_iou``, ``n_pred``, ``n_true`` and ``images`` (objects are
-        matched one-to-one per image; counts are summed over images).
+        matched one-to-one per image, whatever their class; counts are summed over images).
+        Panoptic models: ``pq``, ``sq``, ``rq``, ``pq_per_class`` (by label value), ``pq_things``,
+        ``pq_stuff`` and ``images``.
     """
     lmap = LabelMap.of_card(model.card)
     k = model.card["num_classes"]
     cm = np.zeros((k, k), np.int64)
-    is_instance = model.card.get("kind") == "instance"
+    kind = model.card.get("kind")
     ious, n_pred, n_true = [], 0, 0
+    counts = None
     for i, (img, lab) in enumerate(zip(images, labels)):
-        pred = yield from map_progress(
-            predict(model, img, rgb=rgb, device=device, tile=tile, output="values" if is_instance else "classes"),
+        seg = yield from map_progress(
+            segment(model, img, rgb=rgb, device=device, tile=tile),
             lambda p, i=i: Progress(i, len(images), f"image {i + 1}/{len(images)}: {p.note}"),
         )
-        if pred.shape != np.shape(lab):
-            raise ValueError(f"Labels of image {i + 1} are {np.shape(lab)} but the image's prediction is {pred.shape}.")
-        if is_instance:
-            m = instance.metrics(pred, np.asarray(lab))
-            ious.append(instance.match(pred, np.asarray(lab)))
+        lab = np.asarray(lab)
+        if seg.labels.shape != lab.shape:
+            raise ValueError(f"Labels of image {i + 1} are {lab.shape} but the image's prediction is {seg.labels.shape}.")
+        if kind == "instance":
+            gt = lab if instances is None else np.asarray(instances[i])
+            m = instance.metrics(seg.instances, gt)
+            ious.append(instance.match(seg.instances, gt))
             n_pred, n_true = n_pred + m["n_pred"], n_true + m["n_true"]
             continue
-        unknown = lmap.unknown_values(np.asarray(lab))
+        unknown = lmap.unknown_values(lab)
         if unknown:
             log.warning("Image %d: label values %s are not classes of the model; left out of the scores", i + 1, unknown[:10])
-        cm += semantic.confusion(pred, lmap.to_classes(np.asarray(lab)), k)
-    if is_instance:
+        gt_cls = lmap.to_classes(lab)
+        pred_cls = lmap.to_classes(seg.semantic)
+        if kind == "panoptic":
+            from scipy import ndimage as ndi
+
+            from .tasks import panoptic
+
+            things = tuple(model.card["build"].get("thing_classes", (1,)))
+            gt_ids = np.asarray(instances[i]) if instances is not None else ndi.label(np.isin(gt_cls, things))[0]
+            c = panoptic.pq_counts(pred_cls, seg.instances, gt_cls, gt_ids, things, k)
+            counts = c if counts is None else panoptic.add_counts(counts, c)
+            continue
+        cm += semantic.confusion(pred_cls, gt_cls, k)
+    if kind == "instance":
         res: dict[str, Any] = instance.metrics_from_matches(np.concatenate(ious) if ious else np.zeros(0), n_pred, n_true)
+        res["images"] = len(images)
+        return res
+    if kind == "panoptic":
+        from .tasks import panoptic
+
+        res = panoptic.pq_from_counts(counts)
+        res["pq_per_class"] = {int(model.card["label_values"][c]): v for c, v in res["pq_per_class"].items()}
         res["images"] = len(images)
         return res
     out = semantic.metrics_from_confusion(cm)

@@ -2,6 +2,8 @@ import pytest
 import torch
 
 from napari_segsuite.models import available, build, get_spec, register
+from napari_segsuite.models.base import DenseHeads, ObjectModel
+from napari_segsuite.models.base import DenseHeads, ObjectModel
 from napari_segsuite.models.blocks import UPSAMPLE_KINDS, Upsample
 from napari_segsuite.models.unet import UNet
 
@@ -25,8 +27,17 @@ def test_forward_backward_any_size(spec, shape):
     if spec.spatial_dims == 3:
         shape = (5, *shape)
     x = torch.randn(2, 1, *shape, requires_grad=True)
-    out = model(x)
-    assert out.shape == (2, 3, *shape)
+    if isinstance(model, ObjectModel):  # objects out: the loss is what backpropagates
+        y = torch.zeros(2, 2, *shape, dtype=torch.long)
+        y[:, :, 8:24, 8:24] = 1
+        y[1, 1, 8:24, 8:24] = 2  # the second image's object is of class 2
+        model.train()
+        out = model.loss(x, y)
+        assert out.ndim == 0 and torch.isfinite(out)
+    else:
+        out = model(x)
+        extra = 3 if isinstance(model, DenseHeads) else 0  # panoptic: centre heatmap + 2 offsets
+        assert out.shape == (2, 3 + extra, *shape)
     out.mean().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)

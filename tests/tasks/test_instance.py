@@ -82,12 +82,13 @@ def test_linking_gives_3d_ids():
 
 
 def test_unet_instance_learns_nuclei():
-    """From random weights, 45 s on the CPU: AP50 on 3 unseen images >= 0.8 (touching nuclei)."""
+    """From random weights, 160 steps (~45 s on 2 CPU cores): AP50 on 3 unseen images >= 0.8 (touching nuclei).
+    (90 steps already reach 0.85; the budget is in steps so a busy machine is slower, not failing.)"""
     data = [sd.nuclei_2d(seed=i) for i in range(6)]
     unseen = [sd.nuclei_2d(seed=300 + i) for i in range(3)]
     images, labels = [d["image"] for d in data], [d["instances"] for d in data]
     model = model_for_training("unet-instance", images, labels)
-    result = drive(train(model, images, labels, TrainConfig(time_budget=45, patch_size=128, seed=0)))
+    result = drive(train(model, images, labels, TrainConfig(epochs=8, steps_per_epoch=20, patch_size=128, seed=0)))
     m = drive(evaluate(result.model, [d["image"] for d in unseen], [d["instances"] for d in unseen], device="cpu"))
     assert m["ap50"] >= 0.8, m
     out = drive(predict(result.model, unseen[0]["image"]))

@@ -26,6 +26,8 @@ class ModelSpec:
         divisible_by: Input height and width the model needs a multiple of (1 when it pads itself).
         spatial_dims: 2 for models of ``(N, C, H, W)`` (run on volumes slice by slice), 3 for native 3D
             models of ``(N, C, D, H, W)``.
+        objects: The model outputs a set of objects (:class:`~.base.ObjectModel`: Mask R-CNN, SOLO,
+            DeepMask) and so can learn a class per object; instance models without it predict maps.
         defaults: Keyword arguments the builder gets unless the caller overrides them.
     """
 
@@ -36,13 +38,15 @@ class ModelSpec:
     divisible_by: int = 1
     spatial_dims: int = 2
     defaults: dict[str, Any] = field(default_factory=dict)
+    objects: bool = False
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
 
 
 def register(
-    name: str, *, kind: str, description: str, divisible_by: int = 1, spatial_dims: int = 2, **defaults: Any
+    name: str, *, kind: str, description: str, divisible_by: int = 1, spatial_dims: int = 2, objects: bool = False,
+    **defaults: Any
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Decorator that registers a model builder under ``name``.
 
@@ -55,7 +59,7 @@ def register(
     def deco(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY:
             raise ValueError(f"A model named {name!r} is already registered.")
-        _REGISTRY[name] = ModelSpec(name, kind, builder, description, divisible_by, spatial_dims, dict(defaults))
+        _REGISTRY[name] = ModelSpec(name, kind, builder, description, divisible_by, spatial_dims, dict(defaults), objects)
         return builder
 
     return deco

@@ -144,3 +144,28 @@ def build_unet_instance(
         raise ValueError(f"unet-instance predicts 3 classes (background, interior, boundary), not {num_classes}.")
     model = UNet(in_channels=in_channels, num_classes=3, base_filters=base_filters, depth=depth, upsample=upsample)
     return load_local(model, weights)
+
+
+@register(
+    "unet3d-instance",
+    kind="instance",
+    spatial_dims=3,
+    description="3D UNet predicting background / interior / boundary, objects split by 3D seeded watershed: "
+                "nuclei in volumes.",
+)
+def build_unet3d_instance(
+    *,
+    num_classes: int = 3,
+    in_channels: int = 1,
+    base_filters: int = 16,
+    depth: int = 3,
+    upsample: str = "transpose",
+    xy_only_levels: int = 0,
+    weights: str | None = None,
+) -> nn.Module:
+    """A 3D :class:`UNet` with the 3 output classes of :mod:`napari_segsuite.tasks.instance`, run on whole volumes."""
+    if num_classes != 3:
+        raise ValueError(f"unet3d-instance predicts 3 classes (background, interior, boundary), not {num_classes}.")
+    model = UNet(in_channels=in_channels, num_classes=3, base_filters=base_filters, depth=depth, upsample=upsample,
+                 spatial_dims=3, xy_only_levels=xy_only_levels)
+    return load_local(model, weights)

@@ -12,17 +12,24 @@ import numpy as np
 
 def add_result(
     viewer: napari.viewer.Viewer, labels: np.ndarray, image: napari.layers.Image, card: dict[str, Any],
-    params: dict[str, Any],
+    params: dict[str, Any], *, features: dict[str, np.ndarray] | None = None, role: str | None = None,
+    run_id: str | None = None,
 ) -> napari.layers.Labels:
-    """Add a segmentation as a *new* Labels layer named ``"<image> · <model>"``.
+    """Add a segmentation as a *new* Labels layer named ``"<image> · <model>"`` (``" objects"`` added
+    for the object layer of a panoptic result).
 
     Existing layers are never written to: a second run gives a second layer (napari makes the name
-    unique). Provenance goes to ``layer.metadata["segsuite"]``; painting marks the layer as edited.
+    unique). Provenance goes to ``layer.metadata["segsuite"]`` (``role`` is ``"semantic"`` or
+    ``"instances"``; both layers of one panoptic run share ``run_id``); painting marks the layer as
+    edited. ``features`` (``index``, ``class``, ``score`` per object) becomes the layer's features
+    table, with the class names added.
     """
     name = card.get("name") or card.get("architecture", "model")
+    role = role or ("instances" if card.get("kind") == "instance" else "semantic")
     meta = {
         "segsuite": {
-            "run_id": uuid.uuid4().hex[:12],
+            "run_id": run_id or uuid.uuid4().hex[:12],
+            "role": role,
             "model": name,
             "model_path": card.get("path"),
             "architecture": card.get("architecture"),
@@ -35,11 +42,35 @@ def add_result(
             "edited": False,
         }
     }
+    suffix = " objects" if role == "instances" and card.get("kind") == "panoptic" else ""
     layer = viewer.add_labels(
-        labels, name=f"{image.name} · {name}", scale=image.scale, translate=image.translate, metadata=meta,
+        labels, name=f"{image.name} · {name}{suffix}", scale=image.scale, translate=image.translate, metadata=meta,
     )
+    if features is not None:
+        layer.features = _features_table(features, card)
     layer.events.paint.connect(lambda _=None: _mark_edited(layer))
     return layer
+
+
+def _features_table(features: dict[str, np.ndarray], card: dict[str, Any]) -> Any:
+    """napari's features table: one row per object id (``index``), with class value, class name and score."""
+    import pandas as pd
+
+    names = dict(zip(card.get("label_values") or [], card.get("class_names") or []))
+    table = pd.DataFrame({k: np.asarray(v) for k, v in features.items()})
+    table["class_name"] = [names.get(int(c), str(c)) for c in table["class"]]
+    return table
+
+
+def partner_layer(viewer: napari.viewer.Viewer, layer: napari.layers.Labels) -> napari.layers.Labels | None:
+    """The other Labels layer of the same panoptic run (semantic <-> instances), if it is still open."""
+    meta = layer.metadata.get("segsuite") or {}
+    for other in viewer.layers:
+        m = getattr(other, "metadata", {}).get("segsuite") or {}
+        if other is not layer and isinstance(other, napari.layers.Labels) and m.get("run_id") == meta.get("run_id") \
+                and meta.get("run_id") and m.get("role") != meta.get("role"):
+            return other
+    return None
 
 
 def _mark_edited(layer: napari.layers.Labels) -> None:

@@ -18,11 +18,11 @@ from ..io import save_model
 from ..models import available, get_spec
 from ..preprocess import infer_axes
 from ..store import list_models, new_model_path
-from ..training import TrainConfig, train
+from ..training import SCORE_NAMES, TrainConfig, score_of, train
 from ..workflows import model_for_training
 from ._common import RunControls
 from ._events import on_models_changed, store_events
-from ._layers import layer_array, layer_choices
+from ._layers import layer_array, layer_choices, partner_layer
 from .plot import TrainingPlot
 
 
@@ -31,17 +31,25 @@ STOP_REASONS = {"epochs": "epoch limit reached", "time budget": "time limit reac
 
 
 def _finetune_work(spec: str, images: list, labels: list, names: list, rgb: bool, cfg: TrainConfig,
-                   out: str, cancel: threading.Event, sparse: bool = False):
-    model = model_for_training(spec, images, labels, rgb=rgb, sparse=sparse)
+                   out: str, cancel: threading.Event, sparse: bool = False, instances: list | None = None):
+    model = model_for_training(spec, images, labels, rgb=rgb, sparse=sparse, instances=instances)
     model.card["name"] = Path(out).name
-    result = yield from train(model, images, labels, cfg, names=names, rgb=rgb, cancel=cancel.is_set, checkpoint=out)
+    result = yield from train(model, images, labels, cfg, names=names, rgb=rgb, instances=instances,
+                              cancel=cancel.is_set, checkpoint=out)
     save_model(result.model, out)
     return out, result
 
 
 def _base_choices(_w: Any = None) -> list[tuple[str, str]]:
-    archs = [(f"{s.name} (new, random weights)", s.name) for s in available() if s.kind in ("semantic", "instance")]
-    return archs + [(m.label, str(m.path)) for m in list_models() if m.card.get("kind") in ("semantic", "instance")]
+    archs = [(f"{s.name} (new, random weights)", s.name) for s in available()]
+    return archs + [(m.label, str(m.path)) for m in list_models()]
+
+
+def _kind_of(base: str) -> str:
+    """The task of a base choice (an architecture name or a trained model's folder)."""
+    if base in {s.name for s in available()}:
+        return get_spec(base).kind
+    return next((m.card.get("kind", "semantic") for m in list_models() if str(m.path) == base), "semantic")
 
 
 class FinetuneWidget(Container):
@@ -51,6 +59,10 @@ class FinetuneWidget(Container):
         self._viewer = viewer
         self.image = ComboBox(label="Image", choices=lambda _w: layer_choices(viewer, napari.layers.Image))
         self.labels_layer = ComboBox(label="Labels", choices=lambda _w: layer_choices(viewer, napari.layers.Labels))
+        self.objects = ComboBox(
+            label="Objects", choices=lambda _w: [("auto", None), *layer_choices(viewer, napari.layers.Labels)],
+            tooltip="Panoptic models: the object-id layer that goes with the class labels. auto: the one made with "
+                    "it by Segment, else each connected region of a thing class is one object.")
         self.add_btn = PushButton(text="Add pair")
         self.remove_btn = PushButton(text="Remove selected")
         self.pairs = Select(label="Pairs", choices=[], tooltip="Image/labels pairs to train on. Empty: the pair above.")
@@ -64,12 +76,12 @@ class FinetuneWidget(Container):
         self.model_name = LineEdit(label="New model name", value="")
         self.controls = RunControls("Train", self.run)
         self.plot = TrainingPlot()
-        self._pairs: list[tuple[napari.layers.Image, napari.layers.Labels]] = []
+        self._pairs: list[tuple[napari.layers.Image, napari.layers.Labels, napari.layers.Labels | None]] = []
         self._cancel = threading.Event()
         self.last_result: Any = None
         self.last_path: str | None = None
         super().__init__(widgets=[
-            self.image, self.labels_layer,
+            self.image, self.labels_layer, self.objects,
             Container(widgets=[self.add_btn, self.remove_btn], layout="horizontal", labels=False),
             self.pairs, self.base, self.guide, self.sparse, self.epochs, self.minutes, self.model_name, self.controls, self.plot,
         ])
@@ -96,31 +108,41 @@ class FinetuneWidget(Container):
             self.guide.value = ""
 
     # --- pairs ---
-    def _check_pair(self, image: Any, labels: Any) -> str | None:
+    def _check_pair(self, image: Any, labels: Any, objects: Any = None) -> str | None:
         if image is None or labels is None:
             return "Pick an image layer and the Labels layer that belongs to it."
         axes = infer_axes(image.data.shape if not image.multiscale else image.data[0].shape, image.rgb)
         want = axes.spatial_shape(tuple(image.data.shape if not image.multiscale else image.data[0].shape))
-        got = tuple(labels.data.shape)
-        if got != want:
-            return (f"Labels layer '{labels.name}' is {'x'.join(map(str, got))} but image '{image.name}' is "
-                    f"{'x'.join(map(str, want))}; pick the labels that belong to this image.")
+        for layer in (labels, objects):
+            got = None if layer is None else tuple(layer.data.shape)
+            if got is not None and got != want:
+                return (f"Labels layer '{layer.name}' is {'x'.join(map(str, got))} but image '{image.name}' is "
+                        f"{'x'.join(map(str, want))}; pick the labels that belong to this image.")
         return None
 
+    def _current(self) -> tuple:
+        labels = self.labels_layer.value
+        objects = self.objects.value
+        if objects is None and labels is not None:
+            objects = partner_layer(self._viewer, labels)
+        if objects is labels:
+            objects = None
+        return self.image.value, labels, objects
+
     def add_pair(self) -> bool:
-        image, labels = self.image.value, self.labels_layer.value
-        problem = self._check_pair(image, labels)
+        image, labels, objects = self._current()
+        problem = self._check_pair(image, labels, objects)
         if problem:
             show_error(problem)
             return False
-        if any(i is image and lab is labels for i, lab in self._pairs):
+        if any(p[0] is image and p[1] is labels for p in self._pairs):
             return True
-        self._pairs.append((image, labels))
+        self._pairs.append((image, labels, objects))
         self._refresh_pairs()
         return True
 
     def _pair_label(self, pair: tuple) -> str:
-        return f"{pair[0].name} + {pair[1].name}"
+        return f"{pair[0].name} + {pair[1].name}" + (f" + {pair[2].name}" if pair[2] is not None else "")
 
     def _refresh_pairs(self) -> None:
         self.pairs.choices = [(self._pair_label(p), i) for i, p in enumerate(self._pairs)]
@@ -132,10 +154,12 @@ class FinetuneWidget(Container):
 
     def _on_layers_changed(self) -> None:
         alive = set(map(id, self._viewer.layers))
-        self._pairs = [p for p in self._pairs if id(p[0]) in alive and id(p[1]) in alive]
+        self._pairs = [p for p in self._pairs if id(p[0]) in alive and id(p[1]) in alive
+                       and (p[2] is None or id(p[2]) in alive)]
         self._refresh_pairs()
         self.image.reset_choices()
         self.labels_layer.reset_choices()
+        self.objects.reset_choices()
 
     def _on_models_changed(self, _path: str) -> None:
         self.base.reset_choices()
@@ -145,27 +169,33 @@ class FinetuneWidget(Container):
         """Start training; returns the worker (or ``None`` when the input is not usable)."""
         pairs = list(self._pairs)
         if not pairs:
-            problem = self._check_pair(self.image.value, self.labels_layer.value)
+            current = self._current()
+            problem = self._check_pair(*current)
             if problem:
                 show_error(problem)
                 return None
-            pairs = [(self.image.value, self.labels_layer.value)]
-        rgbs = {bool(i.rgb) for i, _ in pairs}
+            pairs = [current]
+        rgbs = {bool(p[0].rgb) for p in pairs}
         if len(rgbs) > 1:
             show_error("Mix of RGB and grayscale images: train on one kind at a time.")
             return None
         if self.base.value is None:
             show_error("Pick a model to start from.")
             return None
-        images = [layer_array(i) for i, _ in pairs]
-        labels = [layer_array(lab) for _, lab in pairs]
-        names = [f"{i.name} + {lab.name}" for i, lab in pairs]
+        images = [layer_array(p[0]) for p in pairs]
+        labels = [layer_array(p[1]) for p in pairs]
+        names = [self._pair_label(p) for p in pairs]
+        instances = None
+        if _kind_of(self.base.value) == "panoptic":
+            instances = [None if p[2] is None else layer_array(p[2]) for p in pairs]
         base_name = Path(self.base.value).name
         name = self.model_name.value.strip() or f"{pairs[0][0].name}-{base_name}"
         out = str(new_model_path(name))
         cfg = TrainConfig(epochs=self.epochs.value, time_budget=self.minutes.value * 60 or None)
         self._cancel.clear()
 
+        kind = _kind_of(self.base.value)
+        self.plot.metric_name = SCORE_NAMES.get(kind, "score")
         self.plot.reset()
 
         def on_yield(p: Any) -> None:
@@ -175,15 +205,14 @@ class FinetuneWidget(Container):
         def done(result: tuple) -> None:
             path, res = result
             self.last_result, self.last_path = res, path
-            m = res.model.card.get("metrics") or {}
-            iou = m.get("mean_iou")
+            sc = score_of(res.model.card)
             why = STOP_REASONS.get(res.stopped, res.stopped)
-            score = f" · val IoU {iou:.3f}" if iou is not None else ""
+            score = f" · val {sc[0]} {sc[1]:.3f}" if sc else ""
             self.controls.status.value = f"Saved '{Path(path).name}'{score}"
             self.controls.status.tooltip = f"{path} ({why})"
             store_events.models_changed.emit(path)
 
         return self.controls.launch(
             _finetune_work, self.base.value, images, labels, names, rgbs.pop(), cfg, out, self._cancel, self.sparse.value,
-            on_yield=on_yield, on_done=done, on_cancel=self._cancel.set,
+            instances, on_yield=on_yield, on_done=done, on_cancel=self._cancel.set,
         )

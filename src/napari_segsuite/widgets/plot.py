@@ -1,4 +1,4 @@
-"""A live plot of training: loss per step, validation loss and mean IoU per epoch (matplotlib)."""
+"""A live plot of training: loss per step, validation loss and the task's score (mean IoU, AP50, PQ) per epoch (matplotlib)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ class TrainingPlot(Container):
 
     def __init__(self) -> None:
         super().__init__(labels=False)
+        self.metric_name = "mean IoU"  # the task's validation score: mean IoU, AP50 or PQ
         self.figure = Figure(figsize=(4, 2.4), dpi=90, facecolor="#262930", layout="constrained")
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.canvas.setMinimumHeight(200)
@@ -36,7 +37,7 @@ class TrainingPlot(Container):
         if "val_loss" in m:
             self.val_steps.append(report.step)
             self.val_loss.append(m["val_loss"])
-            self.val_iou.append(m.get("val_mean_iou", float("nan")))
+            self.val_iou.append(m.get("val_score", float("nan")))
             self.draw()
         elif "loss" in m:
             self.steps.append(report.step)
@@ -56,10 +57,10 @@ class TrainingPlot(Container):
             self.ax.plot(self.steps, self.loss, color="#7aa6da", lw=0.8, alpha=0.6, label="train loss")
         if self.val_loss:
             self.ax.plot(self.val_steps, self.val_loss, "o-", color="#e78a4e", ms=3, lw=1.2, label="val loss")
-            self.ax2.plot(self.val_steps, self.val_iou, "s-", color="#8ec07c", ms=3, lw=1.2, label="val mean IoU")
+            self.ax2.plot(self.val_steps, self.val_iou, "s-", color="#8ec07c", ms=3, lw=1.2, label=f"val {self.metric_name}")
         self.ax.set_xlabel("step", color=fg, fontsize=8)
         self.ax.set_ylabel("loss", color=fg, fontsize=8)
-        self.ax2.set_ylabel("mean IoU", color=fg, fontsize=8)
+        self.ax2.set_ylabel(self.metric_name, color=fg, fontsize=8)
         self.ax2.set_ylim(0, 1)
         self.ax2.yaxis.set_label_position("right")
         self.ax2.yaxis.tick_right()

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
+
+import numpy as np
 
 import napari
 from magicgui.widgets import CheckBox, ComboBox, Container, SpinBox
 from napari.utils.notifications import show_error
 
-from ..inference import predict
+from ..inference import segment
 from ..io import load_model
 from ..store import list_models
 from ._common import RunControls
@@ -20,8 +23,8 @@ DEVICES = ["auto", "cpu", "cuda", "mps"]
 
 def _segment_work(path: str, data: Any, rgb: bool, tile: int, device: str):
     model = load_model(path)
-    labels = yield from predict(model, data, rgb=rgb, tile=tile, device=device)
-    return labels, model.card
+    result = yield from segment(model, data, rgb=rgb, tile=tile, device=device)
+    return result, model.card
 
 
 class SegmentWidget(Container):
@@ -68,15 +71,20 @@ class SegmentWidget(Container):
         params = {"tile": self.tile.value, "device": self.device.value, "slice": z}
 
         def done(result: tuple) -> None:
-            labels, card = result
-            if z is not None:  # a full-size layer holding the one segmented slice
-                import numpy as np
-
-                full = np.zeros((layer_array(image).shape[0], *labels.shape), labels.dtype)
-                full[z] = labels
-                labels = full
-            layer = add_result(self._viewer, labels, image, card, params)
-            self.controls.status.value = f"Done: new layer '{layer.name}'."
+            seg, card = result
+            run_id = uuid.uuid4().hex[:12]
+            names = []
+            for role, labels in (("semantic", seg.semantic), ("instances", seg.instances)):
+                if labels is None:
+                    continue
+                if z is not None:  # a full-size layer holding the one segmented slice
+                    full = np.zeros((layer_array(image).shape[0], *labels.shape), labels.dtype)
+                    full[z] = labels
+                    labels = full
+                feats = seg.features if role == "instances" else None
+                layer = add_result(self._viewer, labels, image, card, params, features=feats, role=role, run_id=run_id)
+                names.append(f"'{layer.name}'")
+            self.controls.status.value = f"Done: new layer{'s' if len(names) > 1 else ''} {' and '.join(names)}."
 
         return self.controls.launch(
             _segment_work, self.model.value, data, bool(image.rgb), self.tile.value, self.device.value,

@@ -1,0 +1,73 @@
+"""The two contracts a model can follow besides the plain semantic one.
+
+A **semantic** model (and ``unet-instance``) is any ``nn.Module`` mapping ``(N, C, H, W)`` to
+``(N, K, H, W)`` class logits; the engine trains it with :func:`~napari_segsuite.tasks.semantic.loss_fn`
+and blends softmax probabilities across tiles. Two other shapes of model exist:
+
+- :class:`ObjectModel` (Mask R-CNN, SOLO, DeepMask): outputs a *set of objects* per image. The
+  engine trains it with :meth:`ObjectModel.loss` and, at inference, runs :meth:`ObjectModel.detect`
+  tile by tile and stitches the objects (:func:`~napari_segsuite.tasks.instance.stitch`).
+- :class:`DenseHeads` (Panoptic-DeepLab): outputs several dense maps (class logits, centre heatmap,
+  offsets) that are blended across tiles like probabilities (:meth:`DenseHeads.activate`) and turned
+  into labels by the task's post-processing; trained with :meth:`DenseHeads.loss_from_output`.
+
+Targets for both are ``y`` of shape ``(N, 2, H, W)`` int64, after cropping and augmentation:
+
+- ``y[:, 0]``: object ids (0 where there is no object, ``-1`` where nothing is known: padding and
+  unannotated pixels). Ids are unique within one image, not necessarily consecutive; an object cut
+  by the crop border is simply smaller.
+- ``y[:, 1]``: class index per pixel (0 background, 1..K-1 the classes; ``-1`` unknown). For an
+  instance model every pixel of one object carries that object's class.
+"""
+
+from __future__ import annotations
+
+from typing import TypedDict
+
+import torch
+from torch import nn
+
+IGNORE = -1
+
+
+class Detections(TypedDict):
+    """Objects found in one image (tensors on any device).
+
+    masks: ``(n, H, W)`` bool, the image's size. scores: ``(n,)`` float in 0..1. classes: ``(n,)``
+    int64 class indices 1..K-1 (0 is background and never returned).
+    """
+
+    masks: torch.Tensor
+    scores: torch.Tensor
+    classes: torch.Tensor
+
+
+class ObjectModel(nn.Module):
+    """A model whose output is a set of objects rather than per-pixel maps."""
+
+    #: Objects larger than this (pixels, along Y or X) may be cut when images are tiled; the engine
+    #: makes tile overlaps at least this wide.
+    max_object_size: int = 128
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Scalar training loss of a batch ``x`` ``(N, C, H, W)`` (normalised) with targets ``y``
+        ``(N, 2, H, W)`` as described in this module; the module is in train mode."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def detect(self, x: torch.Tensor, score_threshold: float = 0.5) -> list[Detections]:
+        """Objects in each image of ``x`` ``(N, C, H, W)`` (module in eval mode), highest score first.
+        Overlaps between returned masks are allowed; the engine resolves them."""
+        raise NotImplementedError
+
+
+class DenseHeads(nn.Module):
+    """A model with several dense output maps, blended across tiles before post-processing."""
+
+    def loss_from_output(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Scalar loss of raw output ``out`` ``(N, M, H, W)`` against targets ``y`` ``(N, 2, H, W)``."""
+        raise NotImplementedError
+
+    def activate(self, out: torch.Tensor) -> torch.Tensor:
+        """Raw output to maps that can be averaged across overlapping tiles (probabilities, offsets)."""
+        raise NotImplementedError
