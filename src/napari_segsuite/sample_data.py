@@ -236,3 +236,97 @@ def napari_nuclei_3d() -> list[tuple]:
 
 def napari_rgb_scene() -> list[tuple]:
     return _layers("RGB scene", rgb_scene(seed=0), rgb=True)
+
+
+def panoptic_scene(seed: int = 0, shape: tuple[int, int] = (128, 128)) -> dict[str, Any]:
+    """A grayscale panoptic scene: a stuff class besides background and two countable thing classes.
+
+    Classes: 0 background (dark, smooth; stuff), 1 tissue (a large region with a striped texture;
+    stuff), 2 cell (bright round objects; thing), 3 rod (dimmer elongated bars; thing). Cells and
+    rods lie on background and tissue alike, several of them touching; each object has a slightly
+    darker rim and its own brightness.
+
+    Returns:
+        ``{"image": (Y, X) uint16, "semantic": (Y, X) uint8 class per pixel, "instances": (Y, X)
+        int32 ids 1..N of things (0 on stuff), "thing_classes": (2, 3), "class_names": names}``.
+    """
+
+    def paint(rng: np.random.Generator, shape: tuple[int, int], n_cells: int, n_rods: int
+              ) -> tuple[np.ndarray, np.ndarray]:
+        """Instance ids and per-id classes (2 round cell, 3 rod) of touching disks and rotated bars.
+
+        Each pixel goes to the object whose normalised distance (< 1 inside) is smallest, so
+        touching objects split along a clean border instead of one hiding the other.
+        """
+        h, w = shape
+        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+        best = np.full(shape, np.inf, np.float32)
+        inst = np.zeros(shape, np.int32)
+        kinds = [2] * n_cells + [3] * n_rods
+        rng.shuffle(kinds)
+        placed: list[tuple[float, float, float]] = []
+        classes = [0]
+        for kind in kinds:
+            for _ in range(30):
+                if kind == 2:
+                    a = b = rng.uniform(5.0, 8.5)
+                else:
+                    a, b = rng.uniform(4.0, 5.5), rng.uniform(9.0, 12.0)
+                if placed and rng.random() < 0.35:  # next to an earlier object: touching neighbours
+                    py, px, pr = placed[int(rng.integers(len(placed)))]
+                    phi, d = rng.uniform(0, 2 * np.pi), 0.95 * (pr + min(a, b))
+                    cy, cx = py + d * np.sin(phi), px + d * np.cos(phi)
+                    if not (a + 2 < cy < h - a - 2 and a + 2 < cx < w - a - 2):
+                        continue
+                else:
+                    cy, cx = rng.uniform(a + 2, h - a - 2), rng.uniform(a + 2, w - a - 2)
+                # touching and a little overlap are allowed, burying an object is not
+                if all(np.hypot(cy - py, cx - px) > 0.8 * (min(a, b) + pr) for py, px, pr in placed):
+                    break
+            else:
+                continue
+            theta = rng.uniform(0, np.pi)
+            u = np.cos(theta) * (yy - cy) + np.sin(theta) * (xx - cx)
+            v = -np.sin(theta) * (yy - cy) + np.cos(theta) * (xx - cx)
+            dist = np.hypot(u / a, v / b) if kind == 2 else np.maximum(np.abs(u) / a, np.abs(v) / b)
+            win = (dist < 1) & (dist < best)
+            best[win] = dist[win]
+            classes.append(kind)
+            inst[win] = len(classes) - 1
+            placed.append((cy, cx, min(a, b)))
+        ids = np.unique(inst)
+        ids = ids[ids > 0]
+        lut = np.zeros(len(classes), np.int32)
+        lut[ids] = np.arange(1, len(ids) + 1)
+        return lut[inst], np.concatenate([[0], np.asarray(classes)[ids]]).astype(np.uint8)
+
+    rng = np.random.default_rng(seed)
+    h, w = shape
+    area = h * w
+    tissue = _smooth_noise(rng, shape, max(h, w) / 6) > rng.uniform(-0.2, 0.4)
+    inst, cls_of = paint(rng, shape, n_cells=max(1, round(area / 2300)), n_rods=max(1, round(area / 3600)))
+    semantic = np.where(inst > 0, cls_of[inst], tissue.astype(np.uint8)).astype(np.uint8)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    angle = rng.uniform(0, np.pi)
+    stripes = np.sin((np.cos(angle) * yy + np.sin(angle) * xx) * 2 * np.pi / 5.0)
+    level = np.array([0.1, 0.33, 1.0, 0.6], np.float32)
+    img = level[semantic] + np.where(semantic == 1, 0.08 * stripes, 0.0)
+    brightness = np.concatenate([[1.0], rng.uniform(0.9, 1.1, int(inst.max()))]).astype(np.float32)
+    inside = ndi.distance_transform_edt(inst > 0) if inst.any() else np.zeros(shape)
+    # a darker rim where an object meets anything else, touching neighbours included
+    border = np.zeros(shape, bool)
+    border[:-1] |= inst[:-1] != inst[1:]
+    border[1:] |= inst[1:] != inst[:-1]
+    border[:, :-1] |= inst[:, :-1] != inst[:, 1:]
+    border[:, 1:] |= inst[:, 1:] != inst[:, :-1]
+    rim = np.minimum(ndi.distance_transform_edt(~border), inside) if inst.any() else inside
+    img = np.where(inst > 0, img * brightness[inst] * (0.8 + 0.2 * np.clip(rim / 1.5, 0, 1)), img)
+    img = ndi.gaussian_filter(img, 0.8) * (1 + 0.15 * _smooth_noise(rng, shape, max(h, w) / 3))
+    img = img + 0.04 * _smooth_noise(rng, shape, 1.0) + rng.normal(0, 0.03, shape)
+    return {
+        "image": np.clip(img * 2000 + 100, 0, 65535).astype(np.uint16),
+        "semantic": semantic,
+        "instances": inst.astype(np.int32),
+        "thing_classes": (2, 3),
+        "class_names": ("background", "tissue", "cell", "rod"),
+    }

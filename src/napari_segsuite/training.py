@@ -295,7 +295,7 @@ def evaluate_samples(
                 things = tuple(card["build"].get("thing_classes", (1,)))
                 sem, pred_ids, _ = panoptic.postprocess(probs, things)
                 c = panoptic.pq_counts(sem, pred_ids, cls, s.ids, things, k)
-                pq_counts = c if pq_counts is None else _add_counts(pq_counts, c)
+                pq_counts = c if pq_counts is None else pq_counts + c
                 continue
             pred_ids = instance.postprocess(probs)
         known = s.ids >= 0
@@ -311,20 +311,13 @@ def evaluate_samples(
     elif kind == "panoptic":
         from .tasks import panoptic
 
-        out = panoptic.pq_from_counts(pq_counts)
+        out = panoptic.pq_from_counts(pq_counts, card["build"].get("thing_classes", (1,)))
         out["score"] = out["pq"] or 0.0
     else:
         out = instance.metrics_from_matches(np.concatenate(ious) if ious else np.zeros(0), n_pred, n_true)
         out["score"] = out["ap50"]
     out["loss"] = float(np.mean(losses)) if losses else float("nan")
     return out
-
-
-def _add_counts(a: Any, b: Any) -> Any:
-    """Sum two per-class PQ count tables (see :func:`~.tasks.panoptic.pq_counts`)."""
-    from .tasks import panoptic
-
-    return panoptic.add_counts(a, b)
 
 
 def _loss(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -57,7 +57,7 @@ def model_for_training(
             background included, is painted with its own value 1..K.
         instances: Object ids per image (instance models with classes; panoptic models).
         things: Panoptic models: the label values of the countable classes (the rest are stuff);
-            default: the classes found under objects in ``instances``.
+            default: the classes found under objects in ``instances``, else every class but 0.
         build_kwargs: Builder arguments for a new model (e.g. ``base_filters=32``).
     """
     arch = get_spec(spec) if is_architecture(spec) else None
@@ -83,16 +83,13 @@ def model_for_training(
         lmap = LabelMap.from_labels(list(labels))
         if instances is not None:
             _check_ids(instances)
-        if things is None:
-            if instances is None:
-                raise ValueError(
-                    "Say which classes are countable things (e.g. --things 2,3), or give instance labels "
-                    "from which they can be read."
-                )
+        if things is None:  # the classes found under objects; without objects every class but 0
             found: set[int] = set()
-            for lab, inst in zip(labels, instances):
-                found |= {int(v) for v in np.unique(np.asarray(lab)[np.asarray(inst) > 0])}
+            for lab, inst in zip(labels, instances or [None] * len(labels)):
+                if inst is not None:
+                    found |= {int(v) for v in np.unique(np.asarray(lab)[np.asarray(inst) > 0])}
             things = sorted(found - {0}) or [v for v in lmap.values if v != 0]
+            log.info("Thing classes (label values): %s; the others are stuff", things)
         missing = sorted(set(things) - set(lmap.values))
         if missing:
             raise ValueError(f"Thing classes {missing} do not occur in the labels (values {lmap.values}).")
@@ -188,7 +185,7 @@ def evaluate(
             things = tuple(model.card["build"].get("thing_classes", (1,)))
             gt_ids = np.asarray(instances[i]) if instances is not None else ndi.label(np.isin(gt_cls, things))[0]
             c = panoptic.pq_counts(pred_cls, seg.instances, gt_cls, gt_ids, things, k)
-            counts = c if counts is None else panoptic.add_counts(counts, c)
+            counts = c if counts is None else counts + c
             continue
         cm += semantic.confusion(pred_cls, gt_cls, k)
     if kind == "instance":
@@ -198,8 +195,10 @@ def evaluate(
     if kind == "panoptic":
         from .tasks import panoptic
 
-        res = panoptic.pq_from_counts(counts)
-        res["pq_per_class"] = {int(model.card["label_values"][c]): v for c, v in res["pq_per_class"].items()}
+        res = panoptic.pq_from_counts(counts, model.card["build"].get("thing_classes", (1,)))
+        values = model.card["label_values"]
+        for key in ("pq_per_class", "sq_per_class", "rq_per_class"):  # by the user's label values
+            res[key] = {int(values[c]): v for c, v in res[key].items()}
         res["images"] = len(images)
         return res
     out = semantic.metrics_from_confusion(cm)

@@ -99,3 +99,17 @@ def test_instance_volume_prediction_links_slices():
     model = new_model("unet-instance", label_values=[0, 1, 2])
     out = drive(predict(model, sd.nuclei_3d(seed=0, shape=(4, 32, 32))["image"], device="cpu"))
     assert out.shape == (4, 32, 32) and out.dtype == np.int32
+
+
+def test_unet3d_instance_learns_nuclei_volumes():
+    """Native 3D: from random weights, 120 steps of 2 crops 32x64x64 (~50 s on 2 cores); objects are split by a
+    3D watershed. AP50 on an unseen volume >= 0.6 (an untrained model scores ~0; 2D slice-by-slice linking
+    is not involved)."""
+    vols = [sd.nuclei_3d(seed=i, shape=(32, 96, 96)) for i in range(3)]
+    unseen = sd.nuclei_3d(seed=200, shape=(32, 96, 96))
+    images, labels = [v["image"] for v in vols], [v["instances"] for v in vols]
+    model = model_for_training("unet3d-instance", images, labels)
+    cfg = TrainConfig(epochs=6, steps_per_epoch=20, patch_size=64, patch_size_z=32, batch_size=4, seed=0)
+    result = drive(train(model, images, labels, cfg))
+    m = drive(evaluate(result.model, [unseen["image"]], [unseen["instances"]], device="cpu"))
+    assert m["ap50"] >= 0.6, m

@@ -64,7 +64,7 @@ def test_segment_then_finetune_then_pick(viewer_with_sample, qtbot):
     fin.model_name.value = "my nuclei"
     assert fin.run() is not None
     _wait(qtbot, fin.controls)
-    assert "Saved 'my nuclei' · val IoU" in fin.controls.status.value, fin.controls.status.value
+    assert "Saved 'my nuclei' · val mean IoU" in fin.controls.status.value, fin.controls.status.value
     assert len(fin.plot.loss) >= 10 and len(fin.plot.val_iou) == 1  # the live plot saw every step and the epoch
 
     # the new model is in Segment's picker without a restart, and selected
@@ -127,7 +127,7 @@ def test_segment_volume_current_slice_and_whole(make_napari_viewer, qtbot):
     assert one[10].any() and not one[:10].any() and not one[11:].any()
 
 
-TRAINABLE = [s for s in __import__("napari_segsuite.models", fromlist=["x"]).available() if s.kind in ("semantic", "instance")]
+TRAINABLE = [s for s in __import__("napari_segsuite.models", fromlist=["x"]).available() ]
 
 
 @pytest.mark.parametrize("spec", TRAINABLE, ids=lambda s: s.name)
@@ -154,3 +154,73 @@ def test_every_model_trains_and_segments_in_the_widgets(make_napari_viewer, qtbo
     _wait(qtbot, seg.controls)
     out = viewer.layers[-1]
     assert out.name == f"small · tiny {name}" and out.data.shape == (64, 64)
+
+
+def test_one_round_train_segment_next_correct_finetune(viewer_with_sample, qtbot):
+    """The human-in-the-loop round: train, segment the next image, correct it, fine-tune from the new model."""
+    from napari_segsuite import sample_data as sd
+
+    viewer = viewer_with_sample
+    nxt = sd.nuclei_2d(seed=7)
+    next_image = viewer.add_image(nxt["image"], name="next image")
+    _, fin = viewer.window.add_plugin_dock_widget("napari-segsuite", "Fine-tune")
+    fin.image.value = viewer.layers["nuclei 2D"]
+    fin.labels_layer.value = viewer.layers["nuclei 2D ground truth (semantic)"]
+    fin.base.value = "unet"
+    fin.epochs.value = 2
+    fin.model_name.value = "round 1"
+    fin.run()
+    _wait(qtbot, fin.controls, 400_000)
+    first = fin.last_path
+    assert Path(first).name == "round 1" and fin.verdict.value == ""  # from scratch: no parent to compare with
+    assert fin.base.value == first  # the next round continues from the new model
+
+    assert fin.segment_next() is not None
+    _wait(qtbot, fin.controls, 400_000)
+    proposal = viewer.layers[-1]
+    assert proposal.name == "next image · round 1" and fin.labels_layer.value is proposal
+    assert fin.image.value is next_image
+    # the user corrects the top-left quarter: the true labels painted in
+    proposal.paint((5, 5), 1)  # a brush stroke marks the layer as edited...
+    proposal.data[:128, :128] = nxt["semantic"][:128, :128]  # ...and the correction itself
+    proposal.refresh()
+    assert proposal.metadata["segsuite"]["edited"]
+    assert fin.add_pair() and len(fin._pairs) == 2
+    assert fin._pair_label(fin._pairs[1]).startswith("next image + next image · round 1 · 256x256 · ")
+    fin.model_name.value = "round 2"
+    fin.run()
+    _wait(qtbot, fin.controls, 400_000)
+    card = load_model(fin.last_path).card
+    assert card["parent"]["name"] == "round 1"
+    comp = card["comparison"]
+    assert comp["metric"] == "mean IoU" and 0 <= comp["parent"] <= 1 and 0 <= comp["new"] <= 1
+    assert ("Better" if comp["better"] else "Worse") in fin.verdict.value
+    assert fin.keep_parent_btn.visible == (not comp["better"])
+    assert fin.plot.parent_score == pytest.approx(comp["parent"])
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    shot = viewer.screenshot(str(SHOTS / "finetune_round.png"), canvas_only=False)
+    assert shot.std() > 5
+
+
+def test_keep_parent_discards_the_new_model(viewer_with_sample, qtbot, monkeypatch):
+    import functools
+
+    from napari_segsuite.store import list_models
+    from napari_segsuite.widgets import finetune
+
+    # a learning rate far too high wrecks the model: the fine-tune comes out worse than its parent
+    monkeypatch.setattr(finetune, "TrainConfig", functools.partial(finetune.TrainConfig, lr=50.0, steps_per_epoch=5))
+    viewer = viewer_with_sample
+    _, fin = viewer.window.add_plugin_dock_widget("napari-segsuite", "Fine-tune")
+    _, seg = viewer.window.add_plugin_dock_widget("napari-segsuite", "Segment")
+    fin.image.value = viewer.layers["nuclei 2D"]
+    fin.labels_layer.value = viewer.layers["nuclei 2D ground truth (semantic)"]
+    fin.base.value = next(v for v in fin.base.choices if v.endswith("nuclei-unet"))
+    fin.epochs.value = 1
+    fin.model_name.value = "worse"
+    fin.run()
+    _wait(qtbot, fin.controls, 400_000)
+    assert "Worse than the parent" in fin.verdict.value and fin.keep_parent_btn.visible
+    fin.keep_parent_btn.native.click()
+    assert "worse" not in [m.name for m in list_models()]
+    assert seg.model.value.endswith("nuclei-unet")

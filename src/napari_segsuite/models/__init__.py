@@ -3,7 +3,7 @@
 Importing this package registers every built-in architecture.
 """
 
-from . import enet, fcn, pspnet, segnet, smp_models, unet  # noqa: F401  (each registers its models)
+from . import deepmask, enet, fcn, panoptic_deeplab, pspnet, segnet, smp_models, solo, unet  # noqa: F401  (each registers its models)
 from .registry import ModelSpec, available, build, get_spec, register
 
 __all__ = ["ModelSpec", "available", "build", "get_spec", "register"]

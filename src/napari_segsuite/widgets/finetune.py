@@ -11,18 +11,21 @@ from pathlib import Path
 from typing import Any
 
 import napari
+import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, LineEdit, PushButton, Select, SpinBox
 from napari.utils.notifications import show_error
 
 from ..io import save_model
 from ..models import available, get_spec
 from ..preprocess import infer_axes
-from ..store import list_models, new_model_path
+from ..inference import segment
+from ..io import load_model
+from ..store import delete_model, list_models, new_model_path
 from ..training import SCORE_NAMES, TrainConfig, score_of, train
 from ..workflows import model_for_training
 from ._common import RunControls
 from ._events import on_models_changed, store_events
-from ._layers import layer_array, layer_choices, partner_layer
+from ._layers import add_result, layer_array, layer_choices, partner_layer
 from .plot import TrainingPlot
 
 
@@ -31,8 +34,10 @@ STOP_REASONS = {"epochs": "epoch limit reached", "time budget": "time limit reac
 
 
 def _finetune_work(spec: str, images: list, labels: list, names: list, rgb: bool, cfg: TrainConfig,
-                   out: str, cancel: threading.Event, sparse: bool = False, instances: list | None = None):
-    model = model_for_training(spec, images, labels, rgb=rgb, sparse=sparse, instances=instances)
+                   out: str, cancel: threading.Event, sparse: bool = False, instances: list | None = None,
+                   things: list[int] | None = None):
+    extra = {"things": things} if things else {}
+    model = model_for_training(spec, images, labels, rgb=rgb, sparse=sparse, instances=instances, **extra)
     model.card["name"] = Path(out).name
     result = yield from train(model, images, labels, cfg, names=names, rgb=rgb, instances=instances,
                               cancel=cancel.is_set, checkpoint=out)
@@ -69,12 +74,21 @@ class FinetuneWidget(Container):
         self.base = ComboBox(label="Start from", choices=_base_choices)
         self.guide = Label(value="")
         self.guide.native.setWordWrap(True)
+        self.things = LineEdit(label="Thing classes", value="", visible=False,
+                               tooltip="Panoptic models: label values of the countable classes, e.g. 2, 3. "
+                                       "Empty: the classes under objects, else every class but 0 (stuff: the rest).")
         self.sparse = CheckBox(text="Sparse labels: 0 = not annotated (paint background as a class)", value=False)
         self.epochs = SpinBox(label="Epochs", value=30, min=1, max=10000)
         self.minutes = FloatSpinBox(label="Time limit (min)", value=5.0, min=0.0, max=10000.0, step=0.5,
                                     tooltip="0 = no limit. Training stops here and keeps the best model.")
         self.model_name = LineEdit(label="New model name", value="")
         self.controls = RunControls("Train", self.run)
+        self.verdict = Label(value="")
+        self.verdict.native.setWordWrap(True)
+        self.keep_parent_btn = PushButton(text="Keep parent (discard new)", visible=False)
+        self.next_btn = PushButton(text="Segment next image", enabled=False,
+                                   tooltip="Run the new model on the next image not yet in the set; correct it, "
+                                           "add the pair, train again (continuing from the new model).")
         self.plot = TrainingPlot()
         self._pairs: list[tuple[napari.layers.Image, napari.layers.Labels, napari.layers.Labels | None]] = []
         self._cancel = threading.Event()
@@ -83,17 +97,33 @@ class FinetuneWidget(Container):
         super().__init__(widgets=[
             self.image, self.labels_layer, self.objects,
             Container(widgets=[self.add_btn, self.remove_btn], layout="horizontal", labels=False),
-            self.pairs, self.base, self.guide, self.sparse, self.epochs, self.minutes, self.model_name, self.controls, self.plot,
+            self.pairs, self.base, self.guide, self.things, self.sparse, self.epochs, self.minutes, self.model_name, self.controls,
+            self.verdict, Container(widgets=[self.keep_parent_btn, self.next_btn], layout="horizontal", labels=False),
+            self.plot,
         ])
+        self.keep_parent_btn.changed.connect(lambda _=None: self.keep_parent())
+        self.next_btn.changed.connect(lambda _=None: self.segment_next())
+        self.next_worker: Any = None
         if "unet" in [c for c in self.base.choices]:
             self.base.value = "unet"  # the small-data default
         self.base.changed.connect(lambda _=None: self._show_guide())
+        self.base.changed.connect(lambda _=None: setattr(self.things, "visible", self._is_new_panoptic()))
         self._show_guide()
         self.add_btn.changed.connect(lambda _=None: self.add_pair())
         self.remove_btn.changed.connect(lambda _=None: self._remove_selected())
         for ev in (viewer.layers.events.inserted, viewer.layers.events.removed):
             ev.connect(lambda _=None: self._on_layers_changed())
         on_models_changed(self, self._on_models_changed)
+
+    def _is_new_panoptic(self) -> bool:
+        v = self.base.value
+        return v is not None and v in {s.name for s in available("panoptic")}
+
+    def _thing_values(self) -> list[int] | None:
+        text = self.things.value.strip()
+        if not text or not self._is_new_panoptic():
+            return None
+        return [int(v) for v in text.replace(" ", "").split(",") if v]
 
     def _show_guide(self) -> None:
         """One line on what the chosen model is good for (the registry's description)."""
@@ -142,7 +172,12 @@ class FinetuneWidget(Container):
         return True
 
     def _pair_label(self, pair: tuple) -> str:
-        return f"{pair[0].name} + {pair[1].name}" + (f" + {pair[2].name}" if pair[2] is not None else "")
+        """``image + labels [+ objects] · size · annotated share`` (0 counts as not annotated with sparse labels)."""
+        data = pair[1].data[0] if getattr(pair[1], "multiscale", False) else pair[1].data
+        size = "x".join(map(str, data.shape))
+        annotated = f" · {float((np.asarray(data) != 0).mean()):.0%} non-zero"
+        objects = f" + {pair[2].name}" if pair[2] is not None else ""
+        return f"{pair[0].name} + {pair[1].name}{objects} · {size}{annotated}"
 
     def _refresh_pairs(self) -> None:
         self.pairs.choices = [(self._pair_label(p), i) for i, p in enumerate(self._pairs)]
@@ -182,6 +217,11 @@ class FinetuneWidget(Container):
         if self.base.value is None:
             show_error("Pick a model to start from.")
             return None
+        try:
+            self._thing_values()
+        except ValueError:
+            show_error(f"Thing classes must be label values separated by commas (e.g. 2, 3), not {self.things.value!r}.")
+            return None
         images = [layer_array(p[0]) for p in pairs]
         labels = [layer_array(p[1]) for p in pairs]
         names = [self._pair_label(p) for p in pairs]
@@ -210,9 +250,79 @@ class FinetuneWidget(Container):
             score = f" · val {sc[0]} {sc[1]:.3f}" if sc else ""
             self.controls.status.value = f"Saved '{Path(path).name}'{score}"
             self.controls.status.tooltip = f"{path} ({why})"
+            self._show_verdict(res.model.card)
             store_events.models_changed.emit(path)
+            if path in [c for c in self.base.choices]:
+                self.base.value = path  # the next round continues from the new model
+            self.next_btn.enabled = True
 
         return self.controls.launch(
             _finetune_work, self.base.value, images, labels, names, rgbs.pop(), cfg, out, self._cancel, self.sparse.value,
-            instances, on_yield=on_yield, on_done=done, on_cancel=self._cancel.set,
+            instances, self._thing_values(), on_yield=on_yield, on_done=done, on_cancel=self._cancel.set,
         )
+
+    # --- after training: did it get better, and the next round ---
+    def _show_verdict(self, card: dict) -> None:
+        """Parent and new model scored on the same validation images, side by side."""
+        c = card.get("comparison")
+        self.keep_parent_btn.visible = False
+        if not c:
+            self.verdict.value = ""
+            return
+        line = (f"{c['metric']} on the same validation images ({c['validation']}): "
+                f"new {c['new']:.3f} vs parent '{c['parent_name']}' {c['parent']:.3f}")
+        if c["better"]:
+            self.verdict.value = f"Better: {line}."
+        else:
+            self.verdict.value = f"Worse than the parent: {line}. You can keep the parent instead."
+            self.keep_parent_btn.visible = True
+
+    def keep_parent(self) -> None:
+        """Discard the new (worse) model and go back to its parent in both widgets."""
+        if self.last_path is None or self.last_result is None:
+            return
+        c = self.last_result.model.card.get("comparison") or {}
+        delete_model(Path(self.last_path).name)
+        self.keep_parent_btn.visible = False
+        self.verdict.value = f"Kept '{c.get('parent_name')}'; the new model was deleted."
+        self.last_path = None
+        store_events.models_changed.emit(c.get("parent_path") or "")
+        if c.get("parent_path") in [v for v in self.base.choices]:
+            self.base.value = c["parent_path"]
+
+    def _next_image(self) -> Any:
+        used = {id(p[0]) for p in self._pairs} | {id(self.image.value)}
+        return next((la for la in self._viewer.layers if isinstance(la, napari.layers.Image) and id(la) not in used), None)
+
+    def segment_next(self) -> Any:
+        """Segment the next image not yet in the training set with the model just trained."""
+        if self.last_path is None:
+            show_error("Train a model first.")
+            return None
+        image = self._next_image()
+        if image is None:
+            show_error("No image left that is not already in the training set; open the next image first.")
+            return None
+        if self._pairs == [] and self.image.value is not None and self.labels_layer.value is not None:
+            self.add_pair()  # the pair just trained on stays in the set
+        path = self.last_path
+
+        def work(data: Any, rgb: bool):
+            model = load_model(path)
+            result = yield from segment(model, data, rgb=rgb)
+            return result, model.card
+
+        def done(result: tuple) -> None:
+            seg, card = result
+            layer = add_result(self._viewer, seg.labels, image, card, {"round": "segment next"},
+                               features=seg.features if seg.semantic is None else None)
+            self.image.value = image
+            self.labels_layer.reset_choices()
+            self.labels_layer.value = layer
+            self.controls.status.value = f"Correct '{layer.name}', then Add pair and Train again."
+
+        self.next_worker = self.controls.launch(
+            work, layer_array(image), bool(image.rgb),
+            on_yield=lambda p: self.controls.show_progress(p.step, p.total, p.note), on_done=done,
+        )
+        return self.next_worker

@@ -29,12 +29,16 @@ class TrainingPlot(Container):
         self.val_steps: list[int] = []
         self.val_loss: list[float] = []
         self.val_iou: list[float] = []
+        self.parent_score: float | None = None
         self._drawn = 0.0
         self.draw()
 
     def add(self, report) -> None:
         m = report.metrics
-        if "val_loss" in m:
+        if "parent_score" in m:  # fine-tuning: the starting model's score, for comparison
+            self.parent_score = m["parent_score"]
+            self.draw()
+        elif "val_loss" in m:
             self.val_steps.append(report.step)
             self.val_loss.append(m["val_loss"])
             self.val_iou.append(m.get("val_score", float("nan")))
@@ -58,6 +62,8 @@ class TrainingPlot(Container):
         if self.val_loss:
             self.ax.plot(self.val_steps, self.val_loss, "o-", color="#e78a4e", ms=3, lw=1.2, label="val loss")
             self.ax2.plot(self.val_steps, self.val_iou, "s-", color="#8ec07c", ms=3, lw=1.2, label=f"val {self.metric_name}")
+        if self.parent_score is not None:
+            self.ax2.axhline(self.parent_score, color="#8ec07c", ls="--", lw=1, label=f"parent {self.metric_name}")
         self.ax.set_xlabel("step", color=fg, fontsize=8)
         self.ax.set_ylabel("loss", color=fg, fontsize=8)
         self.ax2.set_ylabel(self.metric_name, color=fg, fontsize=8)
