@@ -150,7 +150,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                                things=_things(args.things), **build)
     cfg = TrainConfig(
         epochs=args.epochs, time_budget=args.time_budget, batch_size=args.batch_size, patch_size=args.patch_size,
-        lr=args.lr, patience=args.patience, device=args.device, seed=args.seed,
+        lr=args.lr, patience=args.patience, device=args.device, seed=args.seed, freeze_encoder=args.freeze_encoder,
     )
     out = Path(args.out)
     model.card["name"] = out.name
@@ -245,6 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--patch-size", type=int, default=256)
     s.add_argument("--lr", type=float, default=2e-3)
     s.add_argument("--patience", type=int, default=20, help="epochs without improvement before stopping (0: never)")
+    s.add_argument("--freeze-encoder", action="store_true",
+                   help="fine-tune only the decoder and heads (for very few images); the encoder's weights stay")
     s.add_argument("--encoder", default=None, help="encoder name for models that take one (e.g. resnet34)")
     s.add_argument("--weights", default=None,
                    help="initial weights of a new model: a local .safetensors file, or 'imagenet' for smp encoders "

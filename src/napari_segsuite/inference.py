@@ -367,3 +367,40 @@ def predict(model: SegModel, image: np.ndarray, *, output: str = "values", **kwa
     if output == "classes" and result.semantic is not None:
         return LabelMap(model.card["label_values"]).to_classes(labels)
     return labels
+
+
+def segment_at(model: SegModel, image: np.ndarray, point: tuple[float, ...], *, rgb: bool | None = None,
+               device: str | torch.device = "auto") -> tuple[np.ndarray, float]:
+    """Click-to-segment: the object at ``point`` of a 2D image or of one slice of a volume.
+
+    Works with models that can answer for a point (``mask_at``: DeepMask). The image is normalised
+    as the model was trained; for a volume ``point`` is ``(z, y, x)`` and only slice ``z`` is read.
+
+    Returns:
+        ``(mask, score)``: a bool mask of the image's spatial shape (the object, in slice ``z`` for a
+        volume) and the model's confidence in 0..1.
+
+    Raises:
+        ValueError: the model cannot segment from a point.
+    """
+    module = model.module
+    if not hasattr(module, "mask_at"):
+        pointable = "deepmask"
+        raise ValueError(f"Model {model.name!r} cannot segment from a click; train a {pointable} model for that.")
+    axes = infer_axes(np.shape(image), rgb)
+    spatial = axes.spatial_shape(np.shape(image))
+    z = int(point[0]) if axes.volume else None
+    plane = np.asarray(image[z]) if axes.volume else np.asarray(image)
+    yx = tuple(point[-2:])
+    x = normalize(to_slices(plane, infer_axes(plane.shape, axes.rgb), model.card["in_channels"]),
+                  model.card.get("normalization"))
+    dev = pick_device(device)
+    module.to(dev).eval()
+    with torch.inference_mode():
+        mask, score = module.mask_at(torch.from_numpy(x).to(dev), yx)
+    mask = mask.cpu().numpy().astype(bool)
+    if z is None:
+        return mask, float(score)
+    out = np.zeros(spatial, bool)
+    out[z] = mask
+    return out, float(score)

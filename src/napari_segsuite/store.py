@@ -16,6 +16,8 @@ from typing import Any
 from .io import CARD_FILE, WEIGHTS_FILE, is_model_path
 
 BUILTIN_DIR = Path(__file__).parent / "builtin"
+#: More folders of trained models to list (the Fine-tune widget adds an open project's ``models/``).
+EXTRA_DIRS: list[Path] = []
 
 
 def model_dir() -> Path:
@@ -64,7 +66,7 @@ def _read(folder: Path, builtin: bool) -> StoredModel | None:
 def list_models(kind: str | None = None) -> list[StoredModel]:
     """Built-in models first, then the user's, newest last; optionally only one task ``kind``."""
     found: list[StoredModel] = []
-    for root, builtin in ((BUILTIN_DIR, True), (model_dir(), False)):
+    for root, builtin in ((BUILTIN_DIR, True), (model_dir(), False), *((d, False) for d in EXTRA_DIRS)):
         if not root.is_dir():
             continue
         folders = sorted((f for f in root.iterdir() if f.is_dir() and not f.name.startswith(".")),
@@ -111,10 +113,11 @@ def safe_name(name: str) -> str:
     return cleaned or "model"
 
 
-def new_model_path(name: str) -> Path:
-    """A fresh folder path in :func:`model_dir` for ``name``; never an existing model's (adds -2, -3, ...)."""
+def new_model_path(name: str, root: str | Path | None = None) -> Path:
+    """A fresh folder path in ``root`` (default :func:`model_dir`) for ``name``; never an existing
+    model's (adds -2, -3, ...)."""
     base = safe_name(name)
-    root = model_dir()
+    root = Path(root) if root is not None else model_dir()
     path, i = root / base, 2
     while path.exists() or (BUILTIN_DIR / path.name).exists():
         path, i = root / f"{base}-{i}", i + 1
@@ -137,7 +140,7 @@ def rename_model(name: str, new_name: str) -> Path:
         ValueError: a model called ``new_name`` exists already, or ``name`` is built in.
     """
     m = _user_model(name)
-    target = model_dir() / safe_name(new_name)
+    target = m.path.parent / safe_name(new_name)
     if target.exists() or (BUILTIN_DIR / target.name).exists():
         raise ValueError(f"A model named {target.name!r} exists already; choose another name.")
     os.replace(m.path, target)

@@ -24,7 +24,7 @@ from .inference import pick_device, predict_probs
 from .io import SegModel, save_model
 from .preprocess import LabelMap, infer_axes, normalize, to_slices
 from .progress import Progress, Work, drive
-from .models.base import DenseHeads, ObjectModel
+from .models.base import DenseHeads, ObjectModel, encoder_of
 from .tasks import instance, semantic
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,8 @@ class TrainConfig:
         device: ``"auto"`` (CUDA, MPS, CPU), or a torch device string.
         amp: Mixed precision on CUDA.
         seed: Seed of crops, augmentation and initial split.
+        freeze_encoder: Train only what follows the encoder (:func:`~.models.base.encoder_of`): for
+            fine-tuning on very few images. The encoder's batch-norm statistics still adapt to the new images.
     """
 
     epochs: int = 100
@@ -66,6 +68,7 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = True
     seed: int = 0
+    freeze_encoder: bool = False
 
 
 @dataclass
@@ -425,7 +428,16 @@ def train(
     total = cfg.epochs * spe
 
     module = model.module.to(device).train()
-    opt = torch.optim.AdamW(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    params = list(module.parameters())
+    if cfg.freeze_encoder:
+        enc = encoder_of(module)
+        if enc is None:
+            raise ValueError(f"Model {model.name!r} has no separate encoder to freeze; train it whole.")
+        frozen = {id(p) for p in enc.parameters()}
+        for p_ in enc.parameters():
+            p_.requires_grad_(False)
+        params = [p_ for p_ in params if id(p_) not in frozen]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     use_amp = cfg.amp and device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
@@ -503,6 +515,8 @@ def train(
             stopped = "early stopping"
     if best_state is not None:
         module.load_state_dict(best_state)
+    for p_ in module.parameters():  # a frozen encoder is frozen for this training only
+        p_.requires_grad_(True)
     module.eval()
     _annotate(model, cfg, samples, train_s, val_note, history, best_epoch, best_metrics, stopped, step, t0)
     if parent_val is not None and best_metrics is not None:

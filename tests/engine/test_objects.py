@@ -118,3 +118,18 @@ def test_one_class_instance_models_refuse_class_labels():
     s = sd.nuclei_2d(seed=0, shape=(64, 64))
     with pytest.raises(ValueError, match="object model"):
         model_for_training("unet-instance", [s["image"]], [s["semantic"]], instances=[s["instances"]])
+
+
+def test_segment_at_needs_a_pointable_model_and_returns_a_mask():
+    from napari_segsuite.inference import segment_at
+    from napari_segsuite.io import new_model
+
+    s = sd.nuclei_2d(seed=0, shape=(96, 96))
+    with pytest.raises(ValueError, match="click"):
+        segment_at(new_model("unet", label_values=[0, 1]), s["image"], (10, 10))
+    dm = new_model("deepmask", label_values=[0, 1])
+    mask, score = segment_at(dm, s["image"], (40, 50), device="cpu")
+    assert mask.shape == (96, 96) and mask.dtype == bool and 0.0 <= score <= 1.0
+    vol = np.stack([s["image"]] * 3)
+    mask3, _ = segment_at(dm, vol, (1, 40, 50), device="cpu")
+    assert mask3.shape == (3, 96, 96) and not mask3[0].any() and not mask3[2].any()

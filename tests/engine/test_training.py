@@ -135,3 +135,22 @@ def test_finetuning_adapts_to_a_new_style_faster_than_scratch():
     s_tuned, s_scratch = _steps_to(tuned.history, 0.8), _steps_to(scratch.history, 0.8)
     assert s_tuned < s_scratch, (s_tuned, s_scratch, [round(h["val_dice"], 2) for h in scratch.history])
     assert tuned.model.card["comparison"]["metric"] == "mean IoU"  # and the parent was scored on the same images
+
+
+@pytest.mark.parametrize("arch", ["unet", "fpn"])
+def test_freeze_encoder_trains_only_the_rest(arch):
+    import torch
+
+    from napari_segsuite.models.base import encoder_of
+
+    images, labels = _nuclei(range(2))
+    model = new_model(arch, label_values=[0, 1])
+    enc = encoder_of(model.module)
+    assert enc is not None
+    before = {n: t.detach().clone() for n, t in model.module.named_parameters()}
+    enc_names = {n for n, p in model.module.named_parameters() if any(p is q for q in enc.parameters())}
+    drive(train(model, images, labels, TrainConfig(epochs=1, steps_per_epoch=3, patch_size=64, freeze_encoder=True)))
+    after = dict(model.module.named_parameters())
+    assert enc_names and all(torch.equal(before[n], after[n]) for n in enc_names)
+    assert any(not torch.equal(before[n], after[n]) for n in before if n not in enc_names)
+    assert all(p.requires_grad for p in model.module.parameters())  # unfrozen again afterwards

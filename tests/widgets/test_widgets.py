@@ -224,3 +224,124 @@ def test_keep_parent_discards_the_new_model(viewer_with_sample, qtbot, monkeypat
     fin.keep_parent_btn.native.click()
     assert "worse" not in [m.name for m in list_models()]
     assert seg.model.value.endswith("nuclei-unet")
+
+
+def test_panoptic_segment_edit_and_finetune(make_napari_viewer, qtbot):
+    """Panoptic: Segment gives a class layer and an objects layer; edit one object; fine-tune on the edited pair."""
+    from napari_segsuite import sample_data as sd
+    from napari_segsuite.io import save_model
+    from napari_segsuite.progress import drive
+    from napari_segsuite.store import new_model_path
+    from napari_segsuite.training import TrainConfig, train
+    from napari_segsuite.workflows import model_for_training
+
+    s = sd.panoptic_scene(seed=0, shape=(96, 96))
+    model = model_for_training("panoptic-deeplab", [s["image"]], [s["semantic"]], instances=[s["instances"]])
+    assert model.card["build"]["thing_classes"] == (2, 3)  # read from the classes under the objects
+    res = drive(train(model, [s["image"]], [s["semantic"]], TrainConfig(epochs=1, steps_per_epoch=3, patch_size=64),
+                      instances=[s["instances"]]))
+    res.model.card["name"] = "pan"
+    save_model(res.model, new_model_path("pan"))
+
+    viewer = make_napari_viewer(show=True)
+    image = viewer.add_image(s["image"], name="scene")
+    _, seg = viewer.window.add_plugin_dock_widget("napari-segsuite", "Segment")
+    seg.image.value = image
+    seg.model.value = next(v for v in seg.model.choices if v.endswith("pan"))
+    seg.run()
+    _wait(qtbot, seg.controls)
+    classes, objects = viewer.layers["scene · pan"], viewer.layers["scene · pan objects"]
+    assert classes.data.shape == objects.data.shape == (96, 96)
+    assert objects.metadata["segsuite"]["run_id"] == classes.metadata["segsuite"]["run_id"]
+    assert {"index", "class", "score", "class_name"} <= set(objects.features.columns)
+
+    # the user draws one object of their own
+    objects.selected_label = int(objects.data.max()) + 1
+    objects.paint((30, 30), objects.selected_label)
+    assert objects.metadata["segsuite"]["edited"]
+    _, fin = viewer.window.add_plugin_dock_widget("napari-segsuite", "Fine-tune")
+    fin.image.value, fin.labels_layer.value = image, classes
+    fin.base.value = seg.model.value
+    assert fin.add_pair() and fin._pairs[0][2] is objects  # the objects layer made with it goes along
+    fin.epochs.value = 1
+    fin.model_name.value = "pan tuned"
+    fin.run()
+    _wait(qtbot, fin.controls)
+    card = load_model(fin.last_path).card
+    assert card["parent"]["name"] == "pan" and card["kind"] == "panoptic"
+    assert "val PQ" in fin.controls.status.value and fin.plot.metric_name == "PQ"
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    viewer.screenshot(str(SHOTS / "panoptic.png"), canvas_only=False)
+
+
+def test_object_classes_from_layer_features(make_napari_viewer, qtbot):
+    """An instance layer whose features give each object a class trains an object model with those classes."""
+    import pandas as pd
+
+    from napari_segsuite import sample_data as sd
+
+    s = sd.nuclei_2d(seed=0, shape=(64, 64))
+    viewer = make_napari_viewer()
+    image = viewer.add_image(s["image"], name="cells")
+    ids = s["instances"]
+    n = int(ids.max())
+    objects = viewer.add_labels(ids, name="cells objects")
+    objects.features = pd.DataFrame({"index": np.arange(1, n + 1), "class": [1 + i % 2 for i in range(n)]})
+    _, fin = viewer.window.add_plugin_dock_widget("napari-segsuite", "Fine-tune")
+    fin.image.value, fin.labels_layer.value = image, objects
+    fin.base.value = "solo"
+    fin.epochs.value = 1
+    fin.run()
+    _wait(qtbot, fin.controls)
+    card = load_model(fin.last_path).card
+    assert card["label_values"] == [0, 1, 2], fin.controls.status.value
+
+
+def test_project_folder_saves_edits_and_reopens(viewer_with_sample, qtbot, tmp_path, make_napari_viewer):
+    """A project keeps the set and every edit on disk: a restart (a new viewer) loses no annotation."""
+    from napari_segsuite.project import Project
+
+    viewer = viewer_with_sample
+    _, fin = viewer.window.add_plugin_dock_widget("napari-segsuite", "Fine-tune")
+    labels = viewer.layers["nuclei 2D ground truth (semantic)"]
+    fin.image.value, fin.labels_layer.value = viewer.layers["nuclei 2D"], labels
+    assert fin.add_pair()
+    assert fin.open_project(tmp_path / "proj") is not None
+    assert Project(tmp_path / "proj").names() == ["nuclei 2D"]  # the pair already in the set was saved
+    labels.selected_label = 1
+    labels.paint((100, 100), 1)  # an edit...
+    labels.paint((120, 60), 1)
+    qtbot.waitUntil(lambda: (Project(tmp_path / "proj").pairs()[0].labels == labels.data).all(), timeout=10_000)
+
+    viewer2 = make_napari_viewer()  # ...survives a restart
+    _, fin2 = viewer2.window.add_plugin_dock_widget("napari-segsuite", "Fine-tune")
+    fin2.open_project(tmp_path / "proj")
+    assert len(fin2._pairs) == 1
+    np.testing.assert_array_equal(viewer2.layers["nuclei 2D labels"].data, labels.data)
+    with pytest.raises(ValueError, match="not a segsuite project"):
+        (tmp_path / "other").mkdir()
+        (tmp_path / "other" / "notes.txt").write_text("mine")
+        Project(tmp_path / "other")
+
+
+def test_model_store_in_the_segment_widget(make_napari_viewer, tmp_path):
+    from napari_segsuite.io import new_model, save_model
+    from napari_segsuite.store import list_models, model_dir
+
+    m = new_model("unet", label_values=[0, 1], base_filters=4, depth=2)
+    save_model(m, model_dir() / "cells")
+    viewer = make_napari_viewer()
+    _, seg = viewer.window.add_plugin_dock_widget("napari-segsuite", "Segment")
+    seg.model.value = next(v for v in seg.model.choices if v.endswith("cells"))
+    assert seg.rename_selected("cells v2") is not None
+    assert seg.model.value.endswith("cells v2")  # the picker follows
+    out = seg.export_selected(tmp_path)
+    assert out.name == "cells v2.segsuite.zip"
+    assert not seg.delete_selected(confirm=lambda q: False)  # the user said no: nothing happens
+    assert "cells v2" in [x.name for x in list_models()]
+    assert seg.delete_selected(confirm=lambda q: "cannot be undone" in q)
+    assert "cells v2" not in [x.name for x in list_models()]
+    assert seg.import_file(out).name == "cells v2"
+    assert seg.model.value.endswith("cells v2")
+    seg.model.value = next(v for v in seg.model.choices if v.endswith("nuclei-unet"))
+    assert seg.delete_selected(confirm=lambda q: True) is False  # built-in: refused

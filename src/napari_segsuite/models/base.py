@@ -71,3 +71,14 @@ class DenseHeads(nn.Module):
     def activate(self, out: torch.Tensor) -> torch.Tensor:
         """Raw output to maps that can be averaged across overlapping tiles (probabilities, offsets)."""
         raise NotImplementedError
+
+
+ENCODER_NAMES = ("encoder", "encoders", "backbone", "trunk")
+
+
+def encoder_of(module: nn.Module) -> nn.Module | None:
+    """The model's encoder (feature extractor), for freezing while fine-tuning: the shallowest
+    submodule named ``encoder``, ``encoders``, ``backbone`` or ``trunk``; ``None`` if there is none."""
+    found = [(name.count("."), name, m) for name, m in module.named_modules()
+             if name and name.rsplit(".", 1)[-1] in ENCODER_NAMES]
+    return min(found, key=lambda t: (t[0], t[1]))[2] if found else None

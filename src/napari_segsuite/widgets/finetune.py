@@ -12,14 +12,18 @@ from typing import Any
 
 import napari
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, LineEdit, PushButton, Select, SpinBox
+from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, LineEdit, PushButton,
+                               Select, SpinBox)
+from qtpy.QtCore import QTimer
 from napari.utils.notifications import show_error
 
 from ..io import save_model
 from ..models import available, get_spec
 from ..preprocess import infer_axes
+from ..project import Project
 from ..inference import segment
 from ..io import load_model
+from .. import store
 from ..store import delete_model, list_models, new_model_path
 from ..training import SCORE_NAMES, TrainConfig, score_of, train
 from ..workflows import model_for_training
@@ -57,11 +61,45 @@ def _kind_of(base: str) -> str:
     return next((m.card.get("kind", "semantic") for m in list_models() if str(m.path) == base), "semantic")
 
 
+def _is_object_model(base: str) -> bool:
+    """Whether the base is an object model (Mask R-CNN, SOLO, DeepMask), which can learn a class per object."""
+    if base in {s.name for s in available()}:
+        return get_spec(base).objects
+    card = next((m.card for m in list_models() if str(m.path) == base), {})
+    return card.get("architecture") in {s.name for s in available("instance") if s.objects}
+
+
+def _class_image(layer: napari.layers.Labels, ids: np.ndarray) -> np.ndarray | None:
+    """Class values per pixel from an instance layer's ``features`` (``index`` -> ``class``), or ``None``
+    when the layer has no class table or only one class. Objects the user painted with a new id take
+    the most common class."""
+    table = getattr(layer, "features", None)
+    if table is None or "class" not in table or "index" not in table or table["class"].nunique() < 2:
+        return None
+    cls = dict(zip(table["index"].astype(int), table["class"].astype(int)))
+    common = int(table["class"].mode().iloc[0])
+    lut = np.zeros(int(ids.max()) + 1, np.int64)
+    for i in range(1, len(lut)):
+        lut[i] = cls.get(i, common)
+    return lut[ids]
+
+
 class FinetuneWidget(Container):
     """Train a new model, or fine-tune a trained one, on image/labels pairs from the viewer."""
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         self._viewer = viewer
+        self.project_dir = FileEdit(label="Project", mode="d", value="",
+                                    tooltip="A folder for the training set, its labels and the models trained on "
+                                            "it, saved as you work. Empty: no project.")
+        self.open_project_btn = PushButton(text="Open / create project")
+        self.project: Project | None = None
+        self._pair_names: dict[int, str] = {}  # id(labels layer) -> pair name in the project
+        self._save_timer = QTimer()
+        self._save_timer.setSingleShot(True)
+        self._save_timer.setInterval(800)
+        self._save_timer.timeout.connect(self._save_dirty)
+        self._dirty: set[int] = set()
         self.image = ComboBox(label="Image", choices=lambda _w: layer_choices(viewer, napari.layers.Image))
         self.labels_layer = ComboBox(label="Labels", choices=lambda _w: layer_choices(viewer, napari.layers.Labels))
         self.objects = ComboBox(
@@ -78,6 +116,7 @@ class FinetuneWidget(Container):
                                tooltip="Panoptic models: label values of the countable classes, e.g. 2, 3. "
                                        "Empty: the classes under objects, else every class but 0 (stuff: the rest).")
         self.sparse = CheckBox(text="Sparse labels: 0 = not annotated (paint background as a class)", value=False)
+        self.freeze = CheckBox(text="Freeze encoder (train the decoder only: very few images)", value=False)
         self.epochs = SpinBox(label="Epochs", value=30, min=1, max=10000)
         self.minutes = FloatSpinBox(label="Time limit (min)", value=5.0, min=0.0, max=10000.0, step=0.5,
                                     tooltip="0 = no limit. Training stops here and keeps the best model.")
@@ -95,9 +134,10 @@ class FinetuneWidget(Container):
         self.last_result: Any = None
         self.last_path: str | None = None
         super().__init__(widgets=[
+            Container(widgets=[self.project_dir, self.open_project_btn], labels=False),
             self.image, self.labels_layer, self.objects,
             Container(widgets=[self.add_btn, self.remove_btn], layout="horizontal", labels=False),
-            self.pairs, self.base, self.guide, self.things, self.sparse, self.epochs, self.minutes, self.model_name, self.controls,
+            self.pairs, self.base, self.guide, self.things, self.sparse, self.freeze, self.epochs, self.minutes, self.model_name, self.controls,
             self.verdict, Container(widgets=[self.keep_parent_btn, self.next_btn], layout="horizontal", labels=False),
             self.plot,
         ])
@@ -110,6 +150,7 @@ class FinetuneWidget(Container):
         self.base.changed.connect(lambda _=None: setattr(self.things, "visible", self._is_new_panoptic()))
         self._show_guide()
         self.add_btn.changed.connect(lambda _=None: self.add_pair())
+        self.open_project_btn.changed.connect(lambda _=None: self.open_project(self.project_dir.value))
         self.remove_btn.changed.connect(lambda _=None: self._remove_selected())
         for ev in (viewer.layers.events.inserted, viewer.layers.events.removed):
             ev.connect(lambda _=None: self._on_layers_changed())
@@ -169,6 +210,8 @@ class FinetuneWidget(Container):
             return True
         self._pairs.append((image, labels, objects))
         self._refresh_pairs()
+        if self.project is not None:
+            self._track(image, labels, objects, None)
         return True
 
     def _pair_label(self, pair: tuple) -> str:
@@ -228,10 +271,15 @@ class FinetuneWidget(Container):
         instances = None
         if _kind_of(self.base.value) == "panoptic":
             instances = [None if p[2] is None else layer_array(p[2]) for p in pairs]
+        elif _is_object_model(self.base.value):  # a class per object, from the layers' features tables
+            classes = [_class_image(p[1], lab) for p, lab in zip(pairs, labels)]
+            if all(c is not None for c in classes):
+                instances, labels = labels, classes
         base_name = Path(self.base.value).name
         name = self.model_name.value.strip() or f"{pairs[0][0].name}-{base_name}"
-        out = str(new_model_path(name))
-        cfg = TrainConfig(epochs=self.epochs.value, time_budget=self.minutes.value * 60 or None)
+        out = str(new_model_path(name, self.project.models_dir if self.project is not None else None))
+        cfg = TrainConfig(epochs=self.epochs.value, time_budget=self.minutes.value * 60 or None,
+                          freeze_encoder=self.freeze.value)
         self._cancel.clear()
 
         kind = _kind_of(self.base.value)
@@ -251,6 +299,8 @@ class FinetuneWidget(Container):
             self.controls.status.value = f"Saved '{Path(path).name}'{score}"
             self.controls.status.tooltip = f"{path} ({why})"
             self._show_verdict(res.model.card)
+            if self.project is not None:
+                self.project.add_model(path)
             store_events.models_changed.emit(path)
             if path in [c for c in self.base.choices]:
                 self.base.value = path  # the next round continues from the new model
@@ -326,3 +376,56 @@ class FinetuneWidget(Container):
             on_yield=lambda p: self.controls.show_progress(p.step, p.total, p.note), on_done=done,
         )
         return self.next_worker
+
+    # --- project folder: the set, its labels and its models, saved as the user works ---
+    def open_project(self, folder: Any) -> Project | None:
+        """Open (or create) a project folder: its saved pairs come back as layers in the set, pairs in the
+        set now are saved into it, and from then on every edit of their labels is saved (within a second)."""
+        if not folder or str(folder) in ("", "."):
+            show_error("Choose a folder for the project first.")
+            return None
+        try:
+            project = Project(folder)
+        except ValueError as err:
+            show_error(str(err))
+            return None
+        self.project = project
+        store.EXTRA_DIRS[:] = [project.models_dir]
+        for pair in project.pairs():
+            image = self._viewer.add_image(pair.image, name=pair.name)
+            labels = self._viewer.add_labels(pair.labels, name=f"{pair.name} labels")
+            objects = self._viewer.add_labels(pair.objects, name=f"{pair.name} objects") if pair.objects is not None else None
+            self._pairs.append((image, labels, objects))
+            self._track(image, labels, objects, pair.name)
+        for image, labels, objects in list(self._pairs):
+            if id(labels) not in self._pair_names:
+                self._track(image, labels, objects, None)
+        self._refresh_pairs()
+        self.base.reset_choices()
+        store_events.models_changed.emit("")
+        self.controls.status.value = f"Project '{project.folder.name}': {len(project.names())} pairs, saved as you edit."
+        return project
+
+    def _track(self, image: Any, labels: Any, objects: Any, name: str | None) -> None:
+        """Save a pair into the open project (when new) and save its labels again on every edit."""
+        assert self.project is not None
+        if name is None:
+            name = self.project.add_pair(image.name, layer_array(image), layer_array(labels),
+                                         None if objects is None else layer_array(objects))
+        self._pair_names[id(labels)] = name
+        for layer in (labels, objects):
+            if layer is not None:
+                layer.events.paint.connect(lambda _=None, lab=labels: self._mark_dirty(lab))
+
+    def _mark_dirty(self, labels: Any) -> None:
+        self._dirty.add(id(labels))
+        self._save_timer.start()
+
+    def _save_dirty(self) -> None:
+        if self.project is None:
+            return
+        for image, labels, objects in self._pairs:
+            if id(labels) in self._dirty and id(labels) in self._pair_names:
+                self.project.save_labels(self._pair_names[id(labels)], layer_array(labels),
+                                         None if objects is None else layer_array(objects))
+        self._dirty.clear()

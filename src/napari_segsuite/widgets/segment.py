@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 import napari
-from magicgui.widgets import CheckBox, ComboBox, Container, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, Container, PushButton, SpinBox
 from napari.utils.notifications import show_error
 
 from ..inference import segment
 from ..io import load_model
-from ..store import list_models
+from ..store import delete_model, export_model, import_model, list_models, rename_model
 from ._common import RunControls
-from ._events import on_models_changed
+from ._events import on_models_changed, store_events
 from ._layers import add_result, layer_array, layer_choices
 
 DEVICES = ["auto", "cpu", "cuda", "mps"]
@@ -43,7 +44,18 @@ class SegmentWidget(Container):
                                tooltip="auto: CUDA GPU, then Apple GPU, then CPU")
         self.current_slice = CheckBox(text="Only the current slice (volumes)", value=False)
         self.controls = RunControls("Segment", self.run)
-        super().__init__(widgets=[self.image, self.model, self.tile, self.device, self.current_slice, self.controls])
+        self.rename_btn = PushButton(text="Rename…")
+        self.delete_btn = PushButton(text="Delete…")
+        self.export_btn = PushButton(text="Export…")
+        self.import_btn = PushButton(text="Import…")
+        store_row = Container(widgets=[self.rename_btn, self.delete_btn, self.export_btn, self.import_btn],
+                              layout="horizontal", labels=False)
+        super().__init__(widgets=[self.image, self.model, store_row, self.tile, self.device, self.current_slice,
+                                  self.controls])
+        self.rename_btn.changed.connect(lambda _=None: self._ask_rename())
+        self.delete_btn.changed.connect(lambda _=None: self.delete_selected(confirm=self._confirm))
+        self.export_btn.changed.connect(lambda _=None: self._ask_export())
+        self.import_btn.changed.connect(lambda _=None: self._ask_import())
         for ev in (viewer.layers.events.inserted, viewer.layers.events.removed):
             ev.connect(lambda _=None: self.image.reset_choices())
         on_models_changed(self, self._on_models_changed)
@@ -90,3 +102,92 @@ class SegmentWidget(Container):
             _segment_work, self.model.value, data, bool(image.rgb), self.tile.value, self.device.value,
             on_yield=lambda p: self.controls.show_progress(p.step, p.total, p.note), on_done=done,
         )
+
+    # --- the model store: rename, delete, export, import ---
+    def _selected(self) -> Any:
+        path = self.model.value
+        return next((m for m in list_models() if str(m.path) == path), None)
+
+    def _refuse_builtin(self, m: Any) -> bool:
+        if m is None:
+            show_error("Pick a trained model first.")
+            return True
+        if m.builtin:
+            show_error(f"'{m.name}' ships with the plugin; it cannot be renamed or deleted.")
+            return True
+        return False
+
+    def rename_selected(self, new_name: str) -> Path | None:
+        m = self._selected()
+        if self._refuse_builtin(m) or not new_name.strip():
+            return None
+        try:
+            path = rename_model(m.name, new_name)
+        except (ValueError, FileNotFoundError) as err:
+            show_error(str(err))
+            return None
+        store_events.models_changed.emit(str(path))
+        return path
+
+    def delete_selected(self, confirm: Any) -> bool:
+        """Delete the selected model if ``confirm(question)`` says yes."""
+        m = self._selected()
+        if self._refuse_builtin(m) or not confirm(f"Delete model '{m.name}' ({m.path})? This cannot be undone."):
+            return False
+        delete_model(m.name)
+        store_events.models_changed.emit("")
+        self.controls.status.value = f"Deleted '{m.name}'."
+        return True
+
+    def export_selected(self, dest: str | Path) -> Path | None:
+        if self._selected() is None:
+            show_error("Pick a trained model first.")
+            return None
+        out = export_model(self.model.value, dest)
+        self.controls.status.value = f"Exported to {out}"
+        return out
+
+    def import_file(self, file: str | Path) -> Path | None:
+        try:
+            path = import_model(file)
+        except ValueError as err:
+            show_error(str(err))
+            return None
+        store_events.models_changed.emit(str(path))
+        self.controls.status.value = f"Imported '{path.name}'."
+        return path
+
+    def _confirm(self, question: str) -> bool:
+        from qtpy.QtWidgets import QMessageBox
+
+        answer = QMessageBox.question(self.native, "Delete model", question)
+        return answer == QMessageBox.StandardButton.Yes
+
+    def _ask_rename(self) -> None:
+        from qtpy.QtWidgets import QInputDialog
+
+        m = self._selected()
+        if self._refuse_builtin(m):
+            return
+        name, ok = QInputDialog.getText(self.native, "Rename model", "New name:", text=m.name)
+        if ok:
+            self.rename_selected(name)
+
+    def _ask_export(self) -> None:
+        from qtpy.QtWidgets import QFileDialog
+
+        m = self._selected()
+        if m is None:
+            show_error("Pick a trained model first.")
+            return
+        dest, _ = QFileDialog.getSaveFileName(self.native, "Export model", f"{m.name}.segsuite.zip",
+                                              "segsuite models (*.segsuite.zip)")
+        if dest:
+            self.export_selected(dest)
+
+    def _ask_import(self) -> None:
+        from qtpy.QtWidgets import QFileDialog
+
+        file, _ = QFileDialog.getOpenFileName(self.native, "Import model", "", "segsuite models (*.zip)")
+        if file:
+            self.import_file(file)
