@@ -135,6 +135,7 @@ def prepare_samples(
     lmap = LabelMap.of_card(model.card)
     kind = model.card.get("kind")
     layout = _target_layout(model)
+    sparse_ids = model.card.get("unannotated_value") is not None
     three_d = model.card.get("spatial_dims", 2) == 3
     samples = []
     for i, (img, lab, name) in enumerate(zip(images, labels, names)):
@@ -164,13 +165,20 @@ def prepare_samples(
             things = np.isin(lmap.to_classes(cls_values), list(model.card["build"].get("thing_classes", (1,))))
             inst = _components(things)
         ids = None if inst is None else np.asarray(inst).astype(np.int64).reshape((-1, *spatial))
+        unlabelled = None
+        if kind == "instance" and sparse_ids:  # the sparse rule for objects: 0 not annotated, 1 background
+            unlabelled = ids == 0
+            ids = np.where(ids >= 2, ids - 1, np.where(unlabelled, semantic.IGNORE, 0))
         if layout == "ids+classes":
             cls = (ids > 0).astype(np.int64) if cls_values is None else lmap.to_classes(cls_values).reshape((-1, *spatial))
             if kind == "instance" and cls_values is not None:
                 cls = np.where(ids > 0, cls, np.where(cls == semantic.IGNORE, semantic.IGNORE, 0))
             y = np.stack([ids, cls], axis=1)  # (S, 2, H, W)
         elif kind == "instance":  # background / interior / boundary targets, per 2D slice or per volume
-            y = instance.targets(ids) if three_d else np.stack([instance.targets(sl) for sl in ids])
+            known = np.maximum(ids, 0)
+            y = instance.targets(known) if three_d else np.stack([instance.targets(sl) for sl in known])
+            if unlabelled is not None:
+                y[unlabelled] = semantic.IGNORE
         else:
             y = lmap.to_classes(cls_values).reshape((-1, *spatial))
         if three_d:

@@ -54,7 +54,8 @@ def model_for_training(
             values when ``instances`` holds the ids (a class per object; object models only).
             Panoptic models: class values.
         sparse: Sparse annotation: label value 0 means "not annotated" and is ignored; every class,
-            background included, is painted with its own value 1..K.
+            background included, is painted with its own value 1..K. For instance models: 0 not
+            annotated, 1 background, 2, 3, ... one id per object.
         instances: Object ids per image (instance models with classes; panoptic models).
         things: Panoptic models: the label values of the countable classes (the rest are stuff);
             default: the classes found under objects in ``instances``, else every class but 0.
@@ -62,8 +63,8 @@ def model_for_training(
     """
     arch = get_spec(spec) if is_architecture(spec) else None
     in_channels = 3 if infer_axes(np.shape(images[0]), rgb).rgb else 1
-    if arch is not None and arch.kind != "semantic" and sparse:
-        raise ValueError(f"Sparse labels are not supported for {arch.kind} models yet; label whole images.")
+    if arch is not None and arch.kind == "panoptic" and sparse:
+        raise ValueError("Sparse labels are not supported for panoptic models yet; label whole images.")
     if arch is not None and arch.kind == "instance":
         _check_ids(labels if instances is None else instances)
         if not arch.objects:
@@ -73,10 +74,14 @@ def model_for_training(
                     f"({', '.join(s.name for s in available('instance') if s.objects)})."
                 )
             return new_model(spec, label_values=[0, 1, 2], class_names=["background", "interior", "boundary"],
-                             in_channels=in_channels, **build_kwargs)
+                             in_channels=in_channels, unannotated_value=UNANNOTATED if sparse else None,
+                             **build_kwargs)
         if instances is None:
             return new_model(spec, label_values=[0, 1], class_names=["background", "object"],
-                             in_channels=in_channels, **build_kwargs)
+                             in_channels=in_channels, unannotated_value=UNANNOTATED if sparse else None,
+                             **build_kwargs)
+        if sparse:
+            raise ValueError("Sparse labels with a class per object are not supported yet; label whole images.")
         values = sorted(set(LabelMap.from_labels(list(labels)).values) | {0})
         return new_model(spec, label_values=values, in_channels=in_channels, **build_kwargs)
     if arch is not None and arch.kind == "panoptic":
@@ -117,9 +122,9 @@ def model_for_training(
     path = resolve_trained(spec)
     model = load_model(path)
     if sparse and model.card.get("unannotated_value") != UNANNOTATED:
-        if model.card.get("kind") != "semantic":
-            raise ValueError(f"Sparse labels are not supported for {model.card.get('kind')} models yet.")
-        if UNANNOTATED in model.card["label_values"]:
+        if model.card.get("kind") == "panoptic":
+            raise ValueError("Sparse labels are not supported for panoptic models yet.")
+        if model.card.get("kind") == "semantic" and UNANNOTATED in model.card["label_values"]:
             raise ValueError(
                 f"Model {model.name!r} has a class for label value 0, so 0 cannot mean 'not annotated' here. "
                 "Fine-tune it with dense labels, or train a new model with sparse labels."

@@ -59,3 +59,24 @@ def test_sparse_needs_two_painted_classes():
     d = sd.nuclei_2d(seed=0, shape=(64, 64))
     with pytest.raises(ValueError, match="at least two painted classes"):
         model_for_training("unet", [d["image"]], [d["semantic"]], sparse=True)  # only 0 and 1 painted
+
+
+def test_sparse_instance_labels_ignore_unannotated_pixels():
+    """Instance rule: 0 not annotated, 1 background, 2.. objects. Unannotated pixels are IGNORE in the
+    targets (whatever lies under them), painted background is background, objects keep their shape."""
+    from napari_segsuite.training import prepare_samples
+    from napari_segsuite.workflows import model_for_training
+
+    s = sd.nuclei_2d(seed=0, shape=(96, 96))
+    ids = s["instances"]
+    sparse = np.where(ids > 0, ids + 1, 1)  # dense annotation in the sparse encoding...
+    sparse[:, 48:] = 0  # ...with the right half left unannotated
+    model = model_for_training("unet-instance", [s["image"]], [sparse], sparse=True)
+    (sample,) = prepare_samples(model, [s["image"]], [sparse])
+    assert (sample.y[:, 48:] == -1).all()  # ignored, though objects lie there
+    dense = prepare_samples(model_for_training("unet-instance", [s["image"]], [ids]), [s["image"]], [ids])[0]
+    inner = slice(None), slice(0, 44)  # away from the cut, the targets equal the dense ones
+    np.testing.assert_array_equal(sample.y[inner], dense.y[inner])
+    obj = model_for_training("solo", [s["image"]], [sparse], sparse=True)
+    (os_,) = prepare_samples(obj, [s["image"]], [sparse])
+    assert (os_.y[0][:, 48:] == -1).all() and set(np.unique(os_.y[0][:, :48])) <= set(np.unique(ids))

@@ -345,3 +345,15 @@ def test_model_store_in_the_segment_widget(make_napari_viewer, tmp_path):
     assert seg.model.value.endswith("cells v2")
     seg.model.value = next(v for v in seg.model.choices if v.endswith("nuclei-unet"))
     assert seg.delete_selected(confirm=lambda q: True) is False  # built-in: refused
+
+
+def test_pairs_from_folders(make_napari_viewer, tmp_path):
+    from napari_segsuite.sample_data import write_samples
+
+    made = write_samples(tmp_path, n_images=2)
+    viewer = make_napari_viewer()
+    _, fin = viewer.window.add_plugin_dock_widget("napari-segsuite", "Fine-tune")
+    images, labels = made["nuclei2d"] / "images", made["nuclei2d"] / "semantic"
+    assert fin.add_folders(images, labels) == 2
+    assert len(fin._pairs) == 2 and fin._pairs[0][1].data.shape == fin._pairs[0][0].data.shape
+    assert fin.add_folders(tmp_path / "nowhere", labels) == 0

@@ -108,6 +108,8 @@ class FinetuneWidget(Container):
                     "it by Segment, else each connected region of a thing class is one object.")
         self.add_btn = PushButton(text="Add pair")
         self.remove_btn = PushButton(text="Remove selected")
+        self.folder_btn = PushButton(text="Add folders…", tooltip="Open image/label pairs from two folders "
+                                     "(matched by file name) as layers and add them to the set.")
         self.pairs = Select(label="Pairs", choices=[], tooltip="Image/labels pairs to train on. Empty: the pair above.")
         self.base = ComboBox(label="Start from", choices=_base_choices)
         self.guide = Label(value="")
@@ -136,7 +138,7 @@ class FinetuneWidget(Container):
         super().__init__(widgets=[
             Container(widgets=[self.project_dir, self.open_project_btn], labels=False),
             self.image, self.labels_layer, self.objects,
-            Container(widgets=[self.add_btn, self.remove_btn], layout="horizontal", labels=False),
+            Container(widgets=[self.add_btn, self.folder_btn, self.remove_btn], layout="horizontal", labels=False),
             self.pairs, self.base, self.guide, self.things, self.sparse, self.freeze, self.epochs, self.minutes, self.model_name, self.controls,
             self.verdict, Container(widgets=[self.keep_parent_btn, self.next_btn], layout="horizontal", labels=False),
             self.plot,
@@ -152,6 +154,7 @@ class FinetuneWidget(Container):
         self.add_btn.changed.connect(lambda _=None: self.add_pair())
         self.open_project_btn.changed.connect(lambda _=None: self.open_project(self.project_dir.value))
         self.remove_btn.changed.connect(lambda _=None: self._remove_selected())
+        self.folder_btn.changed.connect(lambda _=None: self._ask_folders())
         for ev in (viewer.layers.events.inserted, viewer.layers.events.removed):
             ev.connect(lambda _=None: self._on_layers_changed())
         on_models_changed(self, self._on_models_changed)
@@ -429,3 +432,32 @@ class FinetuneWidget(Container):
                 self.project.save_labels(self._pair_names[id(labels)], layer_array(labels),
                                          None if objects is None else layer_array(objects))
         self._dirty.clear()
+
+    # --- pairs from folders ---
+    def add_folders(self, images: str | Path, labels: str | Path) -> int:
+        """Open every image of ``images`` with its label file from ``labels`` (matched by name, as the
+        CLI does) as layers, and add the pairs to the set; returns how many were added."""
+        from ..io import match_pairs, read_image, read_labels
+
+        try:
+            pairs = match_pairs(images, labels)
+        except FileNotFoundError as err:
+            show_error(str(err))
+            return 0
+        n = 0
+        for img_path, lab_path in pairs:
+            image = self._viewer.add_image(read_image(img_path), name=img_path.stem)
+            lab = self._viewer.add_labels(read_labels(lab_path), name=f"{img_path.stem} labels")
+            self.image.value, self.labels_layer.value = image, lab
+            n += int(self.add_pair())
+        return n
+
+    def _ask_folders(self) -> None:
+        from qtpy.QtWidgets import QFileDialog
+
+        images = QFileDialog.getExistingDirectory(self.native, "Folder of images")
+        if not images:
+            return
+        labels = QFileDialog.getExistingDirectory(self.native, "Folder of their labels (same file names)")
+        if labels:
+            self.add_folders(images, labels)
