@@ -186,7 +186,8 @@ def test_one_round_train_segment_next_correct_finetune(viewer_with_sample, qtbot
     proposal.refresh()
     assert proposal.metadata["segsuite"]["edited"]
     assert fin.add_pair() and len(fin._pairs) == 2
-    assert fin._pair_label(fin._pairs[1]).startswith("next image + next image · round 1 · 256x256 · ")
+    row = fin.pairs.data[1]  # the training-set table
+    assert list(row[:4]) == ["next image", "next image · round 1", "", "256x256"] and row[4].endswith("%")
     fin.model_name.value = "round 2"
     fin.run()
     _wait(qtbot, fin.controls, 400_000)
@@ -356,4 +357,7 @@ def test_pairs_from_folders(make_napari_viewer, tmp_path):
     images, labels = made["nuclei2d"] / "images", made["nuclei2d"] / "semantic"
     assert fin.add_folders(images, labels) == 2
     assert len(fin._pairs) == 2 and fin._pairs[0][1].data.shape == fin._pairs[0][0].data.shape
+    assert fin.pairs.shape == (2, 5) and fin.pairs.data[0][3] == "x".join(map(str, fin._pairs[0][1].data.shape))
+    fin._remove_selected([0])
+    assert fin.pairs.shape[0] == 1 and len(fin._pairs) == 1
     assert fin.add_folders(tmp_path / "nowhere", labels) == 0

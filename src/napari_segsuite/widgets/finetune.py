@@ -13,7 +13,7 @@ from typing import Any
 import napari
 import numpy as np
 from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, LineEdit, PushButton,
-                               Select, SpinBox)
+                               SpinBox, Table)
 from qtpy.QtCore import QTimer
 from napari.utils.notifications import show_error
 
@@ -84,6 +84,9 @@ def _class_image(layer: napari.layers.Labels, ids: np.ndarray) -> np.ndarray | N
     return lut[ids]
 
 
+PAIR_COLUMNS = ("image", "labels", "objects", "size", "annotated")
+
+
 class FinetuneWidget(Container):
     """Train a new model, or fine-tune a trained one, on image/labels pairs from the viewer."""
 
@@ -110,7 +113,11 @@ class FinetuneWidget(Container):
         self.remove_btn = PushButton(text="Remove selected")
         self.folder_btn = PushButton(text="Add folders…", tooltip="Open image/label pairs from two folders "
                                      "(matched by file name) as layers and add them to the set.")
-        self.pairs = Select(label="Pairs", choices=[], tooltip="Image/labels pairs to train on. Empty: the pair above.")
+        self.pairs = Table(value={"data": [], "index": [], "columns": list(PAIR_COLUMNS)}, label="Training set",
+                           tooltip="Image/labels pairs to train on (empty: the pair above). Select rows and "
+                                   "'Remove selected' to drop them; annotated = share of non-zero label pixels.")
+        self.pairs.read_only = True
+        self.pairs.min_height = 110
         self.base = ComboBox(label="Start from", choices=_base_choices)
         self.guide = Label(value="")
         self.guide.native.setWordWrap(True)
@@ -136,7 +143,7 @@ class FinetuneWidget(Container):
         self.last_result: Any = None
         self.last_path: str | None = None
         super().__init__(widgets=[
-            Container(widgets=[self.project_dir, self.open_project_btn], labels=False),
+            Container(widgets=[self.project_dir, self.open_project_btn]),
             self.image, self.labels_layer, self.objects,
             Container(widgets=[self.add_btn, self.folder_btn, self.remove_btn], layout="horizontal", labels=False),
             self.pairs, self.base, self.guide, self.things, self.sparse, self.freeze, self.epochs, self.minutes, self.model_name, self.controls,
@@ -218,18 +225,25 @@ class FinetuneWidget(Container):
         return True
 
     def _pair_label(self, pair: tuple) -> str:
-        """``image + labels [+ objects] · size · annotated share`` (0 counts as not annotated with sparse labels)."""
-        data = pair[1].data[0] if getattr(pair[1], "multiscale", False) else pair[1].data
-        size = "x".join(map(str, data.shape))
-        annotated = f" · {float((np.asarray(data) != 0).mean()):.0%} non-zero"
-        objects = f" + {pair[2].name}" if pair[2] is not None else ""
-        return f"{pair[0].name} + {pair[1].name}{objects} · {size}{annotated}"
+        return f"{pair[0].name} + {pair[1].name}" + (f" + {pair[2].name}" if pair[2] is not None else "")
+
+    def pair_rows(self) -> list[list[str]]:
+        """The training-set table: image, labels, objects, size and annotated share per pair."""
+        rows = []
+        for image, labels, objects in self._pairs:
+            data = labels.data[0] if getattr(labels, "multiscale", False) else labels.data
+            rows.append([image.name, labels.name, objects.name if objects is not None else "",
+                         "x".join(map(str, data.shape)), f"{float((np.asarray(data) != 0).mean()):.0%}"])
+        return rows
 
     def _refresh_pairs(self) -> None:
-        self.pairs.choices = [(self._pair_label(p), i) for i, p in enumerate(self._pairs)]
+        rows = self.pair_rows()
+        self.pairs.value = {"data": rows, "index": list(range(1, len(rows) + 1)), "columns": list(PAIR_COLUMNS)}
 
-    def _remove_selected(self) -> None:
-        drop = set(self.pairs.value or [])
+    def _remove_selected(self, rows: list[int] | None = None) -> None:
+        if rows is None:
+            rows = [i.row() for i in self.pairs.native.selectionModel().selectedRows()]
+        drop = set(rows)
         self._pairs = [p for i, p in enumerate(self._pairs) if i not in drop]
         self._refresh_pairs()
 
