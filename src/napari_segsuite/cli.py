@@ -242,8 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--epochs", type=int, default=100, help="epoch limit (default 100)")
     s.add_argument("--time-budget", type=float, default=None, help="wall-clock limit in seconds; keeps the best model")
     s.add_argument("--batch-size", type=int, default=4)
-    s.add_argument("--patch-size", type=int, default=256)
-    s.add_argument("--lr", type=float, default=2e-3)
+    s.add_argument("--patch-size", type=int, default=None, help="crop edge in pixels (default: the model's, 256 for most)")
+    s.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the model's, 2e-3 for most)")
     s.add_argument("--patience", type=int, default=20, help="epochs without improvement before stopping (0: never)")
     s.add_argument("--freeze-encoder", action="store_true",
                    help="fine-tune only the decoder and heads (for very few images); the encoder's weights stay")

@@ -39,10 +39,12 @@ class TrainConfig:
         time_budget: Wall-clock limit in seconds (``None``: none). Training stops there and keeps the best model.
         steps_per_epoch: Optimiser steps between validations (``None``: from the data size, 10..100).
         batch_size: Crops per step (at least 2: batch norm needs two samples).
-        patch_size: Crop edge in pixels (Y and X).
-        patch_size_z: Crop depth for native 3D models (their batches are half ``batch_size``).
+        patch_size: Crop edge in pixels (Y and X); ``None``: the model's own default (256 for most,
+            128 for the object models, which then take more steps in the same time).
+        patch_size_z: Crop depth for native 3D models (their batches are half ``batch_size``); ``None``:
+            the model's default (32).
         lr: Peak learning rate (AdamW; linear warm-up then cosine decay over whichever of the epoch
-            limit and the time budget binds first).
+            limit and the time budget binds first); ``None``: the model's own default (2e-3 for most).
         patience: Epochs without validation improvement before stopping early (0: never).
         val_fraction: Share of images (or slices) held out; with one image, the bottom rows.
         augment: Random flips, 90-degree rotations, scaling, elastic deformation (2D), gamma, gain and
@@ -58,9 +60,9 @@ class TrainConfig:
     time_budget: float | None = None
     steps_per_epoch: int | None = None
     batch_size: int = 4
-    patch_size: int = 256
-    patch_size_z: int = 32
-    lr: float = 2e-3
+    patch_size: int | None = None
+    patch_size_z: int | None = None
+    lr: float | None = None
     weight_decay: float = 1e-4
     patience: int = 20
     val_fraction: float = 0.2
@@ -371,6 +373,16 @@ def _loss(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Te
     return semantic.loss_fn(module(x), y)
 
 
+def _training_defaults(card: dict[str, Any]) -> dict[str, Any]:
+    """The registry's training defaults of the card's architecture (e.g. a smaller crop for object models)."""
+    from .models import get_spec
+
+    try:
+        return dict(get_spec(card["architecture"]).training)
+    except KeyError:
+        return {}
+
+
 SCORE_NAMES = {"semantic": "mean IoU", "instance": "AP50", "panoptic": "PQ"}
 SCORE_KEYS = {"semantic": "mean_iou", "instance": "ap50", "panoptic": "pq"}
 
@@ -422,14 +434,18 @@ def train(
     samples = prepare_samples(model, images, labels, names, rgb, instances)
     train_s, val_s, val_note = split_samples(samples, cfg.val_fraction, rng)
     three_d = card.get("spatial_dims", 2) == 3
-    p = min(cfg.patch_size, max(max(s.x.shape[-2:]) for s in train_s))
+    spec_training = _training_defaults(card)
+    patch_size = cfg.patch_size or spec_training.get("patch_size", 256)
+    peak_lr = cfg.lr or spec_training.get("lr", 2e-3)
+    p = min(patch_size, max(max(s.x.shape[-2:]) for s in train_s))
     p = max(div, -(-p // div) * div)
     patch: tuple[int, ...] = (p, p)
     batch_size = max(2, cfg.batch_size)  # batch norm in pooling branches (PSPNet, DeepLab) needs two samples
     val_tile: int | tuple[int, ...] = 512
     if three_d:
-        pz = min(cfg.patch_size_z, max(s.x.shape[1] for s in train_s))
-        patch, batch_size, val_tile = (pz, p, p), max(2, cfg.batch_size // 2), (2 * cfg.patch_size_z, 256, 256)
+        pz_cfg = cfg.patch_size_z or spec_training.get("patch_size_z", 32)
+        pz = min(pz_cfg, max(s.x.shape[1] for s in train_s))
+        patch, batch_size, val_tile = (pz, p, p), max(2, cfg.batch_size // 2), (2 * pz_cfg, 256, 256)
     train_s = [_pad_to(s, patch) for s in train_s]
     train_px = sum(s.y.size for s in train_s)
     spe = cfg.steps_per_epoch or int(np.clip(math.ceil(train_px / (batch_size * np.prod(patch))), 10, 100))
@@ -445,7 +461,7 @@ def train(
         for p_ in enc.parameters():
             p_.requires_grad_(False)
         params = [p_ for p_ in params if id(p_) not in frozen]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(params, lr=peak_lr, weight_decay=cfg.weight_decay)
     use_amp = cfg.amp and device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
@@ -477,8 +493,9 @@ def train(
             if cfg.time_budget and time.monotonic() - t0 > cfg.time_budget:
                 stopped = "time budget"
                 break
-            warm = min(1.0, (step + 1) / max(1, total * 0.03))
-            lr = cfg.lr * warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac())))
+            # warm-up: at least 10 steps, at most 3 % of the steps or 5 % of the time budget
+            warm = min(1.0, (step + 1) / 10, max((step + 1) / max(1, total * 0.03), frac() / 0.05))
+            lr = peak_lr * warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac())))
             for g in opt.param_groups:
                 g["lr"] = lr
             x, y = _crop_batch(train_s, patch, batch_size, rng, cfg.augment)

@@ -352,7 +352,7 @@ class DeepMask(ObjectModel):
         return empty, score
 
 
-@register("deepmask", kind="instance", divisible_by=1, objects=True,
+@register("deepmask", kind="instance", divisible_by=1, objects=True, training={"patch_size": 128},
           description="DeepMask: dense window masks + objectness over scales, NMS; any object "
                       "shape, one model for click-to-segment and automatic proposals.")
 def build_deepmask(*, num_classes: int = 2, in_channels: int = 1, window: int = 48, mask_size: int = 24,

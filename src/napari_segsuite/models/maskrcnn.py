@@ -203,6 +203,7 @@ def _to_detections(raw: dict[str, torch.Tensor], score_threshold: float) -> Dete
     kind="instance",
     divisible_by=32,
     objects=True,
+    training={"patch_size": 128, "lr": 1e-3},
     description="Mask R-CNN (torchvision, ResNet-18 FPN, small anchors): boxes then masks - "
                 "objects that overlap or are far apart, several object classes.",
 )

@@ -29,6 +29,8 @@ class ModelSpec:
         objects: The model outputs a set of objects (:class:`~.base.ObjectModel`: Mask R-CNN, SOLO,
             DeepMask) and so can learn a class per object; instance models without it predict maps.
         defaults: Keyword arguments the builder gets unless the caller overrides them.
+        training: Training settings this model does best with where the user sets none
+            (``patch_size``, ``lr``: see :class:`~napari_segsuite.training.TrainConfig`).
     """
 
     name: str
@@ -39,6 +41,7 @@ class ModelSpec:
     spatial_dims: int = 2
     defaults: dict[str, Any] = field(default_factory=dict)
     objects: bool = False
+    training: dict[str, Any] = field(default_factory=dict)
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -46,7 +49,7 @@ _REGISTRY: dict[str, ModelSpec] = {}
 
 def register(
     name: str, *, kind: str, description: str, divisible_by: int = 1, spatial_dims: int = 2, objects: bool = False,
-    **defaults: Any
+    training: dict[str, Any] | None = None, **defaults: Any
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Decorator that registers a model builder under ``name``.
 
@@ -59,7 +62,8 @@ def register(
     def deco(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY:
             raise ValueError(f"A model named {name!r} is already registered.")
-        _REGISTRY[name] = ModelSpec(name, kind, builder, description, divisible_by, spatial_dims, dict(defaults), objects)
+        _REGISTRY[name] = ModelSpec(name, kind, builder, description, divisible_by, spatial_dims, dict(defaults), objects,
+                                    dict(training or {}))
         return builder
 
     return deco

@@ -387,7 +387,7 @@ def _pad(t: torch.Tensor, value: float, multiple: int = 32) -> torch.Tensor:
     return F.pad(t, (0, pw, 0, ph), value=value) if ph or pw else t
 
 
-@register("solo", kind="instance", divisible_by=32, objects=True,
+@register("solo", kind="instance", divisible_by=32, objects=True, training={"patch_size": 128, "lr": 3e-3},
           description="SOLOv2-style instance segmentation (grid cells predict classes and mask kernels, "
                       "Matrix NMS): many objects of varied size and class, no boxes.")
 def build_solo(*, num_classes: int = 2, in_channels: int = 1, width: int = 64, mask_channels: int = 32,

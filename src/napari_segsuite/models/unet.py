@@ -150,6 +150,7 @@ def build_unet_instance(
     "unet3d-instance",
     kind="instance",
     spatial_dims=3,
+    training={"patch_size": 64, "patch_size_z": 16},
     description="3D UNet predicting background / interior / boundary, objects split by 3D seeded watershed: "
                 "nuclei in volumes.",
 )
@@ -157,7 +158,7 @@ def build_unet3d_instance(
     *,
     num_classes: int = 3,
     in_channels: int = 1,
-    base_filters: int = 16,
+    base_filters: int = 8,
     depth: int = 3,
     upsample: str = "transpose",
     xy_only_levels: int = 0,
