@@ -105,3 +105,34 @@ def test_instance_model_train_segment_evaluate(tmp_path, capsys):
     metrics = json.loads(out)
     assert {"ap50", "ap50_95", "f1", "mean_matched_iou"} <= set(metrics)
     assert 0.0 <= metrics["ap50_95"] <= metrics["ap50"] <= 1.0
+
+
+def test_panoptic_and_object_classes_through_the_cli(tmp_path, capsys):
+    """Panoptic: classes in --labels, objects in --instances, --things; segment writes both images and the
+    objects table; evaluate --json has pq, sq, rq and pq_per_class by label value."""
+    for d in ("img", "sem", "inst", "out"):
+        (tmp_path / d).mkdir()
+    for i in range(2):
+        s = sd.panoptic_scene(seed=i, shape=(64, 64))
+        write_labels(tmp_path / "img" / f"s{i}.tif", s["image"])
+        write_labels(tmp_path / "sem" / f"s{i}.tif", s["semantic"])
+        write_labels(tmp_path / "inst" / f"s{i}.tif", s["instances"])
+    common = ["--images", str(tmp_path / "img"), "--labels", str(tmp_path / "sem")]
+    code, out, err = run(capsys, "train", "--model", "panoptic-deeplab", *common, "--instances", str(tmp_path / "inst"),
+                         "--things", "2,3", "--epochs", "1", "--patch-size", "64", "--out", str(tmp_path / "pan"))
+    assert code == 0, err
+    assert "PQ" in out
+    code, out, err = run(capsys, "segment", "--model", str(tmp_path / "pan"), "--input", str(tmp_path / "img"),
+                         "--output", str(tmp_path / "out"))
+    assert code == 0, err
+    assert (tmp_path / "out" / "s0.tif").is_file() and (tmp_path / "out" / "s0_instances.tif").is_file()
+    assert (tmp_path / "out" / "s0_objects.csv").read_text().startswith("index,class,score")
+    code, out, err = run(capsys, "evaluate", "--model", str(tmp_path / "pan"), *common,
+                         "--instances", str(tmp_path / "inst"), "--json")
+    assert code == 0, err
+    m = json.loads(out)
+    assert {"pq", "sq", "rq", "pq_per_class", "pq_things", "pq_stuff"} <= set(m)
+    assert set(m["pq_per_class"]) <= {"0", "1", "2", "3"}
+    code, _, err = run(capsys, "train", "--model", "panoptic-deeplab", *common, "--things", "9",
+                       "--out", str(tmp_path / "bad"))
+    assert code == 2 and "do not occur" in err
