@@ -29,7 +29,7 @@ def is_architecture(spec: str) -> bool:
 
 def _check_ids(labels: Sequence[np.ndarray], what: str = "Instance labels") -> None:
     for lab in labels:
-        if not np.issubdtype(np.asarray(lab).dtype, np.integer):
+        if lab is not None and not np.issubdtype(np.asarray(lab).dtype, np.integer):
             raise ValueError(f"{what} must be integer ids (0 background, 1..N objects).")
 
 

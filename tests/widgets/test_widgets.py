@@ -153,7 +153,8 @@ def test_every_model_trains_and_segments_in_the_widgets(make_napari_viewer, qtbo
     seg.run()
     _wait(qtbot, seg.controls)
     out = viewer.layers[-1]
-    assert out.name == f"small · tiny {name}" and out.data.shape == (64, 64)
+    suffix = " objects" if spec.kind == "panoptic" else ""  # panoptic: the classes layer, then the objects layer
+    assert out.name == f"small · tiny {name}{suffix}" and out.data.shape == (64, 64)
 
 
 def test_one_round_train_segment_next_correct_finetune(viewer_with_sample, qtbot):
@@ -187,7 +188,8 @@ def test_one_round_train_segment_next_correct_finetune(viewer_with_sample, qtbot
     assert proposal.metadata["segsuite"]["edited"]
     assert fin.add_pair() and len(fin._pairs) == 2
     row = fin.pairs.data[1]  # the training-set table
-    assert list(row[:4]) == ["next image", "next image · round 1", "", "256x256"] and row[4].endswith("%")
+    assert list(row[:2]) == ["next image", "next image · round 1"] and row[2] in ("", None)  # no objects layer
+    assert row[3] == "256x256" and row[4].endswith("%")
     fin.model_name.value = "round 2"
     fin.run()
     _wait(qtbot, fin.controls, 400_000)
