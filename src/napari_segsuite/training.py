@@ -164,8 +164,9 @@ def prepare_samples(
         x = normalize(to_slices(img, axes, model.card["in_channels"]), model.card.get("normalization"))
         spatial = x.shape[2:]
         if kind == "panoptic" and inst is None:
-            things = np.isin(lmap.to_classes(cls_values), list(model.card["build"].get("thing_classes", (1,))))
-            inst = _components(things)
+            from .tasks import panoptic
+
+            inst = panoptic.objects_of_things(lmap.to_classes(cls_values), model.card["build"].get("thing_classes", (1,)))
         ids = None if inst is None else np.asarray(inst).astype(np.int64).reshape((-1, *spatial))
         unlabelled = None
         if kind == "instance" and sparse_ids:  # the sparse rule for objects: 0 not annotated, 1 background
@@ -189,12 +190,6 @@ def prepare_samples(
         else:
             samples += [_Sample(xs, ys, None if ids is None else ids[j]) for j, (xs, ys) in enumerate(zip(x, y))]
     return samples
-
-
-def _components(mask: np.ndarray) -> np.ndarray:
-    from scipy import ndimage as ndi
-
-    return ndi.label(mask)[0]
 
 
 def split_samples(samples: list[_Sample], fraction: float, rng: np.random.Generator) -> tuple[list[_Sample], list[_Sample], str]:

@@ -183,12 +183,10 @@ def evaluate(
         gt_cls = lmap.to_classes(lab)
         pred_cls = lmap.to_classes(seg.semantic)
         if kind == "panoptic":
-            from scipy import ndimage as ndi
-
             from .tasks import panoptic
 
             things = tuple(model.card["build"].get("thing_classes", (1,)))
-            gt_ids = np.asarray(instances[i]) if instances is not None else ndi.label(np.isin(gt_cls, things))[0]
+            gt_ids = np.asarray(instances[i]) if instances is not None else panoptic.objects_of_things(gt_cls, things)
             c = panoptic.pq_counts(pred_cls, seg.instances, gt_cls, gt_ids, things, k)
             counts = c if counts is None else counts + c
             continue

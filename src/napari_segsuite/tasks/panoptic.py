@@ -154,6 +154,11 @@ def pq(pred_sem: np.ndarray, pred_inst: np.ndarray, gt_sem: np.ndarray, gt_inst:
     return pq_from_counts(counts, thing_classes)
 
 
+def objects_of_things(classes: np.ndarray, thing_classes: Iterable[int]) -> np.ndarray:
+    """Object ids when only classes are known: each connected region of thing pixels is one object."""
+    return ndi.label(np.isin(classes, list(thing_classes)))[0]
+
+
 # --- training targets ----------------------------------------------------------------------------
 
 class PanopticTargets(NamedTuple):
