@@ -4,7 +4,7 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.segsuite-installed
 DEMO_OUT ?= demo-output
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo lint test test-all bench clean
 
 setup: $(STAMP)
 
@@ -21,8 +21,19 @@ demo: setup
 		xvfb-run -a -s "-screen 0 1600x1000x24" $(VENV)/bin/segsuite demo --headless --out $(DEMO_OUT); \
 	fi
 
-test: setup
+# Lint and types first: a lint error fails CI like a failing test.
+lint: setup
+	$(VENV)/bin/ruff check src tests bench scripts
+	$(VENV)/bin/ruff format --check src tests bench scripts
+	$(VENV)/bin/mypy
+
+# What CI runs: everything a user would notice; tests marked `slow` (long learning curves, GPU) are left out.
+test: lint
 	HF_HUB_OFFLINE=1 xvfb-run -a -s "-screen 0 1600x1000x24" $(PY) -m pytest -q -ra
+
+# Everything, the slow tests too.
+test-all: lint
+	HF_HUB_OFFLINE=1 xvfb-run -a -s "-screen 0 1600x1000x24" $(PY) -m pytest -q -ra -m ""
 
 bench: setup
 	$(PY) bench/isbi.py

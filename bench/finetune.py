@@ -42,7 +42,7 @@ def em_like(seed: int, shape=(512, 512)) -> tuple[np.ndarray, np.ndarray]:
     seeds[rng.integers(0, shape[0], n), rng.integers(0, shape[1], n)] = np.arange(1, n + 1)
     _, (iy, ix) = ndi.distance_transform_edt(seeds == 0, return_indices=True)
     cells = seeds[iy, ix]
-    yy, xx = np.mgrid[0:shape[0], 0:shape[1]].astype(np.float32)  # wavy membranes: a smooth random warp
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]].astype(np.float32)  # wavy membranes: a smooth random warp
     warp = [ndi.gaussian_filter(rng.standard_normal(shape), 24) * 24 / 0.05 * 0.05 for _ in range(2)]
     warp = [w / (np.abs(w).max() + 1e-8) * 10 for w in warp]
     cells = ndi.map_coordinates(cells, [yy + warp[0], xx + warp[1]], order=0, mode="reflect")
@@ -62,8 +62,9 @@ te_i, te_l = img[20:], lab[20:]
 gen = [em_like(s) for s in range(12)]
 t0 = time.monotonic()
 base = model_for_training("unet", [g[0] for g in gen], [g[1] for g in gen])
-pre = drive(train(base, [g[0] for g in gen], [g[1] for g in gen],
-                  TrainConfig(time_budget=args.pretrain, device=args.device)))
+pre = drive(
+    train(base, [g[0] for g in gen], [g[1] for g in gen], TrainConfig(time_budget=args.pretrain, device=args.device))
+)
 t_pre = time.monotonic() - t0
 tmp = Path(tempfile.mkdtemp())
 save_model(pre.model, tmp / "em-pretrained")
@@ -81,10 +82,14 @@ for n in [int(v) for v in args.sizes.split(",")]:
         rows.append((start, n, tt, res.model.card["training"]["steps"], m))
         print(f"  {start:>9} on {n:>2} slices: mean IoU {m['mean_iou']:.3f} ({tt:.0f} s)", flush=True)
 
-print(f"\nISBI 2012, evaluated on slices 20-29; budget {args.seconds:.0f} s per run; pretraining {t_pre:.0f} s on 12 "
-      "generated EM-like images")
+print(
+    f"\nISBI 2012, evaluated on slices 20-29; budget {args.seconds:.0f} s per run; pretraining {t_pre:.0f} s on 12 "
+    "generated EM-like images"
+)
 print("| start | ISBI slices | train s | steps | mean IoU | IoU membrane | IoU interior | Dice (interior) |")
 print("|---|---|---|---|---|---|---|---|")
 for start, n, tt, steps, m in rows:
     iou = m["iou_per_class"]
-    print(f"| {start} | {n} | {tt:.0f} | {steps} | {m['mean_iou']:.3f} | {iou[0]:.3f} | {iou[1]:.3f} | {m['dice']:.3f} |")
+    print(
+        f"| {start} | {n} | {tt:.0f} | {steps} | {m['mean_iou']:.3f} | {iou[0]:.3f} | {iou[1]:.3f} | {m['dice']:.3f} |"
+    )

@@ -21,6 +21,7 @@ a second small table on nuclei_3d volumes beside unet-instance run slice by slic
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.util
 import json
@@ -42,10 +43,8 @@ def _register_optional() -> None:
     import napari_segsuite.models  # noqa: F401  (registers the built-in models)
 
     for mod in _OPTIONAL_MODULES:
-        try:
+        with contextlib.suppress(Exception):
             importlib.import_module(f"napari_segsuite.models.{mod}")
-        except Exception:  # noqa: BLE001  (a model under construction must not stop the benchmark)
-            pass
 
 
 def _peak_rss_mib() -> float:
@@ -61,9 +60,11 @@ def load_dataset(name: str, data_root: str) -> dict:
 
         tr = [sd.nuclei_2d(seed=i, shape=(256, 256)) for i in range(8)]
         te = [sd.nuclei_2d(seed=500 + i, shape=(256, 256)) for i in range(5)]
-        return {"train": ([s["image"] for s in tr], [s["instances"] for s in tr]),
-                "test": ([s["image"] for s in te], [s["instances"] for s in te]),
-                "probe": sd.nuclei_2d(seed=900, shape=(512, 512))["image"]}
+        return {
+            "train": ([s["image"] for s in tr], [s["instances"] for s in tr]),
+            "test": ([s["image"] for s in te], [s["instances"] for s in te]),
+            "probe": sd.nuclei_2d(seed=900, shape=(512, 512))["image"],
+        }
     if name == "isbi":
         from skimage.measure import label
 
@@ -84,9 +85,11 @@ def load_dataset(name: str, data_root: str) -> dict:
 
         tr = [sd.nuclei_3d(seed=i) for i in range(4)]
         te = [sd.nuclei_3d(seed=500 + i) for i in range(2)]
-        return {"train": ([s["image"] for s in tr], [s["instances"] for s in tr]),
-                "test": ([s["image"] for s in te], [s["instances"] for s in te]),
-                "probe": te[0]["image"]}
+        return {
+            "train": ([s["image"] for s in tr], [s["instances"] for s in tr]),
+            "test": ([s["image"] for s in te], [s["instances"] for s in te]),
+            "probe": te[0]["image"],
+        }
     raise ValueError(f"Unknown dataset {name!r}; choose from {', '.join(DATASETS)}.")
 
 
@@ -119,8 +122,14 @@ def measure_engine(name: str, data: dict, seconds: float, device: str) -> dict:
     t_train = time.perf_counter() - t
     m = drive(evaluate(res.model, te_i, te_l, device=device))
     t_inf = _median_time(lambda: drive(segment(res.model, data["probe"], device=device)))
-    return {"train_s": t_train, "ap50": m["ap50"], "ap50_95": m["ap50_95"], "f1": m["f1"], "infer_s": t_inf,
-            "note": f"{res.model.card['training']['steps']} steps, {res.stopped}"}
+    return {
+        "train_s": t_train,
+        "ap50": m["ap50"],
+        "ap50_95": m["ap50_95"],
+        "f1": m["f1"],
+        "infer_s": t_inf,
+        "note": f"{res.model.card['training']['steps']} steps, {res.stopped}",
+    }
 
 
 def measure_cellpose(data: dict, seconds: float, device: str) -> dict:
@@ -138,8 +147,14 @@ def measure_cellpose(data: dict, seconds: float, device: str) -> dict:
     channels = [0, 0]  # grayscale, no nuclear channel
     # cellpose's command-line training settings (SGD, lr 0.2, weight decay 1e-5, batch 8); one batch per
     # epoch, so its 10-epoch warm-up and the timing probe are 10 and 1 optimiser steps on every dataset
-    opts = {"channels": channels, "learning_rate": 0.2, "weight_decay": 1e-5, "SGD": True, "batch_size": 8,
-            "nimg_per_epoch": 8}
+    opts = {
+        "channels": channels,
+        "learning_rate": 0.2,
+        "weight_decay": 1e-5,
+        "SGD": True,
+        "batch_size": 8,
+        "nimg_per_epoch": 8,
+    }
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
         # pretrained_model=False and model_type=None: a CPnet with random weights, nothing is loaded
@@ -166,8 +181,14 @@ def measure_cellpose(data: dict, seconds: float, device: str) -> dict:
         n_pred, n_true = n_pred + m["n_pred"], n_true + m["n_true"]
     m = instance.metrics_from_matches(np.concatenate(ious) if ious else np.zeros(0), n_pred, n_true)
     t_inf = _median_time(lambda: run(data["probe"]))
-    return {"train_s": t_train, "ap50": m["ap50"], "ap50_95": m["ap50_95"], "f1": m["f1"], "infer_s": t_inf,
-            "note": f"{epochs} epochs"}
+    return {
+        "train_s": t_train,
+        "ap50": m["ap50"],
+        "ap50_95": m["ap50_95"],
+        "f1": m["f1"],
+        "infer_s": t_inf,
+        "note": f"{epochs} epochs",
+    }
 
 
 def measure(name: str, dataset: str, seconds: float, device: str, data_root: str) -> dict:
@@ -192,8 +213,20 @@ def _model_names(arg: str) -> tuple[list[str], list[str]]:
 
 def _run_one(name: str, dataset: str, args: argparse.Namespace) -> dict | None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "CELLPOSE_LOCAL_MODELS_PATH": tempfile.gettempdir()}
-    cmd = [sys.executable, __file__, "--one", name, "--datasets", dataset, "--seconds", str(args.seconds),
-           "--device", args.device, "--data", args.data]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--one",
+        name,
+        "--datasets",
+        dataset,
+        "--seconds",
+        str(args.seconds),
+        "--device",
+        args.device,
+        "--data",
+        args.data,
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if out.returncode:
         print(f"{name} on {dataset}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
@@ -209,8 +242,10 @@ def _print_table(rows: list[dict], infer_header: str) -> None:
         if "missing" in r:
             print(f"| {r['dataset']} | {r['name']} | {r['missing']} | | | | | |")
             continue
-        print(f"| {r['dataset']} | {r['name']} ({r['note']}) | {r['train_s']:.0f} | {r['ap50']:.3f} | "
-              f"{r['ap50_95']:.3f} | {r['f1']:.3f} | {r['infer_s']:.2f} | {r['peak_mb']:.0f} |")
+        print(
+            f"| {r['dataset']} | {r['name']} ({r['note']}) | {r['train_s']:.0f} | {r['ap50']:.3f} | "
+            f"{r['ap50_95']:.3f} | {r['f1']:.3f} | {r['infer_s']:.2f} | {r['peak_mb']:.0f} |"
+        )
 
 
 def main() -> None:
@@ -238,8 +273,10 @@ def main() -> None:
             if r is not None:
                 rows.append(r)
     threads = os.environ.get("OMP_NUM_THREADS", "all")
-    print(f"device: {args.device}, OMP_NUM_THREADS={threads}; each model trained from random weights for "
-          f"{args.seconds:.0f} s per dataset; AP50, AP50:95, F1 on held-out images\n")
+    print(
+        f"device: {args.device}, OMP_NUM_THREADS={threads}; each model trained from random weights for "
+        f"{args.seconds:.0f} s per dataset; AP50, AP50:95, F1 on held-out images\n"
+    )
     _print_table(rows, "inference s / 512x512")
     if names3d and "generated" in datasets:  # native 3D models against the 2D UNet run slice by slice
         rows3d = [r for n in (["unet-instance"] + names3d) if (r := _run_one(n, "generated3d", args))]

@@ -46,11 +46,16 @@ res = drive(train(model, tr_i, tr_l, TrainConfig(time_budget=args.seconds, devic
 t_train = time.monotonic() - t0
 t0 = time.monotonic()
 m = drive(evaluate(res.model, te_i, te_l, device=args.device))
-rows.append((f"{args.model} ({res.model.card['training']['steps']} steps, {res.stopped})", t_train,
-             time.monotonic() - t0, m))
+rows.append(
+    (f"{args.model} ({res.model.card['training']['steps']} steps, {res.stopped})", t_train, time.monotonic() - t0, m)
+)
 
-print(f"| method | train s | eval s (10 slices) | mean IoU | IoU membrane | IoU interior | Dice (interior) | pixel acc |")
+print(
+    "| method | train s | eval s (10 slices) | mean IoU | IoU membrane | IoU interior | Dice (interior) | pixel acc |"
+)
 print("|---|---|---|---|---|---|---|---|")
 for name, tt, te, mm in rows:
     iou = mm["iou_per_class"]
-    print(f"| {name} | {tt:.0f} | {te:.1f} | {mm['mean_iou']:.3f} | {iou[0]:.3f} | {iou[1]:.3f} | {mm['dice']:.3f} | {mm['pixel_accuracy']:.3f} |")
+    print(
+        f"| {name} | {tt:.0f} | {te:.1f} | {mm['mean_iou']:.3f} | {iou[0]:.3f} | {iou[1]:.3f} | {mm['dice']:.3f} | {mm['pixel_accuracy']:.3f} |"
+    )

@@ -80,11 +80,24 @@ def measure(name: str, device: str, steps: int) -> dict:
     t = time.perf_counter()
     res = drive(train(model, [s["image"] for s in tr], [s["semantic"] for s in tr], cfg))
     t_train = time.perf_counter() - t
-    cm = sum(semantic.confusion(drive(predict(res.model, s["image"], output="classes", device=device)), s["semantic"], 3)
-             for s in te)
-    peak = (torch.cuda.max_memory_allocated() / 2**20) if dev.type == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"name": name, "params": params, "fwd": fwd, "step": step, "peak_mb": peak,
-            "miou": semantic.metrics_from_confusion(cm)["mean_iou"], "train_s": t_train}
+    cm = sum(
+        semantic.confusion(drive(predict(res.model, s["image"], output="classes", device=device)), s["semantic"], 3)
+        for s in te
+    )
+    peak = (
+        (torch.cuda.max_memory_allocated() / 2**20)
+        if dev.type == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    )
+    return {
+        "name": name,
+        "params": params,
+        "fwd": fwd,
+        "step": step,
+        "peak_mb": peak,
+        "miou": semantic.metrics_from_confusion(cm)["mean_iou"],
+        "train_s": t_train,
+    }
 
 
 def main() -> None:
@@ -107,8 +120,12 @@ def main() -> None:
     rows = []
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     for n in names:
-        out = subprocess.run([sys.executable, __file__, "--one", n, "--device", args.device, "--steps", str(args.steps)],
-                             capture_output=True, text=True, env=env)
+        out = subprocess.run(
+            [sys.executable, __file__, "--one", n, "--device", args.device, "--steps", str(args.steps)],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
         if out.returncode:
             print(f"{n}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
             continue
@@ -117,11 +134,15 @@ def main() -> None:
     base = next(r for r in rows if r["name"] == "unet")
     mem = "peak CUDA MiB" if args.device.startswith("cuda") else "peak RSS MiB"
     print(f"device: {args.device}; IoU after {args.steps} steps of 4x96x96 on the generated 3-class task\n")
-    print(f"| model | params (M) | forward 512x512 (ms) | vs UNet | train step 4x256x256 (ms) | vs UNet | {mem} | mean IoU |")
+    print(
+        f"| model | params (M) | forward 512x512 (ms) | vs UNet | train step 4x256x256 (ms) | vs UNet | {mem} | mean IoU |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for r in sorted(rows, key=lambda r: r["fwd"]):
-        print(f"| {r['name']} | {r['params'] / 1e6:.2f} | {r['fwd'] * 1e3:.0f} | {r['fwd'] / base['fwd']:.2f} | "
-              f"{r['step'] * 1e3:.0f} | {r['step'] / base['step']:.2f} | {r['peak_mb']:.0f} | {r['miou']:.3f} |")
+        print(
+            f"| {r['name']} | {r['params'] / 1e6:.2f} | {r['fwd'] * 1e3:.0f} | {r['fwd'] / base['fwd']:.2f} | "
+            f"{r['step'] * 1e3:.0f} | {r['step'] / base['step']:.2f} | {r['peak_mb']:.0f} | {r['miou']:.3f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -53,8 +53,15 @@ def fit(arch: str):
 # panoptic-deeplab
 res, t_train = fit("panoptic-deeplab")
 t0 = time.monotonic()
-m = drive(evaluate(res.model, [s["image"] for s in te], [s["semantic"] for s in te],
-                   instances=[s["instances"] for s in te], device=args.device))
+m = drive(
+    evaluate(
+        res.model,
+        [s["image"] for s in te],
+        [s["semantic"] for s in te],
+        instances=[s["instances"] for s in te],
+        device=args.device,
+    )
+)
 t_eval = (time.monotonic() - t0) / len(te)
 rows.append((f"panoptic-deeplab ({res.model.card['training']['steps']} steps)", t_train, t_eval, m))
 
@@ -71,16 +78,30 @@ for s in te:
     c = panoptic.pq_counts(sem, inst, s["semantic"].astype(np.int64), s["instances"], things, 4)
     counts = c if counts is None else counts + c
 t_eval = (time.monotonic() - t0) / len(te)
-rows.append((f"unet + connected components ({res.model.card['training']['steps']} steps)", t_train, t_eval,
-             panoptic.pq_from_counts(counts, things)))
+rows.append(
+    (
+        f"unet + connected components ({res.model.card['training']['steps']} steps)",
+        t_train,
+        t_eval,
+        panoptic.pq_from_counts(counts, things),
+    )
+)
 
 names = tr[0]["class_names"]
-print(f"Generated scenes 256x256: {args.train} train, {args.test} unseen; budget {args.seconds:.0f} s per model; "
-      f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
-print("| model | train s | s per image | PQ | SQ | RQ | PQ things | PQ stuff | " + " | ".join(f"PQ {n}" for n in names) + " |")
+print(
+    f"Generated scenes 256x256: {args.train} train, {args.test} unseen; budget {args.seconds:.0f} s per model; "
+    f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB"
+)
+print(
+    "| model | train s | s per image | PQ | SQ | RQ | PQ things | PQ stuff | "
+    + " | ".join(f"PQ {n}" for n in names)
+    + " |"
+)
 print("|---|---|---|---|---|---|---|---|" + "---|" * len(names))
 for name, tt, te_s, mm in rows:
     per = mm["pq_per_class"]
     per_txt = " | ".join(f"{per.get(c, float('nan')):.3f}" for c in range(len(names)))
-    print(f"| {name} | {tt:.0f} | {te_s:.2f} | {mm['pq']:.3f} | {mm['sq']:.3f} | {mm['rq']:.3f} | "
-          f"{mm['pq_things']:.3f} | {mm['pq_stuff']:.3f} | {per_txt} |")
+    print(
+        f"| {name} | {tt:.0f} | {te_s:.2f} | {mm['pq']:.3f} | {mm['sq']:.3f} | {mm['rq']:.3f} | "
+        f"{mm['pq_things']:.3f} | {mm['pq_stuff']:.3f} | {per_txt} |"
+    )

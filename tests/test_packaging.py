@@ -23,12 +23,26 @@ def test_wheel_carries_manifest_and_builtin_model(tmp_path):
     if not (ROOT / "pyproject.toml").is_file():
         pytest.skip("not a source checkout")
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(ROOT), "-w", str(tmp_path)],
-        check=True, cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            str(ROOT),
+            "-w",
+            str(tmp_path),
+        ],
+        check=True,
+        cwd=tmp_path,
     )
     wheel = zipfile.ZipFile(next(tmp_path.glob("*.whl")))
     names = set(wheel.namelist())
     assert wheel.read("napari_segsuite/napari.yaml") == (ROOT / "napari.yaml").read_bytes()
-    assert {"napari_segsuite/builtin/nuclei-unet/model.json",
-            "napari_segsuite/builtin/nuclei-unet/model.safetensors"} <= names
+    assert {
+        "napari_segsuite/builtin/nuclei-unet/model.json",
+        "napari_segsuite/builtin/nuclei-unet/model.safetensors",
+    } <= names
     assert "napari.manifest" in wheel.read(next(n for n in names if n.endswith("entry_points.txt"))).decode()

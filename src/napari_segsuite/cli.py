@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -65,7 +64,9 @@ def _things(text: str | None) -> list[int] | None:
     try:
         return [int(v) for v in text.replace(" ", "").split(",") if v]
     except ValueError:
-        raise ValueError(f"--things takes label values separated by commas (e.g. --things 2,3), got {text!r}.") from None
+        raise ValueError(
+            f"--things takes label values separated by commas (e.g. --things 2,3), got {text!r}."
+        ) from None
 
 
 def _value(text: str) -> Any:
@@ -112,8 +113,10 @@ def cmd_models(args: argparse.Namespace) -> int:
         return 0
 
     archs = [{"name": s.name, "task": s.kind, "description": s.description, "trained": False} for s in available()]
-    trained = [{"name": m.name, "task": m.card.get("kind"), "description": m.label, "trained": True,
-                "path": str(m.path)} for m in list_models()]
+    trained = [
+        {"name": m.name, "task": m.card.kind, "description": m.label, "trained": True, "path": str(m.path)}
+        for m in list_models()
+    ]
     if args.json:
         print(json.dumps(archs + trained, indent=2))
         return 0
@@ -138,55 +141,79 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .io import check_model_destination, save_model
-    from .training import TrainConfig, score_of, train
-    from .workflows import model_for_training
+    from .checks import check_model_out
+    from .tasks import score_of
+    from .training import TrainConfig
+    from .workflows import train_model
 
-    check_model_destination(args.out)  # before an hour of training, not after
+    out = check_model_out(args.out, overwrite=args.overwrite)  # before an hour of training, not after
     images, labels, names = _load_pairs(args.images, args.labels)
     build = _build_args(args)
     instances = _load_instances(args.images, args.instances)
-    model = model_for_training(args.model, images, labels, sparse=args.sparse, instances=instances,
-                               things=_things(args.things), **build)
     cfg = TrainConfig(
-        epochs=args.epochs, time_budget=args.time_budget, batch_size=args.batch_size, patch_size=args.patch_size,
-        lr=args.lr, patience=args.patience, device=args.device, seed=args.seed, freeze_encoder=args.freeze_encoder,
+        epochs=args.epochs,
+        time_budget=args.time_budget,
+        batch_size=args.batch_size,
+        patch_size=args.patch_size,
+        lr=args.lr,
+        patience=args.patience,
+        device=args.device,
+        seed=args.seed,
+        freeze_encoder=args.freeze_encoder,
     )
-    out = Path(args.out)
-    model.card["name"] = out.name
-    result = _run(train(model, images, labels, cfg, names=names, instances=instances, checkpoint=out), "train")
-    save_model(result.model, out)
-    t = result.model.card["training"]
+    result = _run(
+        train_model(
+            args.model,
+            images,
+            labels,
+            cfg,
+            out,
+            names=names,
+            sparse=args.sparse,
+            instances=instances,
+            things=_things(args.things),
+            build=build,
+        ),
+        "train",
+    )
+    t = result.model.card.training or {}
     sc = score_of(result.model.card)
     print(
-        f"Saved {out} ({t['epochs']} epochs, {t['steps']} steps, {t['seconds']:.0f} s, stopped: {result.stopped}; "
+        f"Saved {out} ({t.get('epochs')} epochs, {t['steps']} steps, {t['seconds']:.0f} s, stopped: {result.stopped}; "
         f"validation on {t['validation']}: {sc[0] if sc else 'score'} {sc[1] if sc else 0:.3f})"
     )
     return 0
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
+    from .checks import check_output_folder, check_outputs
     from .inference import segment
-    from .io import list_images, load_model, read_image, write_labels, write_objects_table
+    from .io import label_path, list_images, read_image, write_labels, write_objects_table
+    from .model_files import load_model
     from .store import resolve_trained
 
-    model = load_model(resolve_trained(args.model))
+    out = check_output_folder(args.output)
     files = list_images(args.input)
-    out = Path(args.output)
+    model = load_model(resolve_trained(args.model))
+    planned = {f: label_path(out / f.name) for f in files}
+    extras = {f: (out / f"{f.stem}_instances.tif", out / f"{f.stem}_objects.csv") for f in files}
+    check_outputs(
+        files, [*planned.values(), *(p for pair in extras.values() for p in pair)], overwrite=args.overwrite
+    )  # before any work: nothing of the user's is replaced
     for f in files:
         seg = _run(segment(model, read_image(f), tile=args.tile, device=args.device), f.name)
-        print(write_labels(out / f.name, seg.labels))
+        print(write_labels(planned[f], seg.labels))
         if seg.semantic is not None and seg.instances is not None:  # panoptic: the objects beside the classes
-            print(write_labels(out / f"{Path(f.name).stem}_instances.tif", seg.instances))
+            print(write_labels(extras[f][0], seg.instances))
         if seg.features is not None:
-            print(write_objects_table(out / f"{Path(f.name).stem}_objects.csv", seg.features))
+            print(write_objects_table(extras[f][1], seg.features))
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .io import load_model
+    from .evaluation import evaluate
+    from .model_files import load_model
     from .store import resolve_trained
-    from .workflows import evaluate
 
     model = load_model(resolve_trained(args.model))
     images, labels, _ = _load_pairs(args.images, args.labels)
@@ -227,34 +254,58 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_sample)
 
     s = sub.add_parser("train", help="train an architecture from scratch or fine-tune a trained model")
-    s.add_argument("--model", required=True, help="architecture name (from scratch) or trained model path/name (fine-tune)")
+    s.add_argument(
+        "--model", required=True, help="architecture name (from scratch) or trained model path/name (fine-tune)"
+    )
     s.add_argument("--images", required=True, help="folder, file or glob of images (TIFF, PNG, ...; 2D or 3D)")
     s.add_argument("--labels", required=True, help="folder of label images matched to images by file name")
     s.add_argument("--out", required=True, help="folder the model is saved to (model.safetensors + model.json)")
-    s.add_argument("--instances", default=None,
-                   help="folder of object-id images (0 background, 1..N objects) matched by name: with --labels "
-                        "holding class values, for instance models with a class per object and panoptic models")
-    s.add_argument("--things", default=None,
-                   help="panoptic models: label values of the countable classes, e.g. 2,3 (default: the classes "
-                        "found under objects in --instances)")
-    s.add_argument("--sparse", action="store_true",
-                   help="sparse labels: 0 = not annotated (ignored); paint every class, background included, as 1..K")
+    s.add_argument(
+        "--instances",
+        default=None,
+        help="folder of object-id images (0 background, 1..N objects) matched by name: with --labels "
+        "holding class values, for instance models with a class per object and panoptic models",
+    )
+    s.add_argument(
+        "--things",
+        default=None,
+        help="panoptic models: label values of the countable classes, e.g. 2,3 (default: the classes "
+        "found under objects in --instances)",
+    )
+    s.add_argument(
+        "--sparse",
+        action="store_true",
+        help="sparse labels: 0 = not annotated (ignored); paint every class, background included, as 1..K",
+    )
     s.add_argument("--epochs", type=int, default=100, help="epoch limit (default 100)")
     s.add_argument("--time-budget", type=float, default=None, help="wall-clock limit in seconds; keeps the best model")
     s.add_argument("--batch-size", type=int, default=4)
-    s.add_argument("--patch-size", type=int, default=None, help="crop edge in pixels (default: the model's, 256 for most)")
+    s.add_argument(
+        "--patch-size", type=int, default=None, help="crop edge in pixels (default: the model's, 256 for most)"
+    )
     s.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the model's, 2e-3 for most)")
     s.add_argument("--patience", type=int, default=20, help="epochs without improvement before stopping (0: never)")
-    s.add_argument("--freeze-encoder", action="store_true",
-                   help="fine-tune only the decoder and heads (for very few images); the encoder's weights stay")
+    s.add_argument(
+        "--freeze-encoder",
+        action="store_true",
+        help="fine-tune only the decoder and heads (for very few images); the encoder's weights stay",
+    )
     s.add_argument("--encoder", default=None, help="encoder name for models that take one (e.g. resnet34)")
-    s.add_argument("--weights", default=None,
-                   help="initial weights of a new model: a local .safetensors file, or 'imagenet' for smp encoders "
-                        "(needs internet; offline it falls back to random weights with a warning)")
-    s.add_argument("--arg", action="append", metavar="KEY=VALUE",
-                   help="a builder argument of a new model, repeatable (e.g. --arg upsample=interp --arg base_filters=32)")
+    s.add_argument(
+        "--weights",
+        default=None,
+        help="initial weights of a new model: a local .safetensors file, or 'imagenet' for smp encoders "
+        "(needs internet; offline it falls back to random weights with a warning)",
+    )
+    s.add_argument(
+        "--arg",
+        action="append",
+        metavar="KEY=VALUE",
+        help="a builder argument of a new model, repeatable (e.g. --arg upsample=interp --arg base_filters=32)",
+    )
     s.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda, cuda:1, ...")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--overwrite", action="store_true", help="replace a trained model already at --out")
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("segment", help="segment images or volumes with a trained model")
@@ -263,6 +314,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--output", required=True, help="folder for the label images (same file names)")
     s.add_argument("--tile", type=int, default=512, help="sliding-window tile edge in pixels")
     s.add_argument("--device", default="auto")
+    s.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace label files already in --output (an input image is never replaced)",
+    )
     s.set_defaults(func=cmd_segment)
 
     s = sub.add_parser("evaluate", help="score a trained model against label images")
@@ -275,7 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto")
     s.set_defaults(func=cmd_evaluate)
 
-    s = sub.add_parser("demo", help="open napari with a sample and the plugin's widgets (headless: segment and screenshot)")
+    s = sub.add_parser(
+        "demo", help="open napari with a sample and the plugin's widgets (headless: segment and screenshot)"
+    )
     s.add_argument("--out", default="demo-output", help="folder for the headless run's labels and screenshot")
     s.add_argument("--headless", action="store_true", help="run the flow without waiting for a user")
     s.set_defaults(func=cmd_demo)
@@ -287,6 +345,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
     try:
         return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print(
+            f"segsuite {args.command}: interrupted (a model being trained keeps its best checkpoint).", file=sys.stderr
+        )
+        return 130
     except (ValueError, KeyError, FileNotFoundError, RuntimeError) as err:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
         print(f"segsuite {args.command}: error: {msg}", file=sys.stderr)

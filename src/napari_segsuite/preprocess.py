@@ -112,7 +112,7 @@ class LabelMap:
             raise ValueError(f"Label values must be sorted and distinct, got {values}.")
 
     @classmethod
-    def from_labels(cls, labels: list[np.ndarray], max_classes: int = 64) -> "LabelMap":
+    def from_labels(cls, labels: list[np.ndarray], max_classes: int = 64) -> LabelMap:
         """The label values found in ``labels``, sorted.
 
         Raises:
@@ -140,13 +140,13 @@ class LabelMap:
         return np.where(known, idx, ignore).astype(np.int64)
 
     @classmethod
-    def of_card(cls, card: dict) -> "LabelMap":
-        """The label map a model card describes (``label_values`` and ``unannotated_value``)."""
-        return cls(card["label_values"], card.get("unannotated_value"))
+    def of_card(cls, card: Any) -> LabelMap:
+        """The label map a :class:`~.card.ModelCard` describes (``label_values`` and ``unannotated_value``)."""
+        return cls(card.label_values, card.unannotated_value)
 
     def unknown_values(self, labels: np.ndarray) -> list[int]:
         """Values in ``labels`` that are neither a class nor the "not annotated" value."""
-        return sorted(set(int(v) for v in np.unique(labels)) - set(self.values) - {self.unannotated})
+        return sorted({int(v) for v in np.unique(labels)} - set(self.values) - {self.unannotated})
 
     def to_values(self, classes: np.ndarray) -> np.ndarray:
         """The user's values for class indices, in the smallest unsigned dtype that holds them."""

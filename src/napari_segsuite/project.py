@@ -14,7 +14,6 @@ Qt-free: the Fine-tune widget calls these on every edit (debounced); scripts can
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from ._fs import write_text
 from .io import read_image, read_labels, write_labels
 from .store import safe_name
 
@@ -50,7 +50,12 @@ class Project:
                 f"{str(self.folder)!r} holds other files and is not a segsuite project; pick an empty or new folder."
             )
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.meta: dict[str, Any] = {"format": 1, "pairs": [], "models": [], "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        self.meta: dict[str, Any] = {
+            "format": 1,
+            "pairs": [],
+            "models": [],
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
         if (self.folder / PROJECT_FILE).is_file():
             self.meta = json.loads((self.folder / PROJECT_FILE).read_text())
         else:
@@ -67,9 +72,7 @@ class Project:
 
     def _write_meta(self) -> None:
         self.meta["saved"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-        tmp = self.folder / f".{PROJECT_FILE}.tmp"
-        tmp.write_text(json.dumps(self.meta, indent=2))
-        os.replace(tmp, self.folder / PROJECT_FILE)
+        write_text(self.folder / PROJECT_FILE, json.dumps(self.meta, indent=2))
 
     def add_pair(self, name: str, image: np.ndarray, labels: np.ndarray, objects: np.ndarray | None = None) -> str:
         """Save a new pair (the image once, the labels now); returns its name in the project (made unique)."""
@@ -110,6 +113,7 @@ class Project:
         out = []
         for p in self.meta["pairs"]:
             objects = read_labels(self.folder / p["objects"]) if p.get("objects") else None
-            out.append(Pair(p["name"], read_image(self.folder / p["image"]), read_labels(self.folder / p["labels"]),
-                            objects))
+            out.append(
+                Pair(p["name"], read_image(self.folder / p["image"]), read_labels(self.folder / p["labels"]), objects)
+            )
         return out

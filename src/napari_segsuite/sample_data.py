@@ -108,7 +108,9 @@ def nuclei_2d(seed: int = 0, shape: tuple[int, int] = (256, 256), n: int | None 
     return {"image": _render_fluorescence(rng, inst), "instances": inst, "semantic": (inst > 0).astype(np.uint8)}
 
 
-def nuclei_3d(seed: int = 0, shape: tuple[int, int, int] = (32, 128, 128), n: int | None = None) -> dict[str, np.ndarray]:
+def nuclei_3d(
+    seed: int = 0, shape: tuple[int, int, int] = (32, 128, 128), n: int | None = None
+) -> dict[str, np.ndarray]:
     """A ``(Z, Y, X)`` nuclei volume with ground truth (same keys and dtypes as :func:`nuclei_2d`)."""
     rng = np.random.default_rng(seed)
     if n is None:
@@ -201,8 +203,11 @@ def write_samples(out: str | Path, n_images: int = 8, seed: int = 0) -> dict[str
 
     out = Path(out)
     made: dict[str, Path] = {}
-    plan: list[tuple[str, Any, int]] = [("nuclei2d", nuclei_2d, n_images), ("nuclei3d", nuclei_3d, 2),
-                                        ("scene_rgb", rgb_scene, n_images)]
+    plan: list[tuple[str, Any, int]] = [
+        ("nuclei2d", nuclei_2d, n_images),
+        ("nuclei3d", nuclei_3d, 2),
+        ("scene_rgb", rgb_scene, n_images),
+    ]
     for kind, fn, count in plan:
         for sub in ("images", "semantic", "instances"):
             (out / kind / sub).mkdir(parents=True, exist_ok=True)
@@ -217,6 +222,7 @@ def write_samples(out: str | Path, n_images: int = 8, seed: int = 0) -> dict[str
 
 
 # --- napari sample_data contributions (LayerData tuples; no napari import needed) ---------------
+
 
 def _layers(kind: str, s: dict[str, np.ndarray], rgb: bool = False) -> list[tuple]:
     return [
@@ -251,8 +257,9 @@ def panoptic_scene(seed: int = 0, shape: tuple[int, int] = (128, 128)) -> dict[s
         int32 ids 1..N of things (0 on stuff), "thing_classes": (2, 3), "class_names": names}``.
     """
 
-    def paint(rng: np.random.Generator, shape: tuple[int, int], n_cells: int, n_rods: int
-              ) -> tuple[np.ndarray, np.ndarray]:
+    def paint(
+        rng: np.random.Generator, shape: tuple[int, int], n_cells: int, n_rods: int
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Instance ids and per-id classes (2 round cell, 3 rod) of touching disks and rotated bars.
 
         Each pixel goes to the object whose normalised distance (< 1 inside) is smallest, so

@@ -11,9 +11,11 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from .io import CARD_FILE, WEIGHTS_FILE, is_model_path
+from ._fs import atomic_write
+from .card import CardError, ModelCard
+from .model_files import CARD_FILE, WEIGHTS_FILE, is_model_path, read_card, write_card
+from .tasks import score_of
 
 BUILTIN_DIR = Path(__file__).parent / "builtin"
 #: More folders of trained models to list (the Fine-tune widget adds an open project's ``models/``).
@@ -39,25 +41,23 @@ class StoredModel:
 
     name: str
     path: Path
-    card: dict[str, Any]
+    card: ModelCard
     builtin: bool
 
     @property
     def label(self) -> str:
         """One line for a picker: name, architecture, task, and the validation score (mean IoU, AP50 or PQ) when known."""
-        from .training import score_of
-
         sc = score_of(self.card)
         score = f", val {sc[0]} {sc[1]:.2f}" if sc else ""
-        origin = "built-in" if self.builtin else self.card.get("architecture", "?")
-        return f"{self.name} ({origin}, {self.card.get('kind', '?')}{score})"
+        origin = "built-in" if self.builtin else self.card.architecture
+        return f"{self.name} ({origin}, {self.card.kind}{score})"
 
 
 def _read(folder: Path, builtin: bool) -> StoredModel | None:
     try:
-        card = json.loads((folder / CARD_FILE).read_text())
-    except (OSError, ValueError):
-        return None
+        card = read_card(folder)
+    except CardError:
+        return None  # not a model of ours, or a broken one: not listed
     if not (folder / WEIGHTS_FILE).is_file():
         return None
     return StoredModel(folder.name, folder, card, builtin)
@@ -69,11 +69,13 @@ def list_models(kind: str | None = None) -> list[StoredModel]:
     for root, builtin in ((BUILTIN_DIR, True), (model_dir(), False), *((d, False) for d in EXTRA_DIRS)):
         if not root.is_dir():
             continue
-        folders = sorted((f for f in root.iterdir() if f.is_dir() and not f.name.startswith(".")),
-                         key=lambda f: (f.stat().st_mtime, f.name))
+        folders = sorted(
+            (f for f in root.iterdir() if f.is_dir() and not f.name.startswith(".")),
+            key=lambda f: (f.stat().st_mtime, f.name),
+        )
         for f in folders:
             m = _read(f, builtin)
-            if m is not None and (kind is None or m.card.get("kind") == kind):
+            if m is not None and (kind is None or m.card.kind == kind):
                 found.append(m)
     return found
 
@@ -129,7 +131,9 @@ def _user_model(name: str) -> StoredModel:
     if hit is None:
         if any(m.name == name for m in list_models()):
             raise ValueError(f"{name!r} is a built-in model; it cannot be renamed or deleted.")
-        raise FileNotFoundError(f"No stored model named {name!r}. Stored: {', '.join(m.name for m in list_models()) or 'none'}.")
+        raise FileNotFoundError(
+            f"No stored model named {name!r}. Stored: {', '.join(m.name for m in list_models()) or 'none'}."
+        )
     return hit
 
 
@@ -144,9 +148,9 @@ def rename_model(name: str, new_name: str) -> Path:
     if target.exists() or (BUILTIN_DIR / target.name).exists():
         raise ValueError(f"A model named {target.name!r} exists already; choose another name.")
     os.replace(m.path, target)
-    card = json.loads((target / CARD_FILE).read_text())
-    card["name"] = target.name
-    _write_card(target, card)
+    card = read_card(target)
+    card.name = target.name
+    write_card(target, card)
     return target
 
 
@@ -170,12 +174,9 @@ def export_model(spec: str, dest: str | Path) -> Path:
     dest = Path(dest)
     if dest.is_dir():
         dest = dest / f"{folder.name}.segsuite.zip"
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.tmp")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as z:
+    with atomic_write(dest) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as z:
         z.write(folder / CARD_FILE, CARD_FILE)
         z.write(folder / WEIGHTS_FILE, WEIGHTS_FILE)
-    os.replace(tmp, dest)
     return dest
 
 
@@ -192,7 +193,7 @@ def import_model(file: str | Path, name: str | None = None) -> Path:
     import tempfile
     import zipfile
 
-    from .io import load_model
+    from .model_files import load_model
 
     file = Path(file)
     try:
@@ -200,8 +201,11 @@ def import_model(file: str | Path, name: str | None = None) -> Path:
             members = set(z.namelist())
             if not {CARD_FILE, WEIGHTS_FILE} <= members:
                 raise ValueError(f"{file.name!r} is not an exported model: it lacks {CARD_FILE} or {WEIGHTS_FILE}.")
-            card = json.loads(z.read(CARD_FILE))
-            stem = name or card.get("name") or file.name.split(".")[0]
+            try:
+                card = ModelCard.from_json(json.loads(z.read(CARD_FILE)), source=f"{file.name}: {CARD_FILE}")
+            except ValueError as err:  # not JSON, or not a valid card
+                raise ValueError(f"{file.name!r} does not hold a usable model card: {err}") from None
+            stem = name or card.name or file.name.split(".")[0]
             target = new_model_path(stem)
             tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
             for member in (CARD_FILE, WEIGHTS_FILE):
@@ -214,15 +218,8 @@ def import_model(file: str | Path, name: str | None = None) -> Path:
     except (ValueError, KeyError) as err:
         shutil.rmtree(tmp, ignore_errors=True)
         raise ValueError(f"{file.name!r} does not hold a usable model: {err}") from None
-    card["name"] = target.name
-    card.pop("path", None)
-    _write_card(tmp, card)
+    card.name = target.name
+    write_card(tmp, card)
     os.chmod(tmp, 0o755)
     os.replace(tmp, target)
     return target
-
-
-def _write_card(folder: Path, card: dict[str, Any]) -> None:
-    tmp = folder / f".{CARD_FILE}.tmp"
-    tmp.write_text(json.dumps(card, indent=2))
-    os.replace(tmp, folder / CARD_FILE)

@@ -2,9 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from napari_segsuite.inference import blend_window, pick_device, predict, predict_probs, tile_starts
-from napari_segsuite.io import SegModel, new_model
+from napari_segsuite.inference import pick_device, predict
+from napari_segsuite.model_files import new_model
 from napari_segsuite.progress import Progress, drive
+from napari_segsuite.tiling import blend_window, predict_probs, tile_starts
 
 
 class Pointwise(torch.nn.Module):
@@ -23,7 +24,7 @@ def test_tile_starts_cover_the_image():
         starts = tile_starts(size, tile, int(tile * 0.75))
         covered = np.zeros(size, bool)
         for s in starts:
-            covered[s:s + tile] = True
+            covered[s : s + tile] = True
         assert covered.all() and max(starts) + min(tile, size) == size
 
 

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from napari_segsuite.io import load_model, match_pairs, new_model, read_image, read_labels, save_model, write_labels
+from napari_segsuite.io import match_pairs, read_image, read_labels, write_labels
+from napari_segsuite.model_files import load_model, new_model, save_model
 
 
 def test_model_round_trip_gives_identical_output(tmp_path):
@@ -19,7 +20,7 @@ def test_model_round_trip_gives_identical_output(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(loaded.module(x), model.module(x))
     # either file inside the folder names the model too
-    assert load_model(path / "model.json").card["num_classes"] == 2
+    assert load_model(path / "model.json").card.num_classes == 2
 
 
 def test_save_replaces_existing_model_completely(tmp_path):
@@ -27,7 +28,7 @@ def test_save_replaces_existing_model_completely(tmp_path):
     b = new_model("unet", label_values=[0, 1, 2], depth=2, base_filters=4)
     save_model(a, tmp_path / "m")
     save_model(b, tmp_path / "m")
-    assert load_model(tmp_path / "m").card["num_classes"] == 3
+    assert load_model(tmp_path / "m").card.num_classes == 3
     assert [p.name for p in tmp_path.iterdir()] == ["m"]  # no temporary folders left behind
 
 
@@ -50,7 +51,10 @@ def test_match_pairs_by_name_with_suffixes(tmp_path):
         write_labels(tmp_path / "lab" / name, np.ones((4, 4), np.uint8))
     pairs = match_pairs(tmp_path / "img", tmp_path / "lab")
     assert [(i.name, lab.name) for i, lab in pairs] == [
-        ("a1.tif", "a1_mask.png"), ("a2.tif", "a2.tif"), ("a10.tif", "a10_labels.tif")]
+        ("a1.tif", "a1_mask.png"),
+        ("a2.tif", "a2.tif"),
+        ("a10.tif", "a10_labels.tif"),
+    ]
     (tmp_path / "lab" / "a2.tif").unlink()
     with pytest.raises(FileNotFoundError, match="a2.tif"):
         match_pairs(tmp_path / "img", tmp_path / "lab")

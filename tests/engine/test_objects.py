@@ -4,15 +4,15 @@ volumes, training, saving, features."""
 import numpy as np
 import pytest
 import torch
-from scipy import ndimage as ndi
 
 from napari_segsuite import sample_data as sd
-from napari_segsuite.inference import core_bounds, predict_objects, segment, tile_starts
-from napari_segsuite.io import load_model, save_model
+from napari_segsuite.inference import segment
+from napari_segsuite.model_files import load_model, save_model
 from napari_segsuite.models import available
 from napari_segsuite.models.base import ObjectModel
 from napari_segsuite.progress import drive
 from napari_segsuite.tasks import instance
+from napari_segsuite.tiling import core_bounds, predict_objects, tile_starts
 from napari_segsuite.training import TrainConfig, train
 from napari_segsuite.workflows import evaluate, model_for_training
 
@@ -32,8 +32,13 @@ class Oracle(ObjectModel):
         for img in x[:, 0].round().long():
             ids = [int(i) for i in img.unique() if i > 0]
             masks = torch.stack([img == i for i in ids]) if ids else torch.zeros((0, *img.shape), dtype=torch.bool)
-            out.append({"masks": masks, "scores": torch.linspace(1, 0.6, len(ids)),
-                        "classes": torch.ones(len(ids), dtype=torch.long)})
+            out.append(
+                {
+                    "masks": masks,
+                    "scores": torch.linspace(1, 0.6, len(ids)),
+                    "classes": torch.ones(len(ids), dtype=torch.long),
+                }
+            )
         return out
 
 
@@ -75,10 +80,9 @@ def test_object_model_trains_saves_and_segments_images_and_volumes(name, tmp_pat
     images, ids = [d["image"] for d in data], [d["instances"] for d in data]
     classes = [np.where(d["instances"] % 2 == 1, 1, 2) * (d["instances"] > 0) for d in data]  # two classes
     model = model_for_training(name, images, classes, instances=ids)
-    assert model.card["label_values"] == [0, 1, 2]
-    res = drive(train(model, images, classes, TrainConfig(epochs=2, steps_per_epoch=2, patch_size=64),
-                      instances=ids))
-    assert "val_ap50" in res.history[-1] and res.model.card["metrics"]["score"] == res.model.card["metrics"]["ap50"]
+    assert model.card.label_values == [0, 1, 2]
+    res = drive(train(model, images, classes, TrainConfig(epochs=2, steps_per_epoch=2, patch_size=64), instances=ids))
+    assert "val_ap50" in res.history[-1] and res.model.card.metrics["score"] == res.model.card.metrics["ap50"]
     save_model(res.model, tmp_path / "m")
     loaded = load_model(tmp_path / "m")
     seg = drive(segment(loaded, images[0], device="cpu"))
@@ -95,7 +99,7 @@ def test_panoptic_model_trains_and_segments_through_the_engine(tmp_path):
     images, sem = [s["image"] for s in scenes], [s["semantic"] for s in scenes]
     # no instance images: each connected region of a thing class is one object
     model = model_for_training("panoptic-deeplab", images, sem, things=[2, 3])
-    assert model.card["build"]["thing_classes"] == (2, 3)
+    assert model.card.thing_classes == [2, 3]
     res = drive(train(model, images, sem, TrainConfig(epochs=2, steps_per_epoch=2, patch_size=64)))
     assert {"val_pq", "val_sq", "val_rq"} <= set(res.history[-1])
     save_model(res.model, tmp_path / "p")
@@ -122,7 +126,7 @@ def test_one_class_instance_models_refuse_class_labels():
 
 def test_segment_at_needs_a_pointable_model_and_returns_a_mask():
     from napari_segsuite.inference import segment_at
-    from napari_segsuite.io import new_model
+    from napari_segsuite.model_files import new_model
 
     s = sd.nuclei_2d(seed=0, shape=(96, 96))
     with pytest.raises(ValueError, match="click"):

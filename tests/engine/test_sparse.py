@@ -42,8 +42,8 @@ def test_sparse_learns_like_dense_and_unannotated_pixels_are_ignored():
     dense_model = _fit(images, dense, sparse=False)
     sparse_model = _fit(images, sparse, sparse=True)
     wrong_model = _fit(images, wrong, sparse=False)
-    assert sparse_model.card["label_values"] == [1, 2] and sparse_model.card["unannotated_value"] == 0
-    assert sparse_model.card["training"]["labelled_pixels"] < 0.6 * sparse_model.card["training"]["pixels"]
+    assert sparse_model.card.label_values == [1, 2] and sparse_model.card.unannotated_value == 0
+    assert sparse_model.card.training["labelled_pixels"] < 0.6 * sparse_model.card.training["pixels"]
 
     d_dense, d_sparse, d_wrong = (_dice(m, unseen) for m in (dense_model, sparse_model, wrong_model))
     assert d_dense >= 0.85 and d_sparse >= 0.85, (d_dense, d_sparse)
@@ -64,7 +64,7 @@ def test_sparse_needs_two_painted_classes():
 def test_sparse_instance_labels_ignore_unannotated_pixels():
     """Instance rule: 0 not annotated, 1 background, 2.. objects. Unannotated pixels are IGNORE in the
     targets (whatever lies under them), painted background is background, objects keep their shape."""
-    from napari_segsuite.training import prepare_samples
+    from napari_segsuite.samples import prepare_samples
     from napari_segsuite.workflows import model_for_training
 
     s = sd.nuclei_2d(seed=0, shape=(96, 96))

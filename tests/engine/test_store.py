@@ -3,22 +3,21 @@ import zipfile
 
 import pytest
 
-from napari_segsuite.io import load_model, new_model, save_model
-from napari_segsuite.store import (delete_model, export_model, import_model, list_models, model_dir,
-                                   rename_model)
+from napari_segsuite.model_files import load_model, new_model, save_model
+from napari_segsuite.store import delete_model, export_model, import_model, list_models, model_dir, rename_model
 
 
 @pytest.fixture
 def stored():
     m = new_model("unet", label_values=[0, 1], base_filters=4, depth=2)
-    m.card["name"] = "cells"
+    m.card.name = "cells"
     save_model(m, model_dir() / "cells")
     return m
 
 
 def test_rename_delete(stored):
     new = rename_model("cells", "nuclei v2")
-    assert new.name == "nuclei v2" and load_model(new).card["name"] == "nuclei v2"
+    assert new.name == "nuclei v2" and load_model(new).card.name == "nuclei v2"
     assert [m.name for m in list_models() if not m.builtin] == ["nuclei v2"]
     with pytest.raises(FileNotFoundError):
         rename_model("cells", "x")

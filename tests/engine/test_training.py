@@ -5,7 +5,7 @@ import pytest
 
 from napari_segsuite import sample_data as sd
 from napari_segsuite.inference import predict
-from napari_segsuite.io import load_model, new_model
+from napari_segsuite.model_files import load_model, new_model
 from napari_segsuite.progress import drive
 from napari_segsuite.tasks import semantic
 from napari_segsuite.training import TrainConfig, train
@@ -28,8 +28,10 @@ def test_unet_learns_nuclei_within_60_s():
     result = drive(train(model, images, labels, TrainConfig(time_budget=40, patch_size=128, seed=0)))
     assert time.monotonic() - t0 < 60
     assert result.stopped in ("time budget", "epochs", "early stopping")
-    cm = sum(semantic.confusion(drive(predict(result.model, im, output="classes")), lab, 2)
-             for im, lab in zip(test_images, test_labels))
+    cm = sum(
+        semantic.confusion(drive(predict(result.model, im, output="classes")), lab, 2)
+        for im, lab in zip(test_images, test_labels)
+    )
     dice = semantic.metrics_from_confusion(cm)["dice"]
     assert dice >= 0.85, dice
 
@@ -42,14 +44,20 @@ def test_cancel_returns_a_loadable_best_model(tmp_path):
     def cancel():
         return len(steps) >= 3  # cancel in the middle of the first epoch
 
-    gen = train(model, images, labels, TrainConfig(patch_size=64, steps_per_epoch=20, epochs=5),
-                cancel=cancel, checkpoint=tmp_path / "ckpt")
+    gen = train(
+        model,
+        images,
+        labels,
+        TrainConfig(patch_size=64, steps_per_epoch=20, epochs=5),
+        cancel=cancel,
+        checkpoint=tmp_path / "ckpt",
+    )
     result = drive(gen, lambda p: steps.append(p))
     assert result.stopped == "cancelled"
-    assert result.model.card["training"]["steps"] == 3
-    assert result.model.card["metrics"]["mean_iou"] is not None
+    assert result.model.card.training["steps"] == 3
+    assert result.model.card.metrics["mean_iou"] is not None
     loaded = load_model(tmp_path / "ckpt")  # the checkpoint written during training loads
-    assert loaded.card["label_values"] == [0, 1]
+    assert loaded.card.label_values == [0, 1]
 
 
 def test_time_budget_stops_training():
@@ -81,7 +89,7 @@ def test_volume_and_small_single_image_train():
     vol = sd.nuclei_3d(seed=0, shape=(6, 48, 48))
     model = new_model("unet", label_values=[0, 1], depth=2, base_filters=4)
     result = drive(train(model, [vol["image"]], [vol["semantic"]], TrainConfig(epochs=1, steps_per_epoch=2)))
-    assert result.model.card["training"]["samples"] == 6  # one per slice
+    assert result.model.card.training["samples"] == 6  # one per slice
     single = sd.nuclei_2d(seed=3, shape=(40, 40))
     model = new_model("unet", label_values=[0, 1], depth=2, base_filters=4)
     result = drive(train(model, [single["image"]], [single["semantic"]], TrainConfig(epochs=1, steps_per_epoch=2)))
@@ -91,7 +99,7 @@ def test_volume_and_small_single_image_train():
 def test_elastic_deformation_keeps_image_and_targets_aligned():
     import torch
 
-    from napari_segsuite.training import elastic
+    from napari_segsuite.augment import elastic
 
     s = sd.nuclei_2d(seed=0)
     x = torch.from_numpy(s["image"].astype(np.float32) / s["image"].max())[None]
@@ -120,9 +128,9 @@ def _steps_to(history, dice):
 def test_finetuning_adapts_to_a_new_style_faster_than_scratch():
     """A model trained on one style (bright nuclei) fine-tuned on a second (dark, blurred nuclei) reaches
     foreground Dice 0.8 on held-out second-style images in fewer steps than the same model from scratch."""
-    from napari_segsuite.workflows import model_for_training
-    from napari_segsuite.io import save_model
+    from napari_segsuite.model_files import save_model
     from napari_segsuite.store import model_dir
+    from napari_segsuite.workflows import model_for_training
 
     images_a, labels = _nuclei(range(6))
     parent = model_for_training("unet", images_a, labels)
@@ -134,7 +142,7 @@ def test_finetuning_adapts_to_a_new_style_faster_than_scratch():
     scratch = drive(train(model_for_training("unet", images_b, labels), images_b, labels, cfg))
     s_tuned, s_scratch = _steps_to(tuned.history, 0.8), _steps_to(scratch.history, 0.8)
     assert s_tuned < s_scratch, (s_tuned, s_scratch, [round(h["val_dice"], 2) for h in scratch.history])
-    assert tuned.model.card["comparison"]["metric"] == "mean IoU"  # and the parent was scored on the same images
+    assert tuned.model.card.comparison["metric"] == "mean IoU"  # and the parent was scored on the same images
 
 
 @pytest.mark.parametrize("arch", ["unet", "fpn"])

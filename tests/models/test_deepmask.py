@@ -81,7 +81,7 @@ def _batch(data, rng: np.random.Generator, n: int, crop: int) -> tuple[torch.Ten
     for _ in range(n):
         x, y, _ = data[rng.integers(len(data))]
         i, j = (int(rng.integers(0, s - crop + 1)) for s in x.shape[-2:])
-        xc, yc = x[:, i:i + crop, j:j + crop], y[:, i:i + crop, j:j + crop]
+        xc, yc = x[:, i : i + crop, j : j + crop], y[:, i : i + crop, j : j + crop]
         k = int(rng.integers(4))
         xc, yc = torch.rot90(xc, k, (1, 2)), torch.rot90(yc, k, (1, 2))
         if rng.random() < 0.5:

@@ -18,7 +18,7 @@ import pytest
 
 from napari_segsuite import sample_data as sd
 from napari_segsuite.inference import predict
-from napari_segsuite.io import new_model
+from napari_segsuite.model_files import new_model
 from napari_segsuite.models import available
 from napari_segsuite.progress import drive
 from napari_segsuite.tasks import semantic
@@ -44,8 +44,10 @@ def test_model_learns_three_classes(name, task):
     steps = STEPS.get(name, 150)
     cfg = TrainConfig(epochs=1, steps_per_epoch=steps, patch_size=96, batch_size=4, lr=2e-3, seed=0)
     result = drive(train(model, [t["image"] for t in tr], [t["semantic"] for t in tr], cfg))
-    cm = sum(semantic.confusion(drive(predict(result.model, t["image"], output="classes", device="cpu")), t["semantic"], 3)
-             for t in te)
+    cm = sum(
+        semantic.confusion(drive(predict(result.model, t["image"], output="classes", device="cpu")), t["semantic"], 3)
+        for t in te
+    )
     miou = semantic.metrics_from_confusion(cm)["mean_iou"]
     assert miou >= THRESHOLD.get(name, 0.7), f"{name}: mean IoU {miou:.3f}"
 
@@ -67,7 +69,9 @@ def test_3d_model_learns_nuclei_volumes(name):
     model = new_model(name, label_values=[0, 1], base_filters=8, depth=3)
     cfg = TrainConfig(epochs=1, steps_per_epoch=120, patch_size=64, patch_size_z=16, batch_size=4, seed=0)
     result = drive(train(model, [t["image"] for t in tr], [t["semantic"] for t in tr], cfg))
-    cm = sum(semantic.confusion(drive(predict(result.model, t["image"], output="classes", device="cpu")), t["semantic"], 2)
-             for t in te)
+    cm = sum(
+        semantic.confusion(drive(predict(result.model, t["image"], output="classes", device="cpu")), t["semantic"], 2)
+        for t in te
+    )
     dice = semantic.metrics_from_confusion(cm)["dice"]
     assert dice >= 0.8, f"{name}: Dice {dice:.3f}"

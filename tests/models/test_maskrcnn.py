@@ -116,7 +116,7 @@ def _crops(rng: np.random.Generator, data: list[tuple[np.ndarray, np.ndarray]], 
     for _ in range(n):
         image, ids = data[rng.integers(len(data))]
         r, c = rng.integers(0, ids.shape[0] - size + 1), rng.integers(0, ids.shape[1] - size + 1)
-        x, y = image[:, r:r + size, c:c + size], ids[r:r + size, c:c + size]
+        x, y = image[:, r : r + size, c : c + size], ids[r : r + size, c : c + size]
         k = int(rng.integers(4))
         x, y = np.rot90(x, k, (1, 2)), np.rot90(y, k)
         if rng.random() < 0.5:

@@ -1,11 +1,13 @@
+from types import SimpleNamespace
+
 import pytest
 import torch
 
 from napari_segsuite.models import available, build, get_spec, register
-from napari_segsuite.models.base import DenseHeads, ObjectModel
-from napari_segsuite.models.base import DenseHeads, ObjectModel
+from napari_segsuite.models.base import ObjectModel
 from napari_segsuite.models.blocks import UPSAMPLE_KINDS, Upsample
 from napari_segsuite.models.unet import UNet
+from napari_segsuite.tasks import get_task
 
 
 def test_unknown_name_lists_registered_models():
@@ -36,8 +38,8 @@ def test_forward_backward_any_size(spec, shape):
         assert out.ndim == 0 and torch.isfinite(out)
     else:
         out = model(x)
-        extra = 3 if isinstance(model, DenseHeads) else 0  # panoptic: centre heatmap + 2 offsets
-        assert out.shape == (2, 3 + extra, *shape)
+        maps = get_task(spec.kind).output_channels(SimpleNamespace(num_classes=3))  # e.g. panoptic: + centre, offsets
+        assert out.shape == (2, maps, *shape)
     out.mean().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)

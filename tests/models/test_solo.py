@@ -27,7 +27,7 @@ def _toy_batch(h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
     ids[0, 5:25, 5:20] = 3
     ids[0, 30:40, 30:45] = 8
     ids[0, 40:60, 2:30] = 11  # a larger object
-    ids[0, :, w - 8:] = -1  # unannotated band
+    ids[0, :, w - 8 :] = -1  # unannotated band
     cls = (ids > 0).astype(np.int64)
     cls[ids == 8] = 2
     y = np.stack([_targets(ids[0], cls[0]), _targets(ids[1])])
@@ -151,8 +151,8 @@ def test_solo_learns_nuclei():
             img, ids = train[rng.integers(len(train))]
             r, c = rng.integers(0, ids.shape[0] - crop + 1, 2)
             k = int(rng.integers(4))
-            xs.append(np.rot90(img[:, r:r + crop, c:c + crop], k, (1, 2)).copy())
-            ys.append(_targets(np.rot90(ids[r:r + crop, c:c + crop], k).copy()))
+            xs.append(np.rot90(img[:, r : r + crop, c : c + crop], k, (1, 2)).copy())
+            ys.append(_targets(np.rot90(ids[r : r + crop, c : c + crop], k).copy()))
         loss = model.loss(torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys)))
         opt.zero_grad()
         loss.backward()

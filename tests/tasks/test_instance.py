@@ -3,7 +3,7 @@ import pytest
 
 from napari_segsuite import sample_data as sd
 from napari_segsuite.inference import predict
-from napari_segsuite.io import new_model
+from napari_segsuite.model_files import new_model
 from napari_segsuite.progress import drive
 from napari_segsuite.tasks import instance
 from napari_segsuite.training import TrainConfig, train
@@ -53,7 +53,7 @@ def test_tiled_prediction_keeps_objects_whole():
     # the same through the tiled path: a model whose logits are the one-hot map (tile by tile)
     import torch
 
-    from napari_segsuite.inference import predict_probs
+    from napari_segsuite.tiling import predict_probs
 
     class Lookup(torch.nn.Module):
         def __init__(self):

@@ -152,8 +152,11 @@ def test_sample_scene_is_deterministic_and_panoptic():
     things = np.isin(a["semantic"], a["thing_classes"])
     assert np.array_equal(things, a["instances"] > 0)
     # several objects touch a neighbour
-    touching = {(int(p), int(q)) for p, q in zip(a["instances"][:, :-1].ravel(), a["instances"][:, 1:].ravel())
-                if p and q and p != q}
+    touching = {
+        (int(p), int(q))
+        for p, q in zip(a["instances"][:, :-1].ravel(), a["instances"][:, 1:].ravel())
+        if p and q and p != q
+    }
     assert len(touching) >= 1
 
 
@@ -163,14 +166,14 @@ def test_sample_scene_is_deterministic_and_panoptic():
 def test_panoptic_deeplab_contract():
     spec = get_spec("panoptic-deeplab")
     assert spec.kind == "panoptic" and spec.builder is pdl.build_panoptic_deeplab
-    model = build("panoptic-deeplab", num_classes=4, thing_classes=(2, 3))
-    assert isinstance(model, pdl.PanopticDeepLab) and model.thing_classes == (2, 3)
+    model = build("panoptic-deeplab", num_classes=4)
+    assert isinstance(model, pdl.PanopticDeepLab)
     model.eval()
     with torch.no_grad():
         for h, w in [(64, 64), (50, 77), (96, 128)]:
             out = model(torch.randn(1, 1, h, w))
             assert out.shape == (1, 7, h, w)
-            act = model.activate(out)
+            act = P.activate(out, 4)
             assert torch.allclose(act[:, :4].sum(1), torch.ones(1, h, w), atol=1e-5)
             assert act[:, 4].min() >= 0 and act[:, 4].max() <= 1
             assert torch.equal(act[:, 5:], out[:, 5:])
@@ -178,14 +181,14 @@ def test_panoptic_deeplab_contract():
     s = sd.panoptic_scene(seed=0, shape=(50, 77))
     y = torch.from_numpy(np.stack([s["instances"], s["semantic"]]).astype(np.int64))[None]
     y[:, :, :5] = -1
-    loss = model.loss_from_output(model(torch.randn(1, 1, 50, 77)), y)
+    loss = P.loss(model(torch.randn(1, 1, 50, 77)), y, 4, (2, 3))
     assert loss.ndim == 0 and torch.isfinite(loss)
     loss.backward()
     for part in (model.encoder, model.semantic_head, model.center_head, model.offset_head):
         grads = [p.grad for p in part.parameters() if p.requires_grad]
         assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
     with pytest.raises(ValueError):
-        pdl.build_panoptic_deeplab(num_classes=2, thing_classes=(2,))
+        P.loss(model(torch.randn(1, 1, 50, 77)), y, 2, (2,))
 
 
 def test_panoptic_deeplab_weights_imagenet_offline_and_local_file(tmp_path, monkeypatch, caplog):
@@ -207,7 +210,7 @@ def _batch(data, rng, size, patch):
     for _ in range(size):
         x, y = data[rng.integers(len(data))]
         i, j = rng.integers(0, x.shape[1] - patch + 1), rng.integers(0, x.shape[2] - patch + 1)
-        x, y = x[:, i:i + patch, j:j + patch], y[:, i:i + patch, j:j + patch]
+        x, y = x[:, i : i + patch, j : j + patch], y[:, i : i + patch, j : j + patch]
         k = int(rng.integers(4))
         x, y = np.rot90(x, k, (1, 2)), np.rot90(y, k, (1, 2))
         if rng.random() < 0.5:
@@ -235,7 +238,7 @@ def test_panoptic_deeplab_learns_stuff_and_things():
     train = [_prepare(sd.panoptic_scene(seed=i)) for i in range(6)]
     unseen = [sd.panoptic_scene(seed=100 + i) for i in range(3)]
     things, k = unseen[0]["thing_classes"], len(unseen[0]["class_names"])
-    model = pdl.build_panoptic_deeplab(num_classes=k, thing_classes=things)
+    model = pdl.build_panoptic_deeplab(num_classes=k)
     steps = 150
     opt = torch.optim.AdamW(model.parameters(), lr=5e-3, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=5e-3, total_steps=steps, pct_start=0.15)
@@ -243,7 +246,7 @@ def test_panoptic_deeplab_learns_stuff_and_things():
     model.train()
     for _ in range(steps):
         x, y = _batch(train, rng, 8, 96)
-        loss = model.loss_from_output(model(x), y)
+        loss = P.loss(model(x), y, k, things)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -253,10 +256,12 @@ def test_panoptic_deeplab_learns_stuff_and_things():
     counts = np.zeros((k, 4))
     with torch.no_grad():
         for s in unseen:
-            maps = model.activate(model(torch.from_numpy(_prepare(s)[0][None])))[0].numpy()
+            maps = P.activate(model(torch.from_numpy(_prepare(s)[0][None])), k)[0].numpy()
             sem, inst, _ = P.postprocess(maps, things)
             counts += P.pq_counts(sem, inst, s["semantic"], s["instances"], things, k)
     m = P.pq_from_counts(counts, things)
-    print(f"panoptic-deeplab: {steps} steps in {seconds:.0f} s, PQ {m['pq']:.3f}, things {m['pq_things']:.3f}, "
-          f"stuff {m['pq_stuff']:.3f}")
+    print(
+        f"panoptic-deeplab: {steps} steps in {seconds:.0f} s, PQ {m['pq']:.3f}, things {m['pq_things']:.3f}, "
+        f"stuff {m['pq_stuff']:.3f}"
+    )
     assert m["pq"] >= 0.6 and m["pq_things"] >= 0.4, m

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_segsuite.io import load_model
+from napari_segsuite.model_files import load_model
 from napari_segsuite.tasks import semantic
 
 SHOTS = Path(os.environ.get("SEGSUITE_SCREENSHOTS", Path(__file__).parents[2] / "demo-output" / "test-screenshots"))
@@ -56,9 +56,9 @@ def test_segment_then_finetune_then_pick(viewer_with_sample, qtbot):
 
     # fine-tune the built-in model on the corrected layer
     _, fin = viewer.window.add_plugin_dock_widget("napari-segsuite", "Fine-tune")
-    fin.image.value = image
-    fin.labels_layer.value = result
-    assert fin.add_pair()
+    fin.trainset.image.value = image
+    fin.trainset.labels_layer.value = result
+    assert fin.trainset.add_pair()
     fin.base.value = seg.model.value
     fin.epochs.value = 1
     fin.model_name.value = "my nuclei"
@@ -70,7 +70,7 @@ def test_segment_then_finetune_then_pick(viewer_with_sample, qtbot):
     # the new model is in Segment's picker without a restart, and selected
     assert seg.model.value.endswith("my nuclei")
     card = load_model(seg.model.value).card
-    assert card["parent"]["name"] == "nuclei-unet" and card["label_values"] == [0, 1]
+    assert card.parent["name"] == "nuclei-unet" and card.label_values == [0, 1]
 
     SHOTS.mkdir(parents=True, exist_ok=True)
     shot = viewer.screenshot(str(SHOTS / "segment_finetune.png"), canvas_only=False)
@@ -80,8 +80,8 @@ def test_segment_then_finetune_then_pick(viewer_with_sample, qtbot):
 def test_finetune_cancel_keeps_best_model(viewer_with_sample, qtbot):
     viewer = viewer_with_sample
     _, fin = viewer.window.add_plugin_dock_widget("napari-segsuite", "Fine-tune")
-    fin.image.value = viewer.layers["nuclei 2D"]
-    fin.labels_layer.value = viewer.layers["nuclei 2D ground truth (semantic)"]
+    fin.trainset.image.value = viewer.layers["nuclei 2D"]
+    fin.trainset.labels_layer.value = viewer.layers["nuclei 2D ground truth (semantic)"]
     fin.base.value = "unet"
     fin.epochs.value = 500
     fin.model_name.value = "cancelled run"
@@ -92,7 +92,7 @@ def test_finetune_cancel_keeps_best_model(viewer_with_sample, qtbot):
     _wait(qtbot, fin.controls)
     assert fin.last_result.stopped == "cancelled"
     saved = load_model(fin.last_path)
-    assert saved.card["training"]["stopped"] == "cancelled"
+    assert saved.card.training["stopped"] == "cancelled"
     assert Path(fin.last_path).name == "cancelled run"
 
 
@@ -100,9 +100,11 @@ def test_bad_pairs_give_a_message_and_start_nothing(viewer_with_sample, qtbot):
     viewer = viewer_with_sample
     viewer.add_labels(np.zeros((10, 10), np.uint8), name="wrong size")
     _, fin = viewer.window.add_plugin_dock_widget("napari-segsuite", "Fine-tune")
-    fin.image.value = viewer.layers["nuclei 2D"]
-    fin.labels_layer.value = viewer.layers["wrong size"]
-    assert fin._check_pair(fin.image.value, fin.labels_layer.value).startswith("Labels layer 'wrong size' is 10x10")
+    fin.trainset.image.value = viewer.layers["nuclei 2D"]
+    fin.trainset.labels_layer.value = viewer.layers["wrong size"]
+    assert fin.trainset._check_pair(fin.trainset.image.value, fin.trainset.labels_layer.value).startswith(
+        "Labels layer 'wrong size' is 10x10"
+    )
     assert fin.run() is None and fin.controls.worker is None
 
 
@@ -127,7 +129,7 @@ def test_segment_volume_current_slice_and_whole(make_napari_viewer, qtbot):
     assert one[10].any() and not one[:10].any() and not one[11:].any()
 
 
-TRAINABLE = [s for s in __import__("napari_segsuite.models", fromlist=["x"]).available() ]
+TRAINABLE = list(__import__("napari_segsuite.models", fromlist=["x"]).available())
 
 
 @pytest.mark.parametrize("spec", TRAINABLE, ids=lambda s: s.name)
@@ -141,7 +143,7 @@ def test_every_model_trains_and_segments_in_the_widgets(make_napari_viewer, qtbo
     truth = viewer.add_labels(s["instances" if spec.kind == "instance" else "semantic"], name="small truth")
     _, fin = viewer.window.add_plugin_dock_widget("napari-segsuite", "Fine-tune")
     _, seg = viewer.window.add_plugin_dock_widget("napari-segsuite", "Segment")
-    fin.image.value, fin.labels_layer.value = image, truth
+    fin.trainset.image.value, fin.trainset.labels_layer.value = image, truth
     fin.base.value = name
     assert fin.guide.value  # the picker explains what the model is for
     fin.epochs.value = 1
@@ -165,8 +167,8 @@ def test_one_round_train_segment_next_correct_finetune(viewer_with_sample, qtbot
     nxt = sd.nuclei_2d(seed=7)
     next_image = viewer.add_image(nxt["image"], name="next image")
     _, fin = viewer.window.add_plugin_dock_widget("napari-segsuite", "Fine-tune")
-    fin.image.value = viewer.layers["nuclei 2D"]
-    fin.labels_layer.value = viewer.layers["nuclei 2D ground truth (semantic)"]
+    fin.trainset.image.value = viewer.layers["nuclei 2D"]
+    fin.trainset.labels_layer.value = viewer.layers["nuclei 2D ground truth (semantic)"]
     fin.base.value = "unet"
     fin.epochs.value = 2
     fin.model_name.value = "round 1"
@@ -179,23 +181,23 @@ def test_one_round_train_segment_next_correct_finetune(viewer_with_sample, qtbot
     assert fin.segment_next() is not None
     _wait(qtbot, fin.controls, 400_000)
     proposal = viewer.layers[-1]
-    assert proposal.name == "next image · round 1" and fin.labels_layer.value is proposal
-    assert fin.image.value is next_image
+    assert proposal.name == "next image · round 1" and fin.trainset.labels_layer.value is proposal
+    assert fin.trainset.image.value is next_image
     # the user corrects the top-left quarter: the true labels painted in
     proposal.paint((5, 5), 1)  # a brush stroke marks the layer as edited...
     proposal.data[:128, :128] = nxt["semantic"][:128, :128]  # ...and the correction itself
     proposal.refresh()
     assert proposal.metadata["segsuite"]["edited"]
-    assert fin.add_pair() and len(fin._pairs) == 2
-    row = fin.pairs.data[1]  # the training-set table
+    assert fin.trainset.add_pair() and len(fin.trainset._pairs) == 2
+    row = fin.trainset.pairs.data[1]  # the training-set table
     assert list(row[:2]) == ["next image", "next image · round 1"] and row[2] in ("", None)  # no objects layer
     assert row[3] == "256x256" and row[4].endswith("%")
     fin.model_name.value = "round 2"
     fin.run()
     _wait(qtbot, fin.controls, 400_000)
     card = load_model(fin.last_path).card
-    assert card["parent"]["name"] == "round 1"
-    comp = card["comparison"]
+    assert card.parent["name"] == "round 1"
+    comp = card.comparison
     assert comp["metric"] == "mean IoU" and 0 <= comp["parent"] <= 1 and 0 <= comp["new"] <= 1
     assert ("Better" if comp["better"] else "Worse") in fin.verdict.value
     assert fin.keep_parent_btn.visible == (not comp["better"])
@@ -216,8 +218,8 @@ def test_keep_parent_discards_the_new_model(viewer_with_sample, qtbot, monkeypat
     viewer = viewer_with_sample
     _, fin = viewer.window.add_plugin_dock_widget("napari-segsuite", "Fine-tune")
     _, seg = viewer.window.add_plugin_dock_widget("napari-segsuite", "Segment")
-    fin.image.value = viewer.layers["nuclei 2D"]
-    fin.labels_layer.value = viewer.layers["nuclei 2D ground truth (semantic)"]
+    fin.trainset.image.value = viewer.layers["nuclei 2D"]
+    fin.trainset.labels_layer.value = viewer.layers["nuclei 2D ground truth (semantic)"]
     fin.base.value = next(v for v in fin.base.choices if v.endswith("nuclei-unet"))
     fin.epochs.value = 1
     fin.model_name.value = "worse"
@@ -232,7 +234,7 @@ def test_keep_parent_discards_the_new_model(viewer_with_sample, qtbot, monkeypat
 def test_panoptic_segment_edit_and_finetune(make_napari_viewer, qtbot):
     """Panoptic: Segment gives a class layer and an objects layer; edit one object; fine-tune on the edited pair."""
     from napari_segsuite import sample_data as sd
-    from napari_segsuite.io import save_model
+    from napari_segsuite.model_files import save_model
     from napari_segsuite.progress import drive
     from napari_segsuite.store import new_model_path
     from napari_segsuite.training import TrainConfig, train
@@ -240,10 +242,17 @@ def test_panoptic_segment_edit_and_finetune(make_napari_viewer, qtbot):
 
     s = sd.panoptic_scene(seed=0, shape=(96, 96))
     model = model_for_training("panoptic-deeplab", [s["image"]], [s["semantic"]], instances=[s["instances"]])
-    assert model.card["build"]["thing_classes"] == (2, 3)  # read from the classes under the objects
-    res = drive(train(model, [s["image"]], [s["semantic"]], TrainConfig(epochs=1, steps_per_epoch=3, patch_size=64),
-                      instances=[s["instances"]]))
-    res.model.card["name"] = "pan"
+    assert model.card.thing_classes == [2, 3]  # read from the classes under the objects
+    res = drive(
+        train(
+            model,
+            [s["image"]],
+            [s["semantic"]],
+            TrainConfig(epochs=1, steps_per_epoch=3, patch_size=64),
+            instances=[s["instances"]],
+        )
+    )
+    res.model.card.name = "pan"
     save_model(res.model, new_model_path("pan"))
 
     viewer = make_napari_viewer(show=True)
@@ -263,15 +272,15 @@ def test_panoptic_segment_edit_and_finetune(make_napari_viewer, qtbot):
     objects.paint((30, 30), objects.selected_label)
     assert objects.metadata["segsuite"]["edited"]
     _, fin = viewer.window.add_plugin_dock_widget("napari-segsuite", "Fine-tune")
-    fin.image.value, fin.labels_layer.value = image, classes
+    fin.trainset.image.value, fin.trainset.labels_layer.value = image, classes
     fin.base.value = seg.model.value
-    assert fin.add_pair() and fin._pairs[0][2] is objects  # the objects layer made with it goes along
+    assert fin.trainset.add_pair() and fin.trainset._pairs[0][2] is objects  # the objects layer made with it goes along
     fin.epochs.value = 1
     fin.model_name.value = "pan tuned"
     fin.run()
     _wait(qtbot, fin.controls)
     card = load_model(fin.last_path).card
-    assert card["parent"]["name"] == "pan" and card["kind"] == "panoptic"
+    assert card.parent["name"] == "pan" and card.kind == "panoptic"
     assert "val PQ" in fin.controls.status.value and fin.plot.metric_name == "PQ"
     SHOTS.mkdir(parents=True, exist_ok=True)
     viewer.screenshot(str(SHOTS / "panoptic.png"), canvas_only=False)
@@ -291,13 +300,13 @@ def test_object_classes_from_layer_features(make_napari_viewer, qtbot):
     objects = viewer.add_labels(ids, name="cells objects")
     objects.features = pd.DataFrame({"index": np.arange(1, n + 1), "class": [1 + i % 2 for i in range(n)]})
     _, fin = viewer.window.add_plugin_dock_widget("napari-segsuite", "Fine-tune")
-    fin.image.value, fin.labels_layer.value = image, objects
+    fin.trainset.image.value, fin.trainset.labels_layer.value = image, objects
     fin.base.value = "solo"
     fin.epochs.value = 1
     fin.run()
     _wait(qtbot, fin.controls)
     card = load_model(fin.last_path).card
-    assert card["label_values"] == [0, 1, 2], fin.controls.status.value
+    assert card.label_values == [0, 1, 2], fin.controls.status.value
 
 
 def test_project_folder_saves_edits_and_reopens(viewer_with_sample, qtbot, tmp_path, make_napari_viewer):
@@ -307,9 +316,9 @@ def test_project_folder_saves_edits_and_reopens(viewer_with_sample, qtbot, tmp_p
     viewer = viewer_with_sample
     _, fin = viewer.window.add_plugin_dock_widget("napari-segsuite", "Fine-tune")
     labels = viewer.layers["nuclei 2D ground truth (semantic)"]
-    fin.image.value, fin.labels_layer.value = viewer.layers["nuclei 2D"], labels
-    assert fin.add_pair()
-    assert fin.open_project(tmp_path / "proj") is not None
+    fin.trainset.image.value, fin.trainset.labels_layer.value = viewer.layers["nuclei 2D"], labels
+    assert fin.trainset.add_pair()
+    assert fin.trainset.open_project(tmp_path / "proj") is not None
     assert Project(tmp_path / "proj").names() == ["nuclei 2D"]  # the pair already in the set was saved
     labels.selected_label = 1
     labels.paint((100, 100), 1)  # an edit...
@@ -318,8 +327,8 @@ def test_project_folder_saves_edits_and_reopens(viewer_with_sample, qtbot, tmp_p
 
     viewer2 = make_napari_viewer()  # ...survives a restart
     _, fin2 = viewer2.window.add_plugin_dock_widget("napari-segsuite", "Fine-tune")
-    fin2.open_project(tmp_path / "proj")
-    assert len(fin2._pairs) == 1
+    fin2.trainset.open_project(tmp_path / "proj")
+    assert len(fin2.trainset._pairs) == 1
     np.testing.assert_array_equal(viewer2.layers["nuclei 2D labels"].data, labels.data)
     with pytest.raises(ValueError, match="not a segsuite project"):
         (tmp_path / "other").mkdir()
@@ -328,7 +337,7 @@ def test_project_folder_saves_edits_and_reopens(viewer_with_sample, qtbot, tmp_p
 
 
 def test_model_store_in_the_segment_widget(make_napari_viewer, tmp_path):
-    from napari_segsuite.io import new_model, save_model
+    from napari_segsuite.model_files import new_model, save_model
     from napari_segsuite.store import list_models, model_dir
 
     m = new_model("unet", label_values=[0, 1], base_filters=4, depth=2)
@@ -357,9 +366,13 @@ def test_pairs_from_folders(make_napari_viewer, tmp_path):
     viewer = make_napari_viewer()
     _, fin = viewer.window.add_plugin_dock_widget("napari-segsuite", "Fine-tune")
     images, labels = made["nuclei2d"] / "images", made["nuclei2d"] / "semantic"
-    assert fin.add_folders(images, labels) == 2
-    assert len(fin._pairs) == 2 and fin._pairs[0][1].data.shape == fin._pairs[0][0].data.shape
-    assert fin.pairs.shape == (2, 5) and fin.pairs.data[0][3] == "x".join(map(str, fin._pairs[0][1].data.shape))
-    fin._remove_selected([0])
-    assert fin.pairs.shape[0] == 1 and len(fin._pairs) == 1
-    assert fin.add_folders(tmp_path / "nowhere", labels) == 0
+    assert fin.trainset.add_folders(images, labels) == 2
+    assert (
+        len(fin.trainset._pairs) == 2 and fin.trainset._pairs[0][1].data.shape == fin.trainset._pairs[0][0].data.shape
+    )
+    assert fin.trainset.pairs.shape == (2, 5) and fin.trainset.pairs.data[0][3] == "x".join(
+        map(str, fin.trainset._pairs[0][1].data.shape)
+    )
+    fin.trainset._remove_selected([0])
+    assert fin.trainset.pairs.shape[0] == 1 and len(fin.trainset._pairs) == 1
+    assert fin.trainset.add_folders(tmp_path / "nowhere", labels) == 0

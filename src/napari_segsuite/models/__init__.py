@@ -4,7 +4,16 @@ Importing this package registers every built-in architecture.
 """
 
 from . import (  # noqa: F401  (each registers its models)
-    deepmask, enet, fcn, maskrcnn, panoptic_deeplab, pspnet, segnet, smp_models, solo, unet,
+    deepmask,
+    enet,
+    fcn,
+    maskrcnn,
+    panoptic_deeplab,
+    pspnet,
+    segnet,
+    smp_models,
+    solo,
+    unet,
 )
 from .registry import ModelSpec, available, build, get_spec, register
 

@@ -7,7 +7,11 @@ that fails, and the model falls back to random weights with one clear warning.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from pathlib import Path
 
+import torch
+from safetensors.torch import load_file
 from torch import nn
 
 log = logging.getLogger(__name__)
@@ -17,10 +21,22 @@ def load_local(model: nn.Module, weights: str | None) -> nn.Module:
     """Load a local safetensors file into ``model`` when ``weights`` names one."""
     if weights is None or weights == "imagenet":
         return model
-    from ..io import load_state_dict_file
-
     model.load_state_dict(load_state_dict_file(weights))
     return model
+
+
+def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """Weights from a local ``.safetensors`` file, or a model folder's ``model.safetensors``.
+
+    Raises:
+        ValueError: not a safetensors file (nothing else is ever loaded: no pickles).
+    """
+    p = Path(path)
+    if p.is_dir():
+        p = p / "model.safetensors"
+    if p.suffix != ".safetensors":
+        raise ValueError(f"Weights file {str(path)!r} is not a .safetensors file; only safetensors are loaded.")
+    return load_file(str(p), device="cpu")
 
 
 def encoder_weights(weights: str | None) -> str | None:
@@ -28,7 +44,7 @@ def encoder_weights(weights: str | None) -> str | None:
     return "imagenet" if weights == "imagenet" else None
 
 
-def build_with_fallback(make, weights: str | None, name: str) -> nn.Module:
+def build_with_fallback(make: Callable[[str | None], nn.Module], weights: str | None, name: str) -> nn.Module:
     """Call ``make(encoder_weights)``; if ImageNet weights cannot be fetched, warn once and use random ones."""
     ew = encoder_weights(weights)
     if ew is None:
@@ -38,6 +54,8 @@ def build_with_fallback(make, weights: str | None, name: str) -> nn.Module:
     except Exception as err:  # network errors come in many types (URLError, HF hub errors, OSError)
         log.warning(
             "Could not download ImageNet weights for %s (%s: %s); using random weights instead.",
-            name, type(err).__name__, str(err).splitlines()[0] if str(err) else "",
+            name,
+            type(err).__name__,
+            str(err).splitlines()[0] if str(err) else "",
         )
         return make(None)

@@ -1,17 +1,15 @@
-"""The two contracts a model can follow besides the plain semantic one.
+"""The two shapes a model can have.
 
-A **semantic** model (and ``unet-instance``) is any ``nn.Module`` mapping ``(N, C, H, W)`` to
-``(N, K, H, W)`` class logits; the engine trains it with :func:`~napari_segsuite.tasks.semantic.loss_fn`
-and blends softmax probabilities across tiles. Two other shapes of model exist:
+A **map model** is any ``nn.Module`` mapping ``(N, C, H, W)`` (or ``(N, C, D, H, W)``) to dense maps
+``(N, M, H, W)``: class logits for semantic models and ``unet-instance``, class logits plus centre
+and offset maps for Panoptic-DeepLab. What the maps mean (targets, loss, how they blend across
+tiles, how they become labels) is the task's business (:mod:`napari_segsuite.tasks`), not the model's.
 
-- :class:`ObjectModel` (Mask R-CNN, SOLO, DeepMask): outputs a *set of objects* per image. The
-  engine trains it with :meth:`ObjectModel.loss` and, at inference, runs :meth:`ObjectModel.detect`
-  tile by tile and stitches the objects (:func:`~napari_segsuite.tasks.instance.stitch`).
-- :class:`DenseHeads` (Panoptic-DeepLab): outputs several dense maps (class logits, centre heatmap,
-  offsets) that are blended across tiles like probabilities (:meth:`DenseHeads.activate`) and turned
-  into labels by the task's post-processing; trained with :meth:`DenseHeads.loss_from_output`.
+An :class:`ObjectModel` (Mask R-CNN, SOLO, DeepMask) outputs a *set of objects* per image and
+computes its own loss (its targets are matched to its proposals inside the model). The engine runs
+:meth:`ObjectModel.detect` tile by tile and stitches the objects.
 
-Targets for both are ``y`` of shape ``(N, 2, H, W)`` int64, after cropping and augmentation:
+Targets of object models (and of the panoptic task) are ``y`` of shape ``(N, 2, H, W)`` int64, after cropping and augmentation:
 
 - ``y[:, 0]``: object ids (0 where there is no object, ``-1`` where nothing is known: padding and
   unannotated pixels). Ids are unique within one image, not necessarily consecutive; an object cut
@@ -61,24 +59,15 @@ class ObjectModel(nn.Module):
         raise NotImplementedError
 
 
-class DenseHeads(nn.Module):
-    """A model with several dense output maps, blended across tiles before post-processing."""
-
-    def loss_from_output(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Scalar loss of raw output ``out`` ``(N, M, H, W)`` against targets ``y`` ``(N, 2, H, W)``."""
-        raise NotImplementedError
-
-    def activate(self, out: torch.Tensor) -> torch.Tensor:
-        """Raw output to maps that can be averaged across overlapping tiles (probabilities, offsets)."""
-        raise NotImplementedError
-
-
 ENCODER_NAMES = ("encoder", "encoders", "backbone", "trunk")
 
 
 def encoder_of(module: nn.Module) -> nn.Module | None:
     """The model's encoder (feature extractor), for freezing while fine-tuning: the shallowest
     submodule named ``encoder``, ``encoders``, ``backbone`` or ``trunk``; ``None`` if there is none."""
-    found = [(name.count("."), name, m) for name, m in module.named_modules()
-             if name and name.rsplit(".", 1)[-1] in ENCODER_NAMES]
+    found = [
+        (name.count("."), name, m)
+        for name, m in module.named_modules()
+        if name and name.rsplit(".", 1)[-1] in ENCODER_NAMES
+    ]
     return min(found, key=lambda t: (t[0], t[1]))[2] if found else None

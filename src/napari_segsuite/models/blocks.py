@@ -102,13 +102,13 @@ class Upsample(nn.Module):
         conv = conv_nd(spatial_dims)
         if kind == "transpose":
             tconv = {2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}[spatial_dims]
-            self.op: nn.Module = tconv(in_channels, out_channels, scale, stride=scale)
+            self.op: nn.Module = tconv(in_channels, out_channels, scale, stride=scale)  # type: ignore[arg-type]
         elif kind == "interp":
             self.op = conv(in_channels, out_channels, 3, padding=1)
         else:  # SegNet-style: no learned upsampling; a 1x1 conv only where the channel count changes
             self.op = nn.Identity() if in_channels == out_channels else conv(in_channels, out_channels, 1)
             unpool = {2: nn.MaxUnpool2d, 3: nn.MaxUnpool3d}[spatial_dims]
-            self.unpool = unpool(scale)
+            self.unpool = unpool(scale)  # type: ignore[arg-type]
 
     def forward(
         self,
@@ -120,10 +120,8 @@ class Upsample(nn.Module):
             return self.op(x)
         if self.kind == "interp":
             mode = "bilinear" if self.spatial_dims == 2 else "trilinear"
-            size = output_size[-self.spatial_dims:] if output_size is not None else None
-            x = F.interpolate(
-                x, size=size, scale_factor=None if size else self.scale, mode=mode, align_corners=False
-            )
+            size = output_size[-self.spatial_dims :] if output_size is not None else None
+            x = F.interpolate(x, size=size, scale_factor=None if size else self.scale, mode=mode, align_corners=False)
             return self.op(x)
         if indices is None:
             raise ValueError("Upsample(kind='unpool') needs the pooling indices of the encoder.")
@@ -182,8 +180,12 @@ class VGGEncoder(nn.Module):
         convs: Convolutions per stage (VGG16: 2, 2, 3, 3, 3).
     """
 
-    def __init__(self, in_channels: int, widths: tuple[int, ...] = (16, 32, 64, 128, 128),
-                 convs: tuple[int, ...] = (2, 2, 3, 3, 3)) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        widths: tuple[int, ...] = (16, 32, 64, 128, 128),
+        convs: tuple[int, ...] = (2, 2, 3, 3, 3),
+    ) -> None:
         super().__init__()
         self.widths = widths
         stages, c = [], in_channels
@@ -223,8 +225,12 @@ class PyramidPooling(nn.Module):
         super().__init__()
         red = in_channels // len(bins)
         self.branches = nn.ModuleList(
-            nn.Sequential(nn.AdaptiveAvgPool2d(b), nn.Conv2d(in_channels, red, 1, bias=False),
-                          nn.BatchNorm2d(red), nn.ReLU(inplace=True))
+            nn.Sequential(
+                nn.AdaptiveAvgPool2d(b),
+                nn.Conv2d(in_channels, red, 1, bias=False),
+                nn.BatchNorm2d(red),
+                nn.ReLU(inplace=True),
+            )
             for b in bins
         )
         self.out_channels = in_channels + red * len(bins)

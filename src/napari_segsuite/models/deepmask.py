@@ -52,9 +52,20 @@ class DeepMask(ObjectModel):
 
     stride = 8
 
-    def __init__(self, *, in_channels: int = 1, num_classes: int = 2, window: int = 48, mask_size: int = 24,
-                 width: int = 16, embed_dim: int = 256, scales: tuple[float, ...] = (0.5, 1.0, 2.0),
-                 fit: tuple[float, float] = (0.3, 0.75), nms_iou: float = 0.5, max_detections: int = 500) -> None:
+    def __init__(
+        self,
+        *,
+        in_channels: int = 1,
+        num_classes: int = 2,
+        window: int = 48,
+        mask_size: int = 24,
+        width: int = 16,
+        embed_dim: int = 256,
+        scales: tuple[float, ...] = (0.5, 1.0, 2.0),
+        fit: tuple[float, float] = (0.3, 0.75),
+        nms_iou: float = 0.5,
+        max_detections: int = 500,
+    ) -> None:
         super().__init__()
         if window % self.stride:
             raise ValueError(f"window must be a multiple of {self.stride}, got {window}.")
@@ -64,19 +75,29 @@ class DeepMask(ObjectModel):
         self.max_object_size = int(math.ceil(fit[1] * window / min(scales)))
         c1, c2, c3 = width, 2 * width, 4 * width
         self.trunk = nn.Sequential(
-            ConvNormAct(in_channels, c1), ConvNormAct(c1, c1), nn.MaxPool2d(2),
-            ConvNormAct(c1, c2), ConvNormAct(c2, c2), nn.MaxPool2d(2),
-            ConvNormAct(c2, c3), ConvNormAct(c3, c3), nn.MaxPool2d(2),
-            ConvNormAct(c3, c3), ConvNormAct(c3, c3),
+            ConvNormAct(in_channels, c1),
+            ConvNormAct(c1, c1),
+            nn.MaxPool2d(2),
+            ConvNormAct(c1, c2),
+            ConvNormAct(c2, c2),
+            nn.MaxPool2d(2),
+            ConvNormAct(c2, c3),
+            ConvNormAct(c3, c3),
+            nn.MaxPool2d(2),
+            ConvNormAct(c3, c3),
+            ConvNormAct(c3, c3),
         )
         k = 2 * (window // (2 * self.stride)) + 1  # odd: the cells a window centred on a cell touches
         self.embed = nn.Sequential(
-            nn.Conv2d(c3, c3 // 2, 1), nn.ReLU(inplace=True),
-            nn.Conv2d(c3 // 2, embed_dim, k, padding=k // 2), nn.ReLU(inplace=True),
+            nn.Conv2d(c3, c3 // 2, 1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(c3 // 2, embed_dim, k, padding=k // 2),
+            nn.ReLU(inplace=True),
         )
         self.mask_head = nn.Linear(embed_dim, mask_size * mask_size)
-        self.score_head = nn.Sequential(nn.Conv2d(embed_dim, embed_dim // 2, 1), nn.ReLU(inplace=True),
-                                        nn.Conv2d(embed_dim // 2, 1, 1))
+        self.score_head = nn.Sequential(
+            nn.Conv2d(embed_dim, embed_dim // 2, 1), nn.ReLU(inplace=True), nn.Conv2d(embed_dim // 2, 1, 1)
+        )
         self.class_head = nn.Conv2d(embed_dim, num_classes - 1, 1) if num_classes > 2 else None
 
     # --- dense forward ----------------------------------------------------------------------
@@ -109,7 +130,7 @@ class DeepMask(ObjectModel):
             ch, cw = max(1, round(h / sc)), max(1, round(w / sc))
             y0 = int(torch.randint(0, h - ch + 1, ()))
             x0 = int(torch.randint(0, w - cw + 1, ()))
-            x, y = x[..., y0:y0 + ch, x0:x0 + cw], y[..., y0:y0 + ch, x0:x0 + cw]
+            x, y = x[..., y0 : y0 + ch, x0 : x0 + cw], y[..., y0 : y0 + ch, x0 : x0 + cw]
         size = (max(1, round(x.shape[-2] * sc)), max(1, round(x.shape[-1] * sc)))
         if sc == 1:
             return x, y
@@ -120,15 +141,19 @@ class DeepMask(ObjectModel):
     def _loss_one_scale(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         emb, score = self(x)
         gh, gw = score.shape[-2:]
-        s_loss, m_logits, m_targets, m_valid, c_logits, c_targets = [], [], [], [], [], []
+        s_loss: list[torch.Tensor] = []
+        m_logits, m_targets, m_valid, c_logits, c_targets = [], [], [], [], []
         for b in range(x.shape[0]):
             label, obj_ids, obj_cls = self._targets(y[b], gh, gw)
             logit = score[b, 0]
             pos, neg = label == 1, label == 0
-            parts = [F.binary_cross_entropy_with_logits(logit[sel], torch.full_like(logit[sel], t))
-                     for sel, t in ((pos, 1.0), (neg, 0.0)) if sel.any()]
+            parts = [
+                F.binary_cross_entropy_with_logits(logit[sel], torch.full_like(logit[sel], t))
+                for sel, t in ((pos, 1.0), (neg, 0.0))
+                if sel.any()
+            ]
             if parts:
-                s_loss.append(sum(parts) / len(parts))
+                s_loss.append(torch.stack(parts).sum() / len(parts))
             if pos.any():
                 ii, jj = torch.nonzero(pos, as_tuple=True)
                 m_logits.append(self.mask_head(emb[b, :, ii, jj].T))
@@ -136,7 +161,7 @@ class DeepMask(ObjectModel):
                 m_targets.append(tgt)
                 m_valid.append(valid)
                 if self.class_head is not None:
-                    c_logits.append(self.class_head(emb[b:b + 1])[0, :, ii, jj].T)
+                    c_logits.append(self.class_head(emb[b : b + 1])[0, :, ii, jj].T)
                     c_targets.append(obj_cls[ii, jj] - 1)
         loss = torch.stack(s_loss).mean() if s_loss else score.sum() * 0
         # keep every parameter in the graph, even without positives
@@ -179,7 +204,7 @@ class DeepMask(ObjectModel):
         # unknown window centres are ignored
         h, w = ids.shape
         centre_ids = F.pad(ids, (0, gw * self.stride - w, 0, gh * self.stride - h), value=IGNORE)
-        centre_ids = centre_ids[self.stride // 2::self.stride, self.stride // 2::self.stride][:gh, :gw]
+        centre_ids = centre_ids[self.stride // 2 :: self.stride, self.stride // 2 :: self.stride][:gh, :gw]
         label[centre_ids < 0] = -1
         fg = ids > 0
         if not fg.any():
@@ -219,8 +244,9 @@ class DeepMask(ObjectModel):
         obj_cls[pos] = obj_class[best[pos]]
         return label, obj_ids, obj_cls
 
-    def _window_targets(self, ids: torch.Tensor, ii: torch.Tensor, jj: torch.Tensor,
-                        obj: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _window_targets(
+        self, ids: torch.Tensor, ii: torch.Tensor, jj: torch.Tensor, obj: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(n, P, P)`` mask targets (object ``obj`` in the window of cell ``(ii, jj)``) and validity
         (known pixels inside the image)."""
         p = self.window
@@ -237,16 +263,14 @@ class DeepMask(ObjectModel):
         ``sc``, and the mask of grid cells whose window centre lies inside the scaled image."""
         h, w = x.shape[-2:]
         size = (max(1, round(h * sc)), max(1, round(w * sc)))
-        xs = x if sc == 1 else F.interpolate(x, size=size, mode="bilinear", align_corners=False,
-                                              antialias=sc < 1)
+        xs = x if sc == 1 else F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=sc < 1)
         emb, logit = self(xs)
         prob = torch.sigmoid(logit[0, 0])
         inside = torch.zeros_like(prob, dtype=torch.bool)
         inside[: math.ceil(size[0] / self.stride), : math.ceil(size[1] / self.stride)] = True
         return emb[0], prob, inside
 
-    def _decode(self, emb: torch.Tensor, ii: torch.Tensor, jj: torch.Tensor,
-                sc: float) -> dict[str, torch.Tensor]:
+    def _decode(self, emb: torch.Tensor, ii: torch.Tensor, jj: torch.Tensor, sc: float) -> dict[str, torch.Tensor]:
         """Mask logits ``(n, m, m)``, classes, window origins ``(n, 2)`` (y, x) and tight mask boxes
         ``(n, 4)`` (x0, y0, x1, y1) in input pixels of the cells ``(ii, jj)``; empty masks get an
         empty box (x1 <= x0)."""
@@ -268,8 +292,9 @@ class DeepMask(ObjectModel):
         boxes = torch.stack([x0, y0, x1, y1], 1) / sc + origin[:, [1, 0, 1, 0]]
         return {"masks": masks, "classes": classes, "origin": origin, "boxes": boxes}
 
-    def _paste(self, mask_logits: torch.Tensor, origin: torch.Tensor, sc: float,
-               shape: tuple[int, int]) -> torch.Tensor:
+    def _paste(
+        self, mask_logits: torch.Tensor, origin: torch.Tensor, sc: float, shape: tuple[int, int]
+    ) -> torch.Tensor:
         """An ``m x m`` mask logit map resized to its window in input pixels, placed in an ``(H, W)`` image."""
         h, w = shape
         y0, x0 = int(round(float(origin[0]))), int(round(float(origin[1])))
@@ -278,14 +303,14 @@ class DeepMask(ObjectModel):
         out = torch.zeros(h, w, dtype=torch.bool, device=mask_logits.device)
         ya, xa, yb, xb = max(y0, 0), max(x0, 0), min(y0 + side, h), min(x0 + side, w)
         if yb > ya and xb > xa:
-            out[ya:yb, xa:xb] = win[ya - y0:yb - y0, xa - x0:xb - x0] > 0
+            out[ya:yb, xa:xb] = win[ya - y0 : yb - y0, xa - x0 : xb - x0] > 0
         return out
 
     @torch.no_grad()
     def detect(self, x: torch.Tensor, score_threshold: float = 0.5) -> list[Detections]:
         """Objects in each image: windows at every scale scoring at least ``score_threshold``, box NMS
         (IoU :attr:`nms_iou`, boxes of the predicted masks) across scales, masks pasted at input size."""
-        return [self._detect_one(x[b:b + 1], score_threshold) for b in range(x.shape[0])]
+        return [self._detect_one(x[b : b + 1], score_threshold) for b in range(x.shape[0])]
 
     def _detect_one(self, x: torch.Tensor, score_threshold: float) -> Detections:
         h, w = x.shape[-2:]
@@ -330,7 +355,7 @@ class DeepMask(ObjectModel):
         for sc in self.scales:
             half = int(math.ceil((self.window + 48) / sc))
             ya, xa = max(0, int(py) - half), max(0, int(px) - half)
-            crop = x[..., ya:int(py) + half + 1, xa:int(px) + half + 1]
+            crop = x[..., ya : int(py) + half + 1, xa : int(px) + half + 1]
             ch, cw = crop.shape[-2:]
             cy, cx = py - ya, px - xa
             emb, prob, inside = self._dense(crop, sc)
@@ -348,17 +373,38 @@ class DeepMask(ObjectModel):
         if best is None:
             return empty, 0.0
         _, score, m, ya, xa = best
-        empty[ya:ya + m.shape[0], xa:xa + m.shape[1]] = m
+        empty[ya : ya + m.shape[0], xa : xa + m.shape[1]] = m
         return empty, score
 
 
-@register("deepmask", kind="instance", divisible_by=1, objects=True, training={"patch_size": 128},
-          description="DeepMask: dense window masks + objectness over scales, NMS; any object "
-                      "shape, one model for click-to-segment and automatic proposals.")
-def build_deepmask(*, num_classes: int = 2, in_channels: int = 1, window: int = 48, mask_size: int = 24,
-                   width: int = 16, embed_dim: int = 256, scales: tuple[float, ...] = (0.5, 1.0, 2.0),
-                   weights: str | None = None) -> nn.Module:
+@register(
+    "deepmask",
+    kind="instance",
+    divisible_by=1,
+    objects=True,
+    training={"patch_size": 128},
+    description="DeepMask: dense window masks + objectness over scales, NMS; any object "
+    "shape, one model for click-to-segment and automatic proposals.",
+)
+def build_deepmask(
+    *,
+    num_classes: int = 2,
+    in_channels: int = 1,
+    window: int = 48,
+    mask_size: int = 24,
+    width: int = 16,
+    embed_dim: int = 256,
+    scales: tuple[float, ...] = (0.5, 1.0, 2.0),
+    weights: str | None = None,
+) -> nn.Module:
     """Build a :class:`DeepMask` (pads any input size itself). ``weights``: a local safetensors file or ``None``."""
-    model = DeepMask(in_channels=in_channels, num_classes=num_classes, window=window, mask_size=mask_size,
-                     width=width, embed_dim=embed_dim, scales=tuple(scales))
+    model = DeepMask(
+        in_channels=in_channels,
+        num_classes=num_classes,
+        window=window,
+        mask_size=mask_size,
+        width=width,
+        embed_dim=embed_dim,
+        scales=tuple(scales),
+    )
     return load_local(model, weights)

@@ -29,8 +29,11 @@ class InitialBlock(nn.Module):
 
 
 def _cba(cin: int, cout: int, k=1, stride=1, padding=0, dilation=1) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, k, stride=stride, padding=padding, dilation=dilation, bias=False),
-                         nn.BatchNorm2d(cout), nn.PReLU(cout))
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, k, stride=stride, padding=padding, dilation=dilation, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.PReLU(cout),
+    )
 
 
 class Bottleneck(nn.Module):
@@ -42,8 +45,15 @@ class Bottleneck(nn.Module):
             max-unpools with the indices of the matching ``"down"``).
     """
 
-    def __init__(self, cin: int, cout: int | None = None, kind: str = "regular", dilation: int = 1,
-                 dropout: float = 0.1, ratio: int = 4) -> None:
+    def __init__(
+        self,
+        cin: int,
+        cout: int | None = None,
+        kind: str = "regular",
+        dilation: int = 1,
+        dropout: float = 0.1,
+        ratio: int = 4,
+    ) -> None:
         super().__init__()
         cout = cout or cin
         mid = cin // ratio
@@ -56,8 +66,11 @@ class Bottleneck(nn.Module):
         if kind == "up":
             self.main_proj = nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout))
             self.unpool = nn.MaxUnpool2d(2)
-            self.conv = nn.Sequential(nn.ConvTranspose2d(mid, mid, 3, stride=2, padding=1, output_padding=1, bias=False),
-                                      nn.BatchNorm2d(mid), nn.PReLU(mid))
+            self.conv = nn.Sequential(
+                nn.ConvTranspose2d(mid, mid, 3, stride=2, padding=1, output_padding=1, bias=False),
+                nn.BatchNorm2d(mid),
+                nn.PReLU(mid),
+            )
         elif kind == "asymmetric":
             self.conv = nn.Sequential(AsymmetricConv(mid, mid, 5), nn.BatchNorm2d(mid), nn.PReLU(mid))
         else:
@@ -92,9 +105,14 @@ class ENet(nn.Module):
 
         def stage() -> nn.Sequential:
             return nn.Sequential(
-                Bottleneck(128), Bottleneck(128, kind="dilated", dilation=2), Bottleneck(128, kind="asymmetric"),
-                Bottleneck(128, kind="dilated", dilation=4), Bottleneck(128), Bottleneck(128, kind="dilated", dilation=8),
-                Bottleneck(128, kind="asymmetric"), Bottleneck(128, kind="dilated", dilation=16),
+                Bottleneck(128),
+                Bottleneck(128, kind="dilated", dilation=2),
+                Bottleneck(128, kind="asymmetric"),
+                Bottleneck(128, kind="dilated", dilation=4),
+                Bottleneck(128),
+                Bottleneck(128, kind="dilated", dilation=8),
+                Bottleneck(128, kind="asymmetric"),
+                Bottleneck(128, kind="dilated", dilation=16),
             )
 
         self.stage2, self.stage3 = stage(), stage()
@@ -115,6 +133,11 @@ class ENet(nn.Module):
         return self.full(y)
 
 
-@register("enet", kind="semantic", description="ENet: ~0.36 M parameters, the fastest model here - where speed matters.")
+@register(
+    "enet",
+    kind="semantic",
+    has_encoder=False,
+    description="ENet: ~0.36 M parameters, the fastest model here - where speed matters.",
+)
 def build_enet(*, num_classes: int, in_channels: int = 1, weights: str | None = None) -> nn.Module:
     return load_local(PadTo(ENet(in_channels=in_channels, num_classes=num_classes), 8), weights)

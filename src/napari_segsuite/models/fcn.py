@@ -24,8 +24,15 @@ class FCN(nn.Module):
     Input height and width must be multiples of 32 (the registered builders wrap it in :class:`PadTo`).
     """
 
-    def __init__(self, *, in_channels: int = 1, num_classes: int = 2, variant: int = 8,
-                 base_filters: int = 16, head_channels: int = 256) -> None:
+    def __init__(
+        self,
+        *,
+        in_channels: int = 1,
+        num_classes: int = 2,
+        variant: int = 8,
+        base_filters: int = 16,
+        head_channels: int = 256,
+    ) -> None:
         super().__init__()
         if variant not in (32, 16, 8):
             raise ValueError(f"FCN variant must be 32, 16 or 8, got {variant}.")
@@ -33,8 +40,10 @@ class FCN(nn.Module):
         w = tuple(base_filters * m for m in (1, 2, 4, 8, 8))
         self.encoder = VGGEncoder(in_channels, w)
         self.classifier = nn.Sequential(
-            ConvNormAct(w[4], head_channels, 7), nn.Dropout2d(0.3),
-            ConvNormAct(head_channels, head_channels, 1), nn.Dropout2d(0.3),
+            ConvNormAct(w[4], head_channels, 7),
+            nn.Dropout2d(0.3),
+            ConvNormAct(head_channels, head_channels, 1),
+            nn.Dropout2d(0.3),
             nn.Conv2d(head_channels, num_classes, 1),
         )
         k = num_classes
@@ -59,16 +68,31 @@ class FCN(nn.Module):
 
 
 def _make_fcn(variant: int):
-    def build(*, num_classes: int, in_channels: int = 1, base_filters: int = 16, head_channels: int = 256,
-              weights: str | None = None) -> nn.Module:
-        net = FCN(in_channels=in_channels, num_classes=num_classes, variant=variant,
-                  base_filters=base_filters, head_channels=head_channels)
+    def build(
+        *,
+        num_classes: int,
+        in_channels: int = 1,
+        base_filters: int = 16,
+        head_channels: int = 256,
+        weights: str | None = None,
+    ) -> nn.Module:
+        net = FCN(
+            in_channels=in_channels,
+            num_classes=num_classes,
+            variant=variant,
+            base_filters=base_filters,
+            head_channels=head_channels,
+        )
         return load_local(PadTo(net, 32), weights)
 
     return build
 
 
 _GUIDE = "for simple data with few, large objects"
-register("fcn32s", kind="semantic", description=f"FCN-32s: VGG-style encoder, one 32x upsampling (coarse) - {_GUIDE}.")(_make_fcn(32))
+register("fcn32s", kind="semantic", description=f"FCN-32s: VGG-style encoder, one 32x upsampling (coarse) - {_GUIDE}.")(
+    _make_fcn(32)
+)
 register("fcn16s", kind="semantic", description=f"FCN-16s: FCN-32s plus the pool4 skip - {_GUIDE}.")(_make_fcn(16))
-register("fcn8s", kind="semantic", description=f"FCN-8s: pool4 and pool3 skips, the finest FCN - {_GUIDE}.")(_make_fcn(8))
+register("fcn8s", kind="semantic", description=f"FCN-8s: pool4 and pool3 skips, the finest FCN - {_GUIDE}.")(
+    _make_fcn(8)
+)

@@ -64,8 +64,14 @@ def _build_net(num_classes: int, in_channels: int, backbone: str) -> Torchvision
     body = resnet_fpn_backbone(backbone_name=backbone, weights=None, trainable_layers=5, norm_layer=nn.BatchNorm2d)
     if in_channels != 3:
         old = body.body.conv1
-        body.body.conv1 = nn.Conv2d(in_channels, old.out_channels, kernel_size=old.kernel_size,
-                                    stride=old.stride, padding=old.padding, bias=False)
+        body.body.conv1 = nn.Conv2d(
+            in_channels,
+            old.out_channels,
+            kernel_size=old.kernel_size,
+            stride=old.stride,
+            padding=old.padding,
+            bias=False,
+        )
         nn.init.kaiming_normal_(body.body.conv1.weight, mode="fan_out", nonlinearity="relu")
     net = TorchvisionMaskRCNN(
         body,
@@ -167,7 +173,7 @@ class MaskRCNN(ObjectModel):
         """
         known = (y[:, 0] != IGNORE).flatten(1).any(1)
         if not bool(known.any()):
-            return sum(p.sum() for p in self.parameters()) * 0.0
+            return torch.stack([p.sum() for p in self.parameters()]).sum() * 0.0
         targets = [_object_targets(ids, cls) for ids, cls in zip(y[known, 0], y[known, 1])]
         with self._heads_mode(True):
             losses = self.net(list(x[known]), targets)
@@ -205,7 +211,7 @@ def _to_detections(raw: dict[str, torch.Tensor], score_threshold: float) -> Dete
     objects=True,
     training={"patch_size": 128, "lr": 1e-3},
     description="Mask R-CNN (torchvision, ResNet-18 FPN, small anchors): boxes then masks - "
-                "objects that overlap or are far apart, several object classes.",
+    "objects that overlap or are far apart, several object classes.",
 )
 def build_maskrcnn(
     *, num_classes: int = 2, in_channels: int = 1, backbone: str = "resnet18", weights: str | None = None

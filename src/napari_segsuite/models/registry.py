@@ -11,8 +11,6 @@ from typing import Any
 
 from torch import nn
 
-KINDS = ("semantic", "instance", "panoptic")
-
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -20,7 +18,9 @@ class ModelSpec:
 
     Attributes:
         name: Lowercase registry key, e.g. ``"unet"``.
-        kind: ``"semantic"``, ``"instance"`` or ``"panoptic"``.
+        kind: The task's name (``"semantic"``, ``"instance"``, ``"panoptic"`` or another registered
+            in :mod:`napari_segsuite.tasks`); checked when the model is used, so a task may be
+            registered after its models.
         builder: Called with keyword arguments only; returns an ``nn.Module``.
         description: One line for ``segsuite models`` and the widget's picker.
         divisible_by: Input height and width the model needs a multiple of (1 when it pads itself).
@@ -31,6 +31,8 @@ class ModelSpec:
         defaults: Keyword arguments the builder gets unless the caller overrides them.
         training: Training settings this model does best with where the user sets none
             (``patch_size``, ``lr``: see :class:`~napari_segsuite.training.TrainConfig`).
+        has_encoder: The module has a separate encoder (:func:`~.base.encoder_of`), so fine-tuning
+            may freeze it; front ends offer freezing only then.
     """
 
     name: str
@@ -42,28 +44,45 @@ class ModelSpec:
     defaults: dict[str, Any] = field(default_factory=dict)
     objects: bool = False
     training: dict[str, Any] = field(default_factory=dict)
+    has_encoder: bool = True
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
 
 
 def register(
-    name: str, *, kind: str, description: str, divisible_by: int = 1, spatial_dims: int = 2, objects: bool = False,
-    training: dict[str, Any] | None = None, **defaults: Any
+    name: str,
+    *,
+    kind: str,
+    description: str,
+    divisible_by: int = 1,
+    spatial_dims: int = 2,
+    objects: bool = False,
+    training: dict[str, Any] | None = None,
+    has_encoder: bool = True,
+    **defaults: Any,
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Decorator that registers a model builder under ``name``.
 
     Raises:
-        ValueError: ``name`` is already registered or ``kind`` is unknown.
+        ValueError: ``name`` is already registered.
     """
-    if kind not in KINDS:
-        raise ValueError(f"Model kind {kind!r} is not one of {', '.join(KINDS)}.")
 
     def deco(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY:
             raise ValueError(f"A model named {name!r} is already registered.")
-        _REGISTRY[name] = ModelSpec(name, kind, builder, description, divisible_by, spatial_dims, dict(defaults), objects,
-                                    dict(training or {}))
+        _REGISTRY[name] = ModelSpec(
+            name,
+            kind,
+            builder,
+            description,
+            divisible_by,
+            spatial_dims,
+            dict(defaults),
+            objects,
+            dict(training or {}),
+            has_encoder,
+        )
         return builder
 
     return deco
@@ -78,9 +97,7 @@ def get_spec(name: str) -> ModelSpec:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise KeyError(
-            f"No model named {name!r}. Registered models: {', '.join(sorted(_REGISTRY))}."
-        ) from None
+        raise KeyError(f"No model named {name!r}. Registered models: {', '.join(sorted(_REGISTRY))}.") from None
 
 
 def available(kind: str | None = None) -> list[ModelSpec]:
@@ -92,3 +109,16 @@ def build(name: str, **kwargs: Any) -> nn.Module:
     """Build the model registered as ``name`` with its defaults overridden by ``kwargs``."""
     spec = get_spec(name)
     return spec.builder(**{**spec.defaults, **kwargs})
+
+
+def markdown_table() -> str:
+    """The README's model table, one row per registered model, from the registry's own descriptions."""
+    rows = ["| name | task | dims | what it is |", "|---|---|---|---|"]
+    for s in available():
+        rows.append(f"| `{s.name}` | {s.kind} | {s.spatial_dims}D | {s.description} |")
+    return "\n".join(rows)
+
+
+def unregister(name: str) -> None:
+    """Remove a registered model (for tests and plugins that register models temporarily)."""
+    _REGISTRY.pop(name, None)

@@ -13,8 +13,9 @@ from .registry import register
 
 
 class SegNet(nn.Module):
-    def __init__(self, *, in_channels: int = 1, num_classes: int = 2, base_filters: int = 16,
-                 upsample: str = "unpool") -> None:
+    def __init__(
+        self, *, in_channels: int = 1, num_classes: int = 2, base_filters: int = 16, upsample: str = "unpool"
+    ) -> None:
         super().__init__()
         w = tuple(base_filters * m for m in (1, 2, 4, 8, 8))
         convs = (2, 2, 3, 3, 3)
@@ -36,9 +37,22 @@ class SegNet(nn.Module):
         return self.head(y)
 
 
-@register("segnet", kind="semantic",
-          description="SegNet: VGG-style encoder-decoder upsampling with the pooling indices - for simple data with large objects.")
-def build_segnet(*, num_classes: int, in_channels: int = 1, base_filters: int = 16, upsample: str = "unpool",
-                 weights: str | None = None) -> nn.Module:
-    return load_local(PadTo(SegNet(in_channels=in_channels, num_classes=num_classes, base_filters=base_filters,
-                                   upsample=upsample), 32), weights)
+@register(
+    "segnet",
+    kind="semantic",
+    description="SegNet: VGG-style encoder-decoder upsampling with the pooling indices - for simple data with large objects.",
+)
+def build_segnet(
+    *,
+    num_classes: int,
+    in_channels: int = 1,
+    base_filters: int = 16,
+    upsample: str = "unpool",
+    weights: str | None = None,
+) -> nn.Module:
+    return load_local(
+        PadTo(
+            SegNet(in_channels=in_channels, num_classes=num_classes, base_filters=base_filters, upsample=upsample), 32
+        ),
+        weights,
+    )

@@ -15,8 +15,14 @@ from .registry import register
 
 _SMP = {
     # registry name: (smp class name, description)
-    "deeplabv3": ("DeepLabV3", "DeepLabV3 (smp): atrous spatial pyramid pooling on a dilated encoder - context at many scales."),
-    "deeplabv3plus": ("DeepLabV3Plus", "DeepLabV3+ (smp): DeepLabV3 plus a decoder for sharper boundaries - scenes, varied object sizes."),
+    "deeplabv3": (
+        "DeepLabV3",
+        "DeepLabV3 (smp): atrous spatial pyramid pooling on a dilated encoder - context at many scales.",
+    ),
+    "deeplabv3plus": (
+        "DeepLabV3Plus",
+        "DeepLabV3+ (smp): DeepLabV3 plus a decoder for sharper boundaries - scenes, varied object sizes.",
+    ),
     "unetplusplus": ("UnetPlusPlus", "UNet++ (smp): nested dense skip pathways - a heavier UNet for fine structures."),
     "fpn": ("FPN", "FPN (smp): feature pyramid decoder - objects at many sizes."),
     "linknet": ("Linknet", "LinkNet (smp): light residual decoder adding skips - fast."),
@@ -31,14 +37,16 @@ _MIN_SIZE = {"pan": 128}
 
 
 def _make(name: str, cls_name: str):
-    def build(*, num_classes: int, in_channels: int = 1, encoder_name: str = "resnet18",
-              weights: str | None = None) -> nn.Module:
+    def build(
+        *, num_classes: int, in_channels: int = 1, encoder_name: str = "resnet18", weights: str | None = None
+    ) -> nn.Module:
         import segmentation_models_pytorch as smp
 
         cls = getattr(smp, cls_name)
         net = build_with_fallback(
             lambda ew: cls(encoder_name=encoder_name, encoder_weights=ew, in_channels=in_channels, classes=num_classes),
-            weights, name,
+            weights,
+            name,
         )
         return load_local(PadTo(net, 32, _MIN_SIZE.get(name, 0)), weights)
 

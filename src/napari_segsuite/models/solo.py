@@ -64,11 +64,17 @@ class BasicBlock(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-            nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout),
+            nn.Conv2d(cin, cout, 3, stride, 1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(cout, cout, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(cout),
         )
-        self.skip = nn.Identity() if stride == 1 and cin == cout else nn.Sequential(
-            nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        self.skip = (
+            nn.Identity()
+            if stride == 1 and cin == cout
+            else nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(self.body(x) + self.skip(x))
@@ -80,7 +86,9 @@ class Backbone(nn.Module):
     def __init__(self, in_channels: int, widths: tuple[int, ...]) -> None:
         super().__init__()
         self.stem = nn.Sequential(
-            nn.Conv2d(in_channels, widths[0], 3, 2, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True),
+            nn.Conv2d(in_channels, widths[0], 3, 2, 1, bias=False),
+            nn.BatchNorm2d(widths[0]),
+            nn.ReLU(inplace=True),
             BasicBlock(widths[0], widths[0], stride=2),
         )
         self.stages = nn.ModuleList(
@@ -104,17 +112,20 @@ class MaskFeatureBranch(nn.Module):
     def __init__(self, width: int, out: int, levels: int) -> None:
         super().__init__()
         self.level_convs = nn.ModuleList(
-            [_conv_gn(width + (2 if i == levels - 1 else 0), width) for i in range(levels)])
+            [_conv_gn(width + (2 if i == levels - 1 else 0), width) for i in range(levels)]
+        )
         self.project = nn.Sequential(nn.Conv2d(width, out, 1, bias=False), _gn(out), nn.ReLU(inplace=True))
 
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
         size = feats[0].shape[-2:]
-        total = 0
+        total: torch.Tensor | None = None
         for i, (f, conv) in enumerate(zip(feats, self.level_convs)):
             if i == len(feats) - 1:
                 f = torch.cat([f, coords(f)], 1)
             f = conv(f)
-            total = total + (f if i == 0 else F.interpolate(f, size=size, mode="bilinear", align_corners=False))
+            f = f if i == 0 else F.interpolate(f, size=size, mode="bilinear", align_corners=False)
+            total = f if total is None else total + f
+        assert total is not None
         return self.project(total)
 
 
@@ -133,8 +144,16 @@ class SOLO(ObjectModel):
 
     max_object_size = 128
 
-    def __init__(self, *, in_channels: int = 1, num_classes: int = 2, width: int = 64, mask_channels: int = 32,
-                 head_convs: int = 2, max_detections: int = 500) -> None:
+    def __init__(
+        self,
+        *,
+        in_channels: int = 1,
+        num_classes: int = 2,
+        width: int = 64,
+        mask_channels: int = 32,
+        head_convs: int = 2,
+        max_detections: int = 500,
+    ) -> None:
         super().__init__()
         if num_classes < 2:
             raise ValueError("num_classes counts the background and must be at least 2.")
@@ -148,9 +167,9 @@ class SOLO(ObjectModel):
         self.cate_out = nn.Conv2d(width, num_classes - 1, 3, padding=1)
         self.kernel_out = nn.Conv2d(width, mask_channels + REL_TERMS, 3, padding=1)
         nn.init.normal_(self.cate_out.weight, std=0.01)
-        nn.init.constant_(self.cate_out.bias, -4.595)  # prior probability 0.01 (focal loss practice)
+        nn.init.constant_(self.cate_out.bias, -4.595)  # type: ignore[arg-type]  # prior probability 0.01 (focal loss practice)
         nn.init.normal_(self.kernel_out.weight, std=0.01)
-        nn.init.zeros_(self.kernel_out.bias)
+        nn.init.zeros_(self.kernel_out.bias)  # type: ignore[arg-type]
 
     def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
         """Raw outputs: per level category logits ``(N, K-1, Sh, Sw)`` and kernels ``(N, E+5, Sh, Sw)``
@@ -208,13 +227,15 @@ class SOLO(ObjectModel):
             out.append(self._detect_one(probs, kern, mask_feat[b], (h, w), score_threshold))
         return out
 
-    def _detect_one(self, probs: torch.Tensor, kern: torch.Tensor, feat: torch.Tensor, size: tuple[int, int],
-                    score_threshold: float) -> Detections:
+    def _detect_one(
+        self, probs: torch.Tensor, kern: torch.Tensor, feat: torch.Tensor, size: tuple[int, int], score_threshold: float
+    ) -> Detections:
         cell, cls = torch.nonzero(probs > min(0.1, score_threshold), as_tuple=True)
         cate = probs[cell, cls]
         top = cate.argsort(descending=True)[:PRE_NMS]
         cell, cls, cate = cell[top], cls[top], cate[top]
-        centres, sizes = _cell_centres([s * MASK_STRIDE for s in feat.shape[-2:]], feat.device)
+        h, w = feat.shape[-2:]
+        centres, sizes = _cell_centres((h * MASK_STRIDE, w * MASK_STRIDE), feat.device)
         soft = _mask_logits(kern[cell], feat, centres[cell], sizes[cell]).sigmoid()
         hard = soft > 0.5
         area = hard.flatten(1).sum(1)
@@ -230,8 +251,9 @@ class SOLO(ObjectModel):
         return Detections(masks=masks, scores=score[keep], classes=cls[keep].long() + 1)
 
 
-def matrix_nms(masks: torch.Tensor, classes: torch.Tensor, scores: torch.Tensor, *, kernel: str = "gaussian",
-               sigma: float = 2.0) -> torch.Tensor:
+def matrix_nms(
+    masks: torch.Tensor, classes: torch.Tensor, scores: torch.Tensor, *, kernel: str = "gaussian", sigma: float = 2.0
+) -> torch.Tensor:
     """Decayed scores of SOLOv2's Matrix NMS.
 
     Each mask ``j`` is decayed by the masks ``i`` of its class scoring higher: by ``f(iou_ij)``, but
@@ -266,8 +288,14 @@ class _Targets:
     """Grid targets of one image: per level ``cate`` (class, 0 none) and ``valid`` maps; the
     positive cells (flat index over all levels), their object index and the object masks."""
 
-    def __init__(self, cate: list[torch.Tensor], valid: list[torch.Tensor], pos_cell: torch.Tensor,
-                 pos_obj: torch.Tensor, masks: torch.Tensor) -> None:
+    def __init__(
+        self,
+        cate: list[torch.Tensor],
+        valid: list[torch.Tensor],
+        pos_cell: torch.Tensor,
+        pos_obj: torch.Tensor,
+        masks: torch.Tensor,
+    ) -> None:
         self.cate, self.valid, self.pos_cell, self.pos_obj, self.masks = cate, valid, pos_cell, pos_obj, masks
 
 
@@ -290,14 +318,13 @@ def _image_targets(ids: torch.Tensor, cls_map: torch.Tensor, num_classes: int) -
     cate, valid, pos_cell, pos_obj, offset = [], [], [], [], 0
     for cell, (lo, hi) in zip(CELLS, SCALES):
         sh, sw = h // cell, w // cell
-        centres = ids[cell // 2::cell, cell // 2::cell][:sh, :sw]
+        centres = ids[cell // 2 :: cell, cell // 2 :: cell][:sh, :sw]
         grid = torch.zeros(sh, sw, dtype=torch.long, device=dev)
         owner = torch.full((sh, sw), -1, dtype=torch.long, device=dev)
         for i in order:
             if not lo <= float(area[i].sqrt()) <= hi:
                 continue
-            y0, y1, x0, x1 = _centre_cells(float(cy[i]), float(cx[i]), float(box_h[i]), float(box_w[i]),
-                                           cell, sh, sw)
+            y0, y1, x0, x1 = _centre_cells(float(cy[i]), float(cx[i]), float(box_h[i]), float(box_w[i]), cell, sh, sw)
             grid[y0:y1, x0:x1] = classes[i]
             owner[y0:y1, x0:x1] = i
         cate.append(grid)
@@ -315,8 +342,7 @@ def _object_class(pixel_classes: torch.Tensor, num_classes: int) -> int:
     return int(torch.bincount(c).argmax()) if c.numel() else 1
 
 
-def _centre_cells(cy: float, cx: float, bh: float, bw: float, cell: int, sh: int, sw: int
-                  ) -> tuple[int, int, int, int]:
+def _centre_cells(cy: float, cx: float, bh: float, bw: float, cell: int, sh: int, sw: int) -> tuple[int, int, int, int]:
     """Cell ranges ``[y0, y1) x [x0, x1)`` of the centre region (``CENTRE_SIGMA`` of the box around
     the centre of mass), at most one cell from the centre cell, as in SOLO."""
     ci, cj = min(int(cy // cell), sh - 1), min(int(cx // cell), sw - 1)
@@ -339,8 +365,7 @@ def _cell_centres(size: torch.Size | tuple[int, int], device: torch.device) -> t
     return torch.cat(centres), torch.cat(sizes)
 
 
-def _mask_logits(kernels: torch.Tensor, feat: torch.Tensor, centres: torch.Tensor, sizes: torch.Tensor
-                 ) -> torch.Tensor:
+def _mask_logits(kernels: torch.Tensor, feat: torch.Tensor, centres: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
     """Mask logits ``(P, h, w)`` at stride 4 of ``P`` kernels ``(P, E + 5)`` on ``feat`` ``(E, h, w)``.
 
     The first ``E`` weights act as a 1x1 convolution over the mask features (SOLOv2). The last 5
@@ -375,8 +400,8 @@ def _upsample(soft: torch.Tensor, size: tuple[int, int], chunk: int = 64) -> tor
     """Binary masks ``(n, H, W)`` from mask probabilities at stride 4 (upsampled in chunks)."""
     out = torch.zeros((len(soft), *size), dtype=torch.bool, device=soft.device)
     for i in range(0, len(soft), chunk):
-        up = F.interpolate(soft[None, i:i + chunk], scale_factor=MASK_STRIDE, mode="bilinear", align_corners=False)
-        out[i:i + chunk] = up[0, :, : size[0], : size[1]] > 0.5
+        up = F.interpolate(soft[None, i : i + chunk], scale_factor=MASK_STRIDE, mode="bilinear", align_corners=False)
+        out[i : i + chunk] = up[0, :, : size[0], : size[1]] > 0.5
     return out
 
 
@@ -387,11 +412,18 @@ def _pad(t: torch.Tensor, value: float, multiple: int = 32) -> torch.Tensor:
     return F.pad(t, (0, pw, 0, ph), value=value) if ph or pw else t
 
 
-@register("solo", kind="instance", divisible_by=32, objects=True, training={"patch_size": 128, "lr": 3e-3},
-          description="SOLOv2-style instance segmentation (grid cells predict classes and mask kernels, "
-                      "Matrix NMS): many objects of varied size and class, no boxes.")
-def build_solo(*, num_classes: int = 2, in_channels: int = 1, width: int = 64, mask_channels: int = 32,
-               weights: str | None = None) -> nn.Module:
+@register(
+    "solo",
+    kind="instance",
+    divisible_by=32,
+    objects=True,
+    training={"patch_size": 128, "lr": 3e-3},
+    description="SOLOv2-style instance segmentation (grid cells predict classes and mask kernels, "
+    "Matrix NMS): many objects of varied size and class, no boxes.",
+)
+def build_solo(
+    *, num_classes: int = 2, in_channels: int = 1, width: int = 64, mask_channels: int = 32, weights: str | None = None
+) -> nn.Module:
     """Build a :class:`SOLO` model; ``weights`` is a local safetensors file or ``None`` (random init)."""
     model = SOLO(in_channels=in_channels, num_classes=num_classes, width=width, mask_channels=mask_channels)
     return load_local(model, weights)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .blocks import DoubleConv, Upsample, conv_nd, crop_to, maxpool_nd, pad_to_multiple
 from ._weights import load_local
+from .blocks import DoubleConv, Upsample, conv_nd, crop_to, maxpool_nd, pad_to_multiple
 from .registry import register
 
 
@@ -51,12 +51,12 @@ class UNet(nn.Module):
             [DoubleConv(in_channels, chans[0], norm=norm, spatial_dims=spatial_dims)]
             + [DoubleConv(chans[i], chans[i + 1], norm=norm, spatial_dims=spatial_dims) for i in range(depth)]
         )
-        self.pools = nn.ModuleList(
-            [maxpool_nd(spatial_dims)(k, return_indices=upsample == "unpool") for k in kernels]
-        )
+        self.pools = nn.ModuleList([maxpool_nd(spatial_dims)(k, return_indices=upsample == "unpool") for k in kernels])
         self.ups = nn.ModuleList(
-            [Upsample(chans[i + 1], chans[i], upsample, scale=kernels[i], spatial_dims=spatial_dims)
-             for i in reversed(range(depth))]
+            [
+                Upsample(chans[i + 1], chans[i], upsample, scale=kernels[i], spatial_dims=spatial_dims)
+                for i in reversed(range(depth))
+            ]
         )
         self.decoders = nn.ModuleList(
             [DoubleConv(2 * chans[i], chans[i], norm=norm, spatial_dims=spatial_dims) for i in reversed(range(depth))]
@@ -119,8 +119,15 @@ def build_unet3d(
     weights: str | None = None,
 ) -> nn.Module:
     """Build a 3D :class:`UNet` taking ``(N, C, D, H, W)``."""
-    model = UNet(in_channels=in_channels, num_classes=num_classes, base_filters=base_filters, depth=depth,
-                 upsample=upsample, spatial_dims=3, xy_only_levels=xy_only_levels)
+    model = UNet(
+        in_channels=in_channels,
+        num_classes=num_classes,
+        base_filters=base_filters,
+        depth=depth,
+        upsample=upsample,
+        spatial_dims=3,
+        xy_only_levels=xy_only_levels,
+    )
     return load_local(model, weights)
 
 
@@ -128,7 +135,7 @@ def build_unet3d(
     "unet-instance",
     kind="instance",
     description="UNet predicting background / interior / boundary, objects split by seeded watershed: "
-                "the small-data default for cells and nuclei.",
+    "the small-data default for cells and nuclei.",
 )
 def build_unet_instance(
     *,
@@ -152,7 +159,7 @@ def build_unet_instance(
     spatial_dims=3,
     training={"patch_size": 64, "patch_size_z": 16},
     description="3D UNet predicting background / interior / boundary, objects split by 3D seeded watershed: "
-                "nuclei in volumes.",
+    "nuclei in volumes.",
 )
 def build_unet3d_instance(
     *,
@@ -167,6 +174,13 @@ def build_unet3d_instance(
     """A 3D :class:`UNet` with the 3 output classes of :mod:`napari_segsuite.tasks.instance`, run on whole volumes."""
     if num_classes != 3:
         raise ValueError(f"unet3d-instance predicts 3 classes (background, interior, boundary), not {num_classes}.")
-    model = UNet(in_channels=in_channels, num_classes=3, base_filters=base_filters, depth=depth, upsample=upsample,
-                 spatial_dims=3, xy_only_levels=xy_only_levels)
+    model = UNet(
+        in_channels=in_channels,
+        num_classes=3,
+        base_filters=base_filters,
+        depth=depth,
+        upsample=upsample,
+        spatial_dims=3,
+        xy_only_levels=xy_only_levels,
+    )
     return load_local(model, weights)

@@ -10,13 +10,24 @@ cells better; StarDist's star-convex polygons suit round nuclei; both cost more 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 from scipy import ndimage as ndi
 from scipy.optimize import linear_sum_assignment
 from skimage.morphology import h_maxima
 from skimage.segmentation import find_boundaries, watershed
+
+from ..models.base import ObjectModel
+from .base import IGNORE, UNANNOTATED, Segmentation, Targets, Task, check_ids, check_known
+
+if TYPE_CHECKING:
+    from ..card import ModelCard
+    from ..model_files import SegModel
+    from ..models.registry import ModelSpec
 
 BACKGROUND, INTERIOR, BOUNDARY = 0, 1, 2
 BOUNDARY_WIDTH = 2
@@ -37,8 +48,14 @@ def targets(instances: np.ndarray, boundary_width: int = BOUNDARY_WIDTH) -> np.n
     return t
 
 
-def postprocess(probs: np.ndarray, *, min_size: int = 8, interior_threshold: float = 0.5,
-                mask_threshold: float = 0.5, seed_h: float = 0.5) -> np.ndarray:
+def postprocess(
+    probs: np.ndarray,
+    *,
+    min_size: int = 8,
+    interior_threshold: float = 0.5,
+    mask_threshold: float = 0.5,
+    seed_h: float = 0.5,
+) -> np.ndarray:
     """Object ids 1..N (int32) from ``(3, H, W)`` class probabilities, by seeded watershed.
 
     Seeds are the h-maxima of the (lightly smoothed) distance to the edge of the predicted
@@ -78,8 +95,9 @@ class Obj:
         return self.y0 + float(yy.mean()), self.x0 + float(xx.mean())
 
 
-def objects_from_masks(masks: np.ndarray, scores: np.ndarray, classes: np.ndarray | None = None,
-                       offset: tuple[int, int] = (0, 0)) -> list[Obj]:
+def objects_from_masks(
+    masks: np.ndarray, scores: np.ndarray, classes: np.ndarray | None = None, offset: tuple[int, int] = (0, 0)
+) -> list[Obj]:
     """:class:`Obj` list from ``(n, H, W)`` boolean masks (empty masks dropped), shifted by ``offset``."""
     out = []
     classes = np.ones(len(masks), np.int64) if classes is None else np.asarray(classes)
@@ -92,8 +110,9 @@ def objects_from_masks(masks: np.ndarray, scores: np.ndarray, classes: np.ndarra
     return out
 
 
-def paste(objects: list[Obj], shape: tuple[int, int], *, min_size: int = 8,
-          min_visible: float = 0.5) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def paste(
+    objects: list[Obj], shape: tuple[int, int], *, min_size: int = 8, min_visible: float = 0.5
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Object list to a label image, each pixel to one object.
 
     Objects are painted best score first, each only onto pixels no better object took; an object
@@ -105,10 +124,12 @@ def paste(objects: list[Obj], shape: tuple[int, int], *, min_size: int = 8,
         ``score`` per object, in id order (the shape of a napari Labels layer's ``features``).
     """
     labels = np.zeros(shape, np.int32)
-    ids, cls, scores = [], [], []
+    ids: list[int] = []
+    cls: list[int] = []
+    scores: list[float] = []
     for o in sorted(objects, key=lambda o: -o.score):
         h, w = o.mask.shape
-        win = labels[o.y0:o.y0 + h, o.x0:o.x0 + w]
+        win = labels[o.y0 : o.y0 + h, o.x0 : o.x0 + w]
         m = o.mask[: win.shape[0], : win.shape[1]]
         free = m & (win == 0)
         n_free = int(free.sum())
@@ -118,8 +139,11 @@ def paste(objects: list[Obj], shape: tuple[int, int], *, min_size: int = 8,
         win[free] = ids[-1]
         cls.append(o.cls)
         scores.append(o.score)
-    return labels, {"index": np.array(ids, np.int32), "class": np.array(cls, np.int64),
-                    "score": np.array(scores, np.float32)}
+    return labels, {
+        "index": np.array(ids, np.int32),
+        "class": np.array(cls, np.int64),
+        "score": np.array(scores, np.float32),
+    }
 
 
 def remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
@@ -218,6 +242,7 @@ def metrics(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
 
 def metrics_from_matches(ious: np.ndarray, n_pred: int, n_gt: int) -> dict[str, float]:
     """Metrics of :func:`metrics` from matched IoUs and object counts (summed over images)."""
+
     def ap(t: float) -> float:
         tp = int((ious >= t).sum())
         denom = n_pred + n_gt - tp
@@ -234,3 +259,142 @@ def metrics_from_matches(ious: np.ndarray, n_pred: int, n_gt: int) -> dict[str, 
         "n_pred": n_pred,
         "n_true": n_gt,
     }
+
+
+class ObjectMetric:
+    """Object metrics (:func:`metrics_from_matches`) accumulated over images; pixels whose true id
+    is unknown (-1) are left out."""
+
+    def __init__(self) -> None:
+        self.ious: list[np.ndarray] = []
+        self.n_pred: int = 0
+        self.n_true: int = 0
+
+    def update(self, pred: Segmentation, truth: Targets) -> None:
+        if pred.instances is None or truth.ids is None:
+            raise ValueError("An object metric needs predicted and true object ids.")
+        known = truth.ids >= 0
+        gt = np.where(known, truth.ids, 0)
+        ids = np.where(known, pred.instances, 0)
+        m = metrics(ids, gt)
+        self.ious.append(match(ids, gt))
+        self.n_pred += int(m["n_pred"])
+        self.n_true += int(m["n_true"])
+
+    def compute(self) -> dict[str, Any]:
+        out: dict[str, Any] = metrics_from_matches(
+            np.concatenate(self.ious) if self.ious else np.zeros(0), self.n_pred, self.n_true
+        )
+        out["score"] = out["ap50"]
+        return out
+
+
+class InstanceTask(Task):
+    """One id per object. Map models (``unet-instance``) learn background / interior / boundary and
+    are split by watershed; object models (:class:`~napari_segsuite.models.base.ObjectModel`) learn
+    objects directly, optionally with a class per object."""
+
+    name = "instance"
+    score_name = "AP50"
+    score_key = "ap50"
+
+    def new_model(
+        self,
+        spec: ModelSpec,
+        labels: Sequence[np.ndarray],
+        *,
+        in_channels: int,
+        sparse: bool,
+        instances: Sequence[np.ndarray] | None,
+        things: Sequence[int] | None,
+        build: dict[str, Any],
+    ) -> SegModel:
+        from ..model_files import new_model
+        from ..models import available
+        from ..preprocess import LabelMap
+
+        check_ids(labels if instances is None else instances)
+        unannotated = UNANNOTATED if sparse else None
+        if not spec.objects:
+            if instances is not None:
+                raise ValueError(
+                    f"{spec.name!r} finds objects of one class; for a class per object pick an object model "
+                    f"({', '.join(s.name for s in available(self.name) if s.objects)})."
+                )
+            return new_model(
+                spec.name,
+                label_values=[0, 1, 2],
+                class_names=["background", "interior", "boundary"],
+                in_channels=in_channels,
+                unannotated_value=unannotated,
+                **build,
+            )
+        if instances is None:
+            return new_model(
+                spec.name,
+                label_values=[0, 1],
+                class_names=["background", "object"],
+                in_channels=in_channels,
+                unannotated_value=unannotated,
+                **build,
+            )
+        if sparse:
+            raise ValueError("Sparse labels with a class per object are not supported yet; label whole images.")
+        values = sorted(set(LabelMap.from_labels(list(labels)).values) | {0})
+        return new_model(spec.name, label_values=values, in_channels=in_channels, **build)
+
+    def targets(
+        self,
+        model: SegModel,
+        labels: np.ndarray,
+        instances: np.ndarray | None,
+        *,
+        per_slice: bool,
+        name: str,
+        strict: bool = True,
+    ) -> Targets:
+        from ..preprocess import LabelMap
+
+        lab = np.asarray(labels)
+        cls_values = None if instances is None else lab  # one class: the labels are the object ids
+        ids = np.asarray(lab if instances is None else instances).astype(np.int64)
+        if cls_values is not None and strict:
+            check_known(model, cls_values, name)
+        unlabelled = None
+        if model.card.unannotated_value is not None:  # the sparse rule for objects: 0 not annotated, 1 background
+            unlabelled = ids == 0
+            ids = np.where(ids >= 2, ids - 1, np.where(unlabelled, IGNORE, 0))
+        if isinstance(model.module, ObjectModel):  # ids + a class per pixel of each object
+            if cls_values is None:
+                cls = (ids > 0).astype(np.int64)
+            else:
+                cls = LabelMap.of_card(model.card).to_classes(cls_values)
+                cls = np.where(ids > 0, cls, np.where(cls == IGNORE, IGNORE, 0))
+            return Targets(y=np.stack([ids, cls]), classes=cls, ids=ids)
+        known = np.maximum(ids, 0)  # background / interior / boundary
+        y = np.stack([targets(sl) for sl in known]) if per_slice else targets(known)
+        if unlabelled is not None:
+            y[unlabelled] = IGNORE
+        return Targets(y=y, classes=y, ids=ids)
+
+    def loss(self, module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, card: ModelCard) -> torch.Tensor:
+        if isinstance(module, ObjectModel):
+            return module.loss(x, y)
+        from .semantic import loss_fn
+
+        return loss_fn(module(x), y)
+
+    def postprocess(self, maps: np.ndarray, card: ModelCard) -> Segmentation:
+        return Segmentation(instances=postprocess(maps))
+
+    def metric(self, card: ModelCard) -> ObjectMetric:
+        return ObjectMetric()
+
+
+def _register() -> None:
+    from . import register_task
+
+    register_task(InstanceTask())
+
+
+_register()

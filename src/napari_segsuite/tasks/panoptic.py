@@ -19,139 +19,42 @@ al. (2019), with the COCO panoptic handling of unannotated pixels.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import NamedTuple
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
 
-IGNORE = -1
-#: Columns of the per-class count table of :func:`pq_counts`.
-TP, FP, FN, IOU_SUM = 0, 1, 2, 3
+from .base import IGNORE, UNANNOTATED, Segmentation, Targets, Task, check_ids
+from .pq import FN, FP, IOU_SUM, TP, _thing_lut, pq, pq_counts, pq_from_counts
 
+if TYPE_CHECKING:
+    from ..card import ModelCard
+    from ..model_files import SegModel
+    from ..models.registry import ModelSpec
 
-# --- metric --------------------------------------------------------------------------------------
-
-def _thing_lut(thing_classes: Iterable[int], num_classes: int) -> np.ndarray:
-    lut = np.zeros(num_classes, bool)
-    for c in thing_classes:
-        if not 0 <= int(c) < num_classes:
-            raise ValueError(f"Thing class {c} is outside 0..{num_classes - 1}.")
-        lut[int(c)] = True
-    return lut
-
-
-def _segment_ids(sem: np.ndarray, inst: np.ndarray, things: np.ndarray, keep: np.ndarray
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """Flat segment index per pixel (-1: in no segment) and the class of each segment.
-
-    A stuff class is one segment; a thing class has one segment per instance id (id <= 0: none).
-    """
-    k = len(things)
-    sem = sem.astype(np.int64).ravel()
-    inst = inst.astype(np.int64).ravel()
-    known = keep.ravel() & (sem >= 0) & (sem < k)
-    is_thing = np.zeros_like(known)
-    is_thing[known] = things[sem[known]]
-    known &= ~is_thing | (inst > 0)
-    key = np.full(sem.shape, -1, np.int64)
-    stride = int(inst.max(initial=0)) + 1
-    key[known] = sem[known] * stride + np.where(is_thing[known], inst[known], 0)
-    uniq, inv = np.unique(key[known], return_inverse=True)
-    ids = np.full(sem.shape, -1, np.int64)
-    ids[known] = inv
-    return ids, uniq // stride
-
-
-def pq_counts(pred_sem: np.ndarray, pred_inst: np.ndarray, gt_sem: np.ndarray, gt_inst: np.ndarray,
-              thing_classes: Iterable[int], num_classes: int, ignore: int = IGNORE) -> np.ndarray:
-    """Per-class panoptic counts of one image, to be summed over images and given to :func:`pq_from_counts`.
-
-    Segments of the same class match when their IoU exceeds 0.5 (one-to-one by construction).
-    Ground-truth pixels that are ``ignore`` (in either image), and thing pixels without an
-    instance id, are *void*: left out of every IoU, and a predicted segment lying more than half
-    on void is not a false positive (the COCO panoptic convention).
-
-    Returns:
-        ``(num_classes, 4)`` float64: true positives, false positives, false negatives and the
-        sum of the true positives' IoUs (columns :data:`TP`, :data:`FP`, :data:`FN`, :data:`IOU_SUM`).
-    """
-    gt_sem, gt_inst = np.asarray(gt_sem), np.asarray(gt_inst)
-    pred_sem, pred_inst = np.asarray(pred_sem), np.asarray(pred_inst)
-    if not (gt_sem.shape == gt_inst.shape == pred_sem.shape == pred_inst.shape):
-        raise ValueError("Predicted and true semantic and instance images must have one shape.")
-    things = _thing_lut(thing_classes, num_classes)
-    gt_ids, gt_cls = _segment_ids(gt_sem, gt_inst, things, (gt_sem != ignore) & (gt_inst != ignore))
-    void = gt_ids < 0
-    pred_ids, pred_cls = _segment_ids(pred_sem, pred_inst, things, np.ones(pred_sem.shape, bool))
-    n_gt, n_pred = len(gt_cls), len(pred_cls)
-    gt_area = np.bincount(gt_ids[~void], minlength=n_gt)
-    in_pred = pred_ids >= 0
-    pred_full = np.bincount(pred_ids[in_pred], minlength=n_pred)
-    pred_void = np.bincount(pred_ids[in_pred & void], minlength=n_pred)
-    both = in_pred & ~void
-    pairs, inter = np.unique(gt_ids[both] * max(n_pred, 1) + pred_ids[both], return_counts=True)
-    g, p = pairs // max(n_pred, 1), pairs % max(n_pred, 1)
-    iou = inter / (gt_area[g] + (pred_full - pred_void)[p] - inter)
-    hit = (gt_cls[g] == pred_cls[p]) & (iou > 0.5)
-    counts = np.zeros((num_classes, 4))
-    np.add.at(counts[:, TP], gt_cls[g[hit]], 1)
-    np.add.at(counts[:, IOU_SUM], gt_cls[g[hit]], iou[hit])
-    gt_hit = np.zeros(n_gt, bool)
-    gt_hit[g[hit]] = True
-    pred_hit = np.zeros(n_pred, bool)
-    pred_hit[p[hit]] = True
-    np.add.at(counts[:, FN], gt_cls[~gt_hit], 1)
-    mostly_void = pred_void > 0.5 * pred_full
-    np.add.at(counts[:, FP], pred_cls[~pred_hit & ~mostly_void], 1)
-    return counts
-
-
-def pq_from_counts(counts: np.ndarray, thing_classes: Iterable[int] = ()) -> dict:
-    """PQ, SQ and RQ from summed :func:`pq_counts`.
-
-    Per class: PQ = sum IoU(TP) / (TP + FP/2 + FN/2), SQ = mean IoU of the TPs, RQ = TP / (TP +
-    FP/2 + FN/2). The averages run over the classes present (a TP, FP or FN); an average over no
-    class is NaN.
-
-    Returns:
-        ``pq``, ``sq``, ``rq``, ``pq_things``, ``pq_stuff`` (floats) and ``pq_per_class``,
-        ``sq_per_class``, ``rq_per_class`` (dicts class index -> value, classes present only).
-    """
-    counts = np.asarray(counts, np.float64)
-    tp, fp, fn, iou_sum = counts.T
-    denom = tp + fp / 2 + fn / 2
-    present = denom > 0
-    with np.errstate(divide="ignore", invalid="ignore"):
-        pq_c = np.where(present, iou_sum / denom, np.nan)
-        sq_c = np.where(tp > 0, iou_sum / tp, 0.0)
-        rq_c = np.where(present, tp / denom, np.nan)
-    things = _thing_lut(thing_classes, len(counts))
-
-    def mean(values: np.ndarray, sel: np.ndarray) -> float:
-        return float(values[sel].mean()) if sel.any() else float("nan")
-
-    cls = np.nonzero(present)[0]
-    return {
-        "pq": mean(pq_c, present),
-        "sq": mean(sq_c, present),
-        "rq": mean(rq_c, present),
-        "pq_things": mean(pq_c, present & things),
-        "pq_stuff": mean(pq_c, present & ~things),
-        "pq_per_class": {int(c): float(pq_c[c]) for c in cls},
-        "sq_per_class": {int(c): float(sq_c[c]) for c in cls},
-        "rq_per_class": {int(c): float(rq_c[c]) for c in cls},
-    }
-
-
-def pq(pred_sem: np.ndarray, pred_inst: np.ndarray, gt_sem: np.ndarray, gt_inst: np.ndarray,
-       thing_classes: Iterable[int], num_classes: int, ignore: int = IGNORE) -> dict:
-    """Panoptic quality of one image: :func:`pq_from_counts` of :func:`pq_counts` (same arguments)."""
-    thing_classes = tuple(thing_classes)
-    counts = pq_counts(pred_sem, pred_inst, gt_sem, gt_inst, thing_classes, num_classes, ignore)
-    return pq_from_counts(counts, thing_classes)
+__all__ = [
+    "FN",
+    "FP",
+    "IGNORE",
+    "IOU_SUM",
+    "TP",
+    "PanopticTask",
+    "PQMetric",
+    "activate",
+    "find_centers",
+    "loss",
+    "maps_from_labels",
+    "objects_of_things",
+    "postprocess",
+    "pq",
+    "pq_counts",
+    "pq_from_counts",
+    "targets",
+]
 
 
 def objects_of_things(classes: np.ndarray, thing_classes: Iterable[int]) -> np.ndarray:
@@ -160,6 +63,7 @@ def objects_of_things(classes: np.ndarray, thing_classes: Iterable[int]) -> np.n
 
 
 # --- training targets ----------------------------------------------------------------------------
+
 
 class PanopticTargets(NamedTuple):
     """Dense targets of a batch, all float32 ``(N, c, H, W)`` on the targets' device."""
@@ -211,8 +115,9 @@ def targets(y: torch.Tensor, thing_classes: Iterable[int], sigma: float = 3.0) -
     return PanopticTargets(center, known[:, None].float(), offset, on_obj[:, None].float())
 
 
-def maps_from_labels(semantic: np.ndarray, instances: np.ndarray, thing_classes: Iterable[int],
-                     num_classes: int, sigma: float = 3.0) -> np.ndarray:
+def maps_from_labels(
+    semantic: np.ndarray, instances: np.ndarray, thing_classes: Iterable[int], num_classes: int, sigma: float = 3.0
+) -> np.ndarray:
     """The "perfect" ``(K + 3, H, W)`` float32 maps of a labelled image (one-hot classes, heatmap,
     offsets): what a flawless model would output after :meth:`activate`. For tests and checks."""
     sem = np.asarray(semantic, np.int64)
@@ -224,8 +129,10 @@ def maps_from_labels(semantic: np.ndarray, instances: np.ndarray, thing_classes:
 
 # --- post-processing -----------------------------------------------------------------------------
 
-def find_centers(heatmap: np.ndarray, *, threshold: float = 0.1, nms_kernel: int = 7, top_k: int = 200
-                 ) -> tuple[np.ndarray, np.ndarray]:
+
+def find_centers(
+    heatmap: np.ndarray, *, threshold: float = 0.1, nms_kernel: int = 7, top_k: int = 200
+) -> tuple[np.ndarray, np.ndarray]:
     """Local maxima of ``heatmap`` (max-pool NMS over ``nms_kernel`` px) above ``threshold``, at
     most ``top_k``, strongest first; a plateau gives one centre.
 
@@ -242,9 +149,15 @@ def find_centers(heatmap: np.ndarray, *, threshold: float = 0.1, nms_kernel: int
     return pos[order], vals[order]
 
 
-def postprocess(maps: np.ndarray, thing_classes: Iterable[int], *, center_threshold: float = 0.1,
-                nms_kernel: int = 7, top_k: int = 2000, min_size: int = 8
-                ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+def postprocess(
+    maps: np.ndarray,
+    thing_classes: Iterable[int],
+    *,
+    center_threshold: float = 0.1,
+    nms_kernel: int = 7,
+    top_k: int = 2000,
+    min_size: int = 8,
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """Panoptic labels from blended maps ``(K + 3, H, W)`` (K class probabilities, centre heatmap
     in 0..1, offsets dy, dx in pixels).
 
@@ -262,7 +175,7 @@ def postprocess(maps: np.ndarray, thing_classes: Iterable[int], *, center_thresh
     k = maps.shape[0] - 3
     if k < 1:
         raise ValueError(f"Panoptic maps need K class maps + 3, got {maps.shape[0]} channels.")
-    probs, heat, off = maps[:k], maps[k], maps[k + 1:]
+    probs, heat, off = maps[:k], maps[k], maps[k + 1 :]
     things = _thing_lut(thing_classes, k)
     semantic = probs.argmax(0).astype(np.int64)
     thing_px = things[semantic]
@@ -293,9 +206,184 @@ def postprocess(maps: np.ndarray, thing_classes: Iterable[int], *, center_thresh
     if orphan.any() and (~things).any():
         stuff = np.nonzero(~things)[0]
         semantic[orphan] = stuff[probs[stuff][:, orphan].argmax(0)]
-    features = {
+    features: dict[str, np.ndarray] = {
         "index": np.arange(1, len(cls) + 1, dtype=np.int32),
         "class": np.asarray(cls, np.int64),
         "score": np.asarray(score, np.float32),
     }
     return semantic, instances, features
+
+
+# --- loss ----------------------------------------------------------------------------------------
+
+#: Width (px) of the Gaussian around each centre in the heatmap target.
+SIGMA = 3.0
+#: Weights of the semantic, heatmap and offset losses. The paper's 1, 200, 0.01 are for offsets of
+#: hundreds of pixels; objects here are tens of pixels across.
+LOSS_WEIGHTS = (1.0, 200.0, 0.2)
+#: Weight of a soft Dice term added to the semantic cross-entropy.
+DICE_WEIGHT = 0.5
+
+
+def activate(out: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Raw ``(N, K + 3, H, W)`` output to blendable maps: softmax over the K class logits, sigmoid on
+    the centre heatmap, offsets unchanged."""
+    k = num_classes
+    out = out.float()
+    return torch.cat([out[:, :k].softmax(1), out[:, k : k + 1].sigmoid(), out[:, k + 1 :]], 1)
+
+
+def loss(out: torch.Tensor, y: torch.Tensor, num_classes: int, thing_classes: Iterable[int]) -> torch.Tensor:
+    """Cross-entropy (+ Dice) on classes, weighted MSE on the heatmap, L1 on thing offsets, of raw
+    output ``out`` ``(N, K + 3, H, W)`` against targets ``y`` ``(N, 2, H, W)`` (ids, classes)."""
+    k = num_classes
+    _thing_lut(thing_classes, k)  # thing classes must be classes
+    y = y.long()
+    t = targets(y, thing_classes, SIGMA)
+    logits = out[:, :k].float()
+    sem = y[:, 1]
+    ce = F.cross_entropy(logits, sem, ignore_index=IGNORE) if (sem != IGNORE).any() else logits.sum() * 0
+    if DICE_WEIGHT:
+        ce = ce + DICE_WEIGHT * _dice(logits, sem)
+    heat = out[:, k : k + 1].float().sigmoid()
+    mse = (t.center_weight * (heat - t.center) ** 2).sum() / t.center_weight.sum().clamp(min=1)
+    l1 = (t.offset_weight * (out[:, k + 1 :].float() - t.offset).abs()).sum() / t.offset_weight.sum().clamp(min=1)
+    w_sem, w_center, w_offset = LOSS_WEIGHTS
+    return w_sem * ce + w_center * mse + w_offset * l1
+
+
+def _dice(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """1 - mean soft Dice over the classes present in the batch (known pixels only)."""
+    k = logits.shape[1]
+    known = (target != IGNORE)[:, None].float()
+    probs = logits.softmax(1) * known
+    onehot = F.one_hot(target.clamp(min=0), k).movedim(-1, 1).float() * known
+    dims = (0, 2, 3)
+    inter, total = (probs * onehot).sum(dims), (probs + onehot).sum(dims)
+    present = onehot.sum(dims) > 0
+    if not present.any():
+        return logits.sum() * 0
+    return 1 - (2 * inter[present] / total[present].clamp(min=1e-6)).mean()
+
+
+# --- the task ------------------------------------------------------------------------------------
+
+
+class PQMetric:
+    """Panoptic counts accumulated over images (:func:`pq_counts`), reported by :func:`pq_from_counts`."""
+
+    def __init__(self, num_classes: int, thing_classes: Sequence[int]) -> None:
+        self.k, self.things = num_classes, tuple(thing_classes)
+        self.counts = np.zeros((num_classes, 4))
+
+    def update(self, pred: Segmentation, truth: Targets) -> None:
+        if pred.semantic is None or pred.instances is None or truth.classes is None or truth.ids is None:
+            raise ValueError("Panoptic quality needs classes and object ids, predicted and true.")
+        self.counts += pq_counts(pred.semantic, pred.instances, truth.classes, truth.ids, self.things, self.k)
+
+    def compute(self) -> dict[str, Any]:
+        out = pq_from_counts(self.counts, self.things)
+        out["score"] = 0.0 if np.isnan(out["pq"]) else out["pq"]
+        return out
+
+
+class PanopticTask(Task):
+    """Stuff and things: a class for every pixel and an id for every countable object
+    (class maps + centre heatmap + offsets, grouped bottom-up)."""
+
+    name = "panoptic"
+    score_name = "PQ"
+    score_key = "pq"
+    takes_objects = True
+
+    def new_model(
+        self,
+        spec: ModelSpec,
+        labels: Sequence[np.ndarray],
+        *,
+        in_channels: int,
+        sparse: bool,
+        instances: Sequence[np.ndarray] | None,
+        things: Sequence[int] | None,
+        build: dict[str, Any],
+    ) -> SegModel:
+        import logging
+
+        from ..model_files import new_model
+        from ..preprocess import LabelMap
+
+        if sparse:
+            raise ValueError("Sparse labels are not supported for panoptic models yet; label whole images.")
+        lmap = LabelMap.from_labels(list(labels))
+        if instances is not None:
+            check_ids(instances)
+        if things is None:  # the classes found under objects; without objects every class but 0
+            found: set[int] = set()
+            objs: Sequence[np.ndarray | None] = instances if instances is not None else [None] * len(labels)
+            for lab, inst in zip(labels, objs):
+                if inst is not None:
+                    found |= {int(v) for v in np.unique(np.asarray(lab)[np.asarray(inst) > 0])}
+            things = sorted(found - {0}) or [v for v in lmap.values if v != 0]
+            logging.getLogger(__name__).info("Thing classes (label values): %s; the others are stuff", things)
+        missing = sorted(set(things) - set(lmap.values))
+        if missing:
+            raise ValueError(f"Thing classes {missing} do not occur in the labels (values {lmap.values}).")
+        return new_model(
+            spec.name,
+            label_values=lmap.values,
+            in_channels=in_channels,
+            thing_classes=[lmap.values.index(v) for v in things],
+            **build,
+        )
+
+    def prepare_finetune(self, model: SegModel, sparse: bool) -> None:
+        if sparse and model.card.unannotated_value != UNANNOTATED:
+            raise ValueError("Sparse labels are not supported for panoptic models yet.")
+
+    def output_channels(self, card: ModelCard) -> int:
+        return card.num_classes + 3
+
+    def targets(
+        self,
+        model: SegModel,
+        labels: np.ndarray,
+        instances: np.ndarray | None,
+        *,
+        per_slice: bool,
+        name: str,
+        strict: bool = True,
+    ) -> Targets:
+        from .semantic import classes_of
+
+        cls = classes_of(model, labels, name, strict)
+        inst = objects_of_things(cls, model.card.thing_classes) if instances is None else instances
+        ids = np.asarray(inst).astype(np.int64)
+        return Targets(y=np.stack([ids, cls]), classes=cls, ids=ids)
+
+    def loss(self, module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, card: ModelCard) -> torch.Tensor:
+        return loss(module(x), y, card.num_classes, card.thing_classes)
+
+    def activate(self, out: torch.Tensor, card: ModelCard) -> torch.Tensor:
+        return activate(out, card.num_classes)
+
+    def postprocess(self, maps: np.ndarray, card: ModelCard) -> Segmentation:
+        sem, ids, feats = postprocess(maps, card.thing_classes)
+        return Segmentation(semantic=sem, instances=ids, features=feats)
+
+    def metric(self, card: ModelCard) -> PQMetric:
+        return PQMetric(card.num_classes, card.thing_classes)
+
+    def report(self, metrics: dict[str, Any], card: ModelCard) -> dict[str, Any]:
+        out = dict(metrics)
+        for key in ("pq_per_class", "sq_per_class", "rq_per_class"):  # by the user's label values
+            out[key] = {int(card.label_values[c]): v for c, v in metrics[key].items()}
+        return out
+
+
+def _register() -> None:
+    from . import register_task
+
+    register_task(PanopticTask())
+
+
+_register()

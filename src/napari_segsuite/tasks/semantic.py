@@ -6,13 +6,23 @@ Targets are int64 class indices ``(N, H, W)`` with ``IGNORE`` (-1) where a pixel
 
 from __future__ import annotations
 
+import logging
 import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-IGNORE = -1
+from .base import IGNORE, UNANNOTATED, Segmentation, Targets, Task, check_known
+
+if TYPE_CHECKING:
+    from ..card import ModelCard
+    from ..model_files import SegModel
+    from ..models.registry import ModelSpec
+
+log = logging.getLogger(__name__)
 
 
 def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -74,7 +84,7 @@ def metrics_from_confusion(cm: np.ndarray) -> dict[str, object]:
     fg = dice[1:] if len(dice) > 1 else dice
     total = cm.sum()
 
-    def clean(v: float) -> float | None:
+    def clean(v: Any) -> float | None:
         return None if math.isnan(v) else float(v)
 
     return {
@@ -89,3 +99,128 @@ def metrics_from_confusion(cm: np.ndarray) -> dict[str, object]:
 def metrics(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> dict[str, object]:
     """Pixel metrics of class-index arrays ``pred`` and ``gt`` of equal shape (see :func:`metrics_from_confusion`)."""
     return metrics_from_confusion(confusion(pred, gt, num_classes))
+
+
+class ConfusionMetric:
+    """Pixel metrics accumulated over images in one confusion matrix (see :func:`metrics_from_confusion`)."""
+
+    def __init__(self, num_classes: int) -> None:
+        self.k = num_classes
+        self.cm = np.zeros((num_classes, num_classes), np.int64)
+
+    def update(self, pred: Segmentation, truth: Targets) -> None:
+        if pred.semantic is None or truth.classes is None:
+            raise ValueError("A pixel metric needs predicted and true classes.")
+        self.cm += confusion(pred.semantic, truth.classes, self.k)
+
+    def compute(self) -> dict[str, Any]:
+        out = metrics_from_confusion(self.cm)
+        out["score"] = out["mean_iou"] or 0.0
+        return out
+
+
+def label_values_for(labels: Sequence[np.ndarray], sparse: bool) -> list[int]:
+    """The class values of a new model from the user's labels (without 0 when labels are sparse).
+
+    Raises:
+        ValueError: sparse labels with fewer than two painted classes.
+    """
+    from ..preprocess import LabelMap
+
+    values = LabelMap.from_labels(list(labels)).values
+    if sparse:
+        values = [v for v in values if v != UNANNOTATED]
+        if len(values) < 2:
+            raise ValueError(
+                f"Sparse labels need at least two painted classes (0 = not annotated; paint the background "
+                f"as a class of its own, e.g. 1 background, 2 nucleus); found only {values or 'nothing'}."
+            )
+    return values
+
+
+class SemanticTask(Task):
+    """One class per pixel: targets are class indices, maps are class probabilities."""
+
+    name = "semantic"
+    score_name = "mean IoU"
+    score_key = "mean_iou"
+
+    def new_model(
+        self,
+        spec: ModelSpec,
+        labels: Sequence[np.ndarray],
+        *,
+        in_channels: int,
+        sparse: bool,
+        instances: Sequence[np.ndarray] | None,
+        things: Sequence[int] | None,
+        build: dict[str, Any],
+    ) -> SegModel:
+        from ..model_files import new_model
+
+        return new_model(
+            spec.name,
+            label_values=label_values_for(labels, sparse),
+            in_channels=in_channels,
+            unannotated_value=UNANNOTATED if sparse else None,
+            **build,
+        )
+
+    def prepare_finetune(self, model: SegModel, sparse: bool) -> None:
+        if sparse and model.card.unannotated_value != UNANNOTATED and UNANNOTATED in model.card.label_values:
+            raise ValueError(
+                f"Model {model.name!r} has a class for label value 0, so 0 cannot mean 'not annotated' here. "
+                "Fine-tune it with dense labels, or train a new model with sparse labels."
+            )
+        super().prepare_finetune(model, sparse)
+
+    def targets(
+        self,
+        model: SegModel,
+        labels: np.ndarray,
+        instances: np.ndarray | None,
+        *,
+        per_slice: bool,
+        name: str,
+        strict: bool = True,
+    ) -> Targets:
+        cls = classes_of(model, labels, name, strict)
+        return Targets(y=cls, classes=cls)
+
+    def loss(self, module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, card: ModelCard) -> torch.Tensor:
+        return loss_fn(module(x), y)
+
+    def postprocess(self, maps: np.ndarray, card: ModelCard) -> Segmentation:
+        return Segmentation(semantic=postprocess(maps))
+
+    def metric(self, card: ModelCard) -> ConfusionMetric:
+        return ConfusionMetric(card.num_classes)
+
+    def report(self, metrics: dict[str, Any], card: ModelCard) -> dict[str, Any]:
+        return {**metrics, "class_values": list(card.label_values)}
+
+
+def classes_of(model: SegModel, labels: np.ndarray, name: str, strict: bool) -> np.ndarray:
+    """Class indices of the user's label values (``IGNORE`` where unknown or not annotated).
+
+    Raises:
+        ValueError: with ``strict``, values the model has no class for (else they are logged and ignored).
+    """
+    from ..preprocess import LabelMap
+
+    if strict:
+        check_known(model, labels, name)
+    else:
+        unknown = LabelMap.of_card(model.card).unknown_values(labels)
+        if unknown:
+            log.warning("%s: label values %s are not classes of the model; left out of the scores", name, unknown[:10])
+    return LabelMap.of_card(model.card).to_classes(labels)
+
+
+def _register() -> None:
+    from . import register_task
+
+    register_task(SemanticTask())
+
+
+_register()

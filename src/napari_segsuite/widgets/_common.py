@@ -16,7 +16,6 @@ from napari.utils.notifications import notification_manager, show_error
 log = logging.getLogger(__name__)
 
 
-
 def guard_triton() -> None:
     """Keep torch from loading triton into a process where Mesa's LLVM is already loaded.
 
@@ -36,6 +35,7 @@ def guard_triton() -> None:
         log.info("Mesa's LLVM is loaded: hiding triton from torch to avoid a crash")
         sys.modules["triton"] = None  # type: ignore[assignment]  # makes `import triton` raise ImportError
 
+
 KNOWN_ERRORS = (ValueError, KeyError, FileNotFoundError, RuntimeError)
 
 
@@ -48,16 +48,25 @@ class RunControls(Container):
         self.bar = ProgressBar(value=0, min=0, max=1, visible=False)
         self.status = Label(value="")
         super().__init__(
-            widgets=[Container(widgets=[self.start_btn, self.cancel_btn], layout="horizontal", labels=False),
-                     self.bar, self.status],
+            widgets=[
+                Container(widgets=[self.start_btn, self.cancel_btn], layout="horizontal", labels=False),
+                self.bar,
+                self.status,
+            ],
             labels=False,
         )
         self.worker: Any = None
         self._t0 = time.monotonic()
         self.start_btn.changed.connect(lambda _=None: on_start())
 
-    def launch(self, work: Callable[..., Any], *args: Any, on_yield: Callable[[Any], None],
-               on_done: Callable[[Any], None], on_cancel: Callable[[], None] | None = None) -> Any:
+    def launch(
+        self,
+        work: Callable[..., Any],
+        *args: Any,
+        on_yield: Callable[[Any], None],
+        on_done: Callable[[Any], None],
+        on_cancel: Callable[[], None] | None = None,
+    ) -> Any:
         """Run generator function ``work(*args)`` in a thread worker; Cancel calls ``on_cancel`` or quits it."""
         guard_triton()
         worker = create_worker(work, *args, _start_thread=False)

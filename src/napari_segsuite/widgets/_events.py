@@ -1,5 +1,7 @@
 """Signals shared between the plugin's widgets (no Qt: psygnal)."""
 
+import contextlib
+
 from psygnal import Signal
 
 
@@ -17,9 +19,7 @@ def on_models_changed(widget, callback) -> None:
     store_events.models_changed.connect(callback)
 
     def _drop(*_args) -> None:
-        try:
+        with contextlib.suppress(ValueError, RuntimeError):
             store_events.models_changed.disconnect(callback)
-        except (ValueError, RuntimeError):
-            pass
 
     widget.native.destroyed.connect(_drop)

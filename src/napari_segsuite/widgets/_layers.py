@@ -9,14 +9,23 @@ from typing import Any
 import napari
 import numpy as np
 
+from ..card import ModelCard
+
 
 def add_result(
-    viewer: napari.viewer.Viewer, labels: np.ndarray, image: napari.layers.Image, card: dict[str, Any],
-    params: dict[str, Any], *, features: dict[str, np.ndarray] | None = None, role: str | None = None,
+    viewer: napari.viewer.Viewer,
+    labels: np.ndarray,
+    image: napari.layers.Image,
+    card: ModelCard,
+    params: dict[str, Any],
+    *,
+    features: dict[str, np.ndarray] | None = None,
+    role: str = "semantic",
     run_id: str | None = None,
+    objects_suffix: bool = False,
 ) -> napari.layers.Labels:
     """Add a segmentation as a *new* Labels layer named ``"<image> · <model>"`` (``" objects"`` added
-    for the object layer of a panoptic result).
+    when ``objects_suffix``: the object layer beside a class layer, as a panoptic model gives).
 
     Existing layers are never written to: a second run gives a second layer (napari makes the name
     unique). Provenance goes to ``layer.metadata["segsuite"]`` (``role`` is ``"semantic"`` or
@@ -24,27 +33,30 @@ def add_result(
     edited. ``features`` (``index``, ``class``, ``score`` per object) becomes the layer's features
     table, with the class names added.
     """
-    name = card.get("name") or card.get("architecture", "model")
-    role = role or ("instances" if card.get("kind") == "instance" else "semantic")
+    name = card.display_name
     meta = {
         "segsuite": {
             "run_id": run_id or uuid.uuid4().hex[:12],
             "role": role,
             "model": name,
-            "model_path": card.get("path"),
-            "architecture": card.get("architecture"),
-            "kind": card.get("kind"),
-            "label_values": card.get("label_values"),
-            "class_names": card.get("class_names"),
+            "model_path": card.path,
+            "architecture": card.architecture,
+            "kind": card.kind,
+            "label_values": card.label_values,
+            "class_names": card.class_names,
             "image": image.name,
             "params": params,
             "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "edited": False,
         }
     }
-    suffix = " objects" if role == "instances" and card.get("kind") == "panoptic" else ""
+    suffix = " objects" if objects_suffix else ""
     layer = viewer.add_labels(
-        labels, name=f"{image.name} · {name}{suffix}", scale=image.scale, translate=image.translate, metadata=meta,
+        labels,
+        name=f"{image.name} · {name}{suffix}",
+        scale=image.scale,
+        translate=image.translate,
+        metadata=meta,
     )
     if features is not None:
         layer.features = _features_table(features, card)
@@ -52,11 +64,11 @@ def add_result(
     return layer
 
 
-def _features_table(features: dict[str, np.ndarray], card: dict[str, Any]) -> Any:
+def _features_table(features: dict[str, np.ndarray], card: ModelCard) -> Any:
     """napari's features table: one row per object id (``index``), with class value, class name and score."""
     import pandas as pd
 
-    names = dict(zip(card.get("label_values") or [], card.get("class_names") or []))
+    names = dict(zip(card.label_values, card.class_names))
     table = pd.DataFrame({k: np.asarray(v) for k, v in features.items()})
     table["class_name"] = [names.get(int(c), str(c)) for c in table["class"]]
     return table
@@ -67,8 +79,13 @@ def partner_layer(viewer: napari.viewer.Viewer, layer: napari.layers.Labels) -> 
     meta = layer.metadata.get("segsuite") or {}
     for other in viewer.layers:
         m = getattr(other, "metadata", {}).get("segsuite") or {}
-        if other is not layer and isinstance(other, napari.layers.Labels) and m.get("run_id") == meta.get("run_id") \
-                and meta.get("run_id") and m.get("role") != meta.get("role"):
+        if (
+            other is not layer
+            and isinstance(other, napari.layers.Labels)
+            and m.get("run_id") == meta.get("run_id")
+            and meta.get("run_id")
+            and m.get("role") != meta.get("role")
+        ):
             return other
     return None
 
@@ -81,7 +98,7 @@ def _mark_edited(layer: napari.layers.Labels) -> None:
 
 def layer_choices(viewer: napari.viewer.Viewer, kind: type) -> list[tuple[str, Any]]:
     """``(name, layer)`` pairs of the viewer's layers of one type, for a ComboBox."""
-    return [(layer.name, layer) for layer in viewer.layers if isinstance(layer, kind)]
+    return [(str(getattr(layer, "name", "")), layer) for layer in viewer.layers if isinstance(layer, kind)]
 
 
 def layer_array(layer: napari.layers.Layer) -> np.ndarray:

@@ -61,7 +61,9 @@ class TrainingPlot(Container):
             self.ax.plot(self.steps, self.loss, color="#7aa6da", lw=0.8, alpha=0.6, label="train loss")
         if self.val_loss:
             self.ax.plot(self.val_steps, self.val_loss, "o-", color="#e78a4e", ms=3, lw=1.2, label="val loss")
-            self.ax2.plot(self.val_steps, self.val_iou, "s-", color="#8ec07c", ms=3, lw=1.2, label=f"val {self.metric_name}")
+            self.ax2.plot(
+                self.val_steps, self.val_iou, "s-", color="#8ec07c", ms=3, lw=1.2, label=f"val {self.metric_name}"
+            )
         if self.parent_score is not None:
             self.ax2.axhline(self.parent_score, color="#8ec07c", ls="--", lw=1, label=f"parent {self.metric_name}")
         self.ax.set_xlabel("step", color=fg, fontsize=8)
@@ -72,6 +74,8 @@ class TrainingPlot(Container):
         self.ax2.yaxis.tick_right()
         handles = self.ax.get_legend_handles_labels()[0] + self.ax2.get_legend_handles_labels()[0]
         if handles:
-            self.ax.legend(handles=handles, fontsize=7, loc="upper right", facecolor="#262930", labelcolor=fg, framealpha=0.8)
+            self.ax.legend(
+                handles=handles, fontsize=7, loc="upper right", facecolor="#262930", labelcolor=fg, framealpha=0.8
+            )
         self.canvas.draw_idle()
         self._drawn = time.monotonic()

@@ -6,14 +6,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 import napari
+import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, PushButton, SpinBox
 from napari.utils.notifications import show_error
 
 from ..inference import segment
-from ..io import load_model
+from ..model_files import load_model
 from ..store import delete_model, export_model, import_model, list_models, rename_model
 from ._common import RunControls
 from ._events import on_models_changed, store_events
@@ -22,7 +21,7 @@ from ._layers import add_result, layer_array, layer_choices
 DEVICES = ["auto", "cpu", "cuda", "mps"]
 
 
-def _segment_work(path: str, data: Any, rgb: bool, tile: int, device: str):
+def _segment_work(path: str, data: Any, rgb: bool, tile: int, device: str) -> Any:
     model = load_model(path)
     result = yield from segment(model, data, rgb=rgb, tile=tile, device=device)
     return result, model.card
@@ -38,20 +37,31 @@ class SegmentWidget(Container):
         self._viewer = viewer
         self.image = ComboBox(label="Image", choices=lambda _w: layer_choices(viewer, napari.layers.Image))
         self.model = ComboBox(label="Model", choices=lambda _w: [(m.label, str(m.path)) for m in list_models()])
-        self.tile = SpinBox(label="Tile (px)", value=512, min=64, max=4096, step=64,
-                            tooltip="Images larger than this run in overlapping, blended tiles.")
-        self.device = ComboBox(label="Device", choices=DEVICES, value="auto",
-                               tooltip="auto: CUDA GPU, then Apple GPU, then CPU")
+        self.tile = SpinBox(
+            label="Tile (px)",
+            value=512,
+            min=64,
+            max=4096,
+            step=64,
+            tooltip="Images larger than this run in overlapping, blended tiles.",
+        )
+        self.device = ComboBox(
+            label="Device", choices=DEVICES, value="auto", tooltip="auto: CUDA GPU, then Apple GPU, then CPU"
+        )
         self.current_slice = CheckBox(text="Only the current slice (volumes)", value=False)
         self.controls = RunControls("Segment", self.run)
         self.rename_btn = PushButton(text="Rename…")
         self.delete_btn = PushButton(text="Delete…")
         self.export_btn = PushButton(text="Export…")
         self.import_btn = PushButton(text="Import…")
-        store_row = Container(widgets=[self.rename_btn, self.delete_btn, self.export_btn, self.import_btn],
-                              layout="horizontal", labels=False)
-        super().__init__(widgets=[self.image, self.model, store_row, self.tile, self.device, self.current_slice,
-                                  self.controls])
+        store_row = Container(
+            widgets=[self.rename_btn, self.delete_btn, self.export_btn, self.import_btn],
+            layout="horizontal",
+            labels=False,
+        )
+        super().__init__(
+            widgets=[self.image, self.model, store_row, self.tile, self.device, self.current_slice, self.controls]
+        )
         self.rename_btn.changed.connect(lambda _=None: self._ask_rename())
         self.delete_btn.changed.connect(lambda _=None: self.delete_selected(confirm=self._confirm))
         self.export_btn.changed.connect(lambda _=None: self._ask_export())
@@ -62,7 +72,7 @@ class SegmentWidget(Container):
 
     def _on_models_changed(self, path: str) -> None:
         self.model.reset_choices()
-        if path in [c for c in self.model.choices]:
+        if path in list(self.model.choices):
             self.model.value = path
 
     def run(self) -> Any:
@@ -94,13 +104,29 @@ class SegmentWidget(Container):
                     full[z] = labels
                     labels = full
                 feats = seg.features if role == "instances" else None
-                layer = add_result(self._viewer, labels, image, card, params, features=feats, role=role, run_id=run_id)
+                layer = add_result(
+                    self._viewer,
+                    labels,
+                    image,
+                    card,
+                    params,
+                    features=feats,
+                    role=role,
+                    run_id=run_id,
+                    objects_suffix=role == "instances" and seg.semantic is not None,
+                )
                 names.append(f"'{layer.name}'")
             self.controls.status.value = f"Done: new layer{'s' if len(names) > 1 else ''} {' and '.join(names)}."
 
         return self.controls.launch(
-            _segment_work, self.model.value, data, bool(image.rgb), self.tile.value, self.device.value,
-            on_yield=lambda p: self.controls.show_progress(p.step, p.total, p.note), on_done=done,
+            _segment_work,
+            self.model.value,
+            data,
+            bool(image.rgb),
+            self.tile.value,
+            self.device.value,
+            on_yield=lambda p: self.controls.show_progress(p.step, p.total, p.note),
+            on_done=done,
         )
 
     # --- the model store: rename, delete, export, import ---
@@ -180,8 +206,9 @@ class SegmentWidget(Container):
         if m is None:
             show_error("Pick a trained model first.")
             return
-        dest, _ = QFileDialog.getSaveFileName(self.native, "Export model", f"{m.name}.segsuite.zip",
-                                              "segsuite models (*.segsuite.zip)")
+        dest, _ = QFileDialog.getSaveFileName(
+            self.native, "Export model", f"{m.name}.segsuite.zip", "segsuite models (*.segsuite.zip)"
+        )
         if dest:
             self.export_selected(dest)
 

@@ -1,0 +1,84 @@
+"""Augmentation: random crops with flips, 90-degree rotations, scaling, elastic deformation, gamma,
+gain/offset and noise, applied to the image and its targets alike (targets by nearest neighbour)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .samples import Sample
+from .tasks import IGNORE
+
+#: Share of 2D crops deformed elastically (each costs about as much as a tenth of a CPU training step).
+ELASTIC_P = 0.3
+
+
+def elastic(
+    x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator, grid: int = 3, std_px: float = 10.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Elastic deformation as in the U-Net paper: random displacements on a coarse ``grid`` x ``grid``
+    grid (``std_px`` pixels standard deviation), smoothly interpolated, applied to the image
+    (bilinear) and the targets (nearest; pixels from outside become ``IGNORE``). The warping is
+    torchvision's (``transforms.v2.functional.elastic``), so image and mask stay aligned."""
+    from torchvision import tv_tensors
+    from torchvision.transforms.v2 import InterpolationMode
+    from torchvision.transforms.v2 import functional as TF
+
+    h, w = x.shape[-2:]
+    coarse = torch.from_numpy(rng.standard_normal((1, 2, grid, grid)).astype(np.float32))
+    coarse *= torch.tensor([2 * std_px / w, 2 * std_px / h]).view(1, 2, 1, 1)  # pixels -> [-1, 1] grid units
+    disp = F.interpolate(coarse, size=(h, w), mode="bicubic", align_corners=True)[0].permute(1, 2, 0)[None]
+    xo = TF.elastic(tv_tensors.Image(x), disp, interpolation=InterpolationMode.BILINEAR, fill=0.0)
+    yo = TF.elastic(tv_tensors.Mask(y if y.ndim == 3 else y[None]), disp, fill=IGNORE)
+    return xo.as_subclass(torch.Tensor), (yo if y.ndim == 3 else yo[0]).as_subclass(torch.Tensor)
+
+
+def crop_batch(
+    train: list[Sample], patch: tuple[int, ...], n: int, rng: np.random.Generator, augment: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch of random crops of size ``patch`` (2D ``(p, p)`` or 3D ``(pz, p, p)``), augmented."""
+    weights = np.array([s.x[0].size for s in train], dtype=np.float64)
+    nd = len(patch)
+    xs, ys = [], []
+    for i in rng.choice(len(train), size=n, p=weights / weights.sum()):
+        s = train[i]
+        spatial = s.x.shape[1:]
+        size = list(patch)
+        if augment and nd == 2:  # scale augmentation: crop a larger or smaller window, resize to the patch
+            c = int(np.clip(round(patch[0] * math.exp(rng.uniform(-0.25, 0.25))), 16, min(spatial)))
+            size = [c, c]
+        starts = [int(rng.integers(0, dim - c + 1)) for dim, c in zip(spatial, size)]
+        window = tuple(slice(a, a + c) for a, c in zip(starts, size))
+        x = torch.from_numpy(s.x[(slice(None), *window)].copy())
+        y = torch.from_numpy(s.y[(Ellipsis, *window)].copy())
+        if tuple(size) != tuple(patch):
+            x = F.interpolate(x[None], size=patch, mode="bilinear", align_corners=False)[0]
+            lead = y.ndim > nd  # (2, ...) ids + classes
+            y = F.interpolate((y[None] if lead else y[None, None]).float(), size=patch, mode="nearest")[0].long()
+            y = y if lead else y[0]
+        if augment:
+            for axis in range(-nd, 0):
+                if rng.random() < 0.5:
+                    x, y = x.flip(axis), y.flip(axis)
+            if patch[-1] == patch[-2]:
+                k = int(rng.integers(4))
+                x, y = torch.rot90(x, k, (-2, -1)), torch.rot90(y, k, (-2, -1))
+            if nd == 2 and rng.random() < ELASTIC_P:
+                x, y = elastic(x, y, rng)
+            if rng.random() < 0.5:  # gamma, within each channel's own range
+                lo = x.amin(dim=tuple(range(1, x.ndim)), keepdim=True)
+                hi = x.amax(dim=tuple(range(1, x.ndim)), keepdim=True)
+                g = float(math.exp(rng.uniform(-0.4, 0.4)))
+                x = lo + (hi - lo) * ((x - lo) / (hi - lo + 1e-6)).clamp(0, 1) ** g
+            shape = (x.shape[0],) + (1,) * nd
+            gain = torch.from_numpy(rng.uniform(0.75, 1.33, shape).astype(np.float32))
+            shift = torch.from_numpy(rng.uniform(-0.15, 0.15, shape).astype(np.float32))
+            x = x * gain + shift
+            if rng.random() < 0.5:
+                x = x + float(rng.uniform(0, 0.08)) * torch.randn(x.shape)
+        xs.append(x)
+        ys.append(y)
+    return torch.stack(xs), torch.stack(ys)

@@ -1,0 +1,162 @@
+"""The model card: everything ``model.json`` holds beside the weights, typed and validated in one place.
+
+Pydantic (already installed with napari, through npe2 and app-model) rather than a dataclass: a
+card from someone else is data we did not write, and pydantic gives type checks, range checks and an
+error naming the offending field without hand-written validation code.
+
+Format history:
+
+- **1** (napari-segsuite 0.1): panoptic thing classes among the builder arguments (``build.thing_classes``),
+  and the folder a model was loaded from sometimes saved as ``path``.
+- **2**: ``thing_classes`` is a field of its own (the task reads it; the network never did), ``path``
+  is never saved.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+FORMAT_VERSION = 2
+#: Largest sizes a card may declare; beyond them a card would make the program exhaust memory.
+MAX_CLASSES = 1024
+MAX_CHANNELS = 16
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
+
+
+class CardError(ValueError):
+    """A model card that cannot be used; the message names the field."""
+
+
+class ModelCard(BaseModel):
+    """What a model is and how it was made (``model.json``).
+
+    Attributes:
+        format: Card format version (:data:`FORMAT_VERSION`); older cards are migrated on reading.
+        name: The model's name (its folder's name in the store).
+        description: One line on what the model is for.
+        architecture: Registry name of the architecture (``"unet"``, ...).
+        kind: The task (``"semantic"``, ``"instance"``, ``"panoptic"`` or a registered one).
+        build: Builder keyword arguments besides ``num_classes`` and ``in_channels``.
+        in_channels: Image channels the model takes (1 grey, 3 colour).
+        num_classes: Classes the model predicts (for ``unet-instance``: background, interior, boundary).
+        label_values: The user's label value of each class, sorted.
+        class_names: A name per class.
+        normalization: ``{"kind": "percentile", "low": 1.0, "high": 99.8}`` or ``{"kind": "none"}``.
+        divisible_by: Input height and width the model needs a multiple of.
+        spatial_dims: 2 (images, volumes slice by slice) or 3 (native 3D).
+        unannotated_value: Label value meaning "not annotated" (sparse labels); ``None``: dense labels.
+        thing_classes: Panoptic models: class indices of the countable classes.
+        parent: The model this one was fine-tuned from (``name``, ``path``, ``metrics``).
+        training: Training summary (samples, steps, seconds, history, settings).
+        metrics: Validation metrics of the kept model (the task's, plus ``score`` and ``loss``).
+        comparison: Fine-tuned models: parent and new model scored on the same validation images.
+        path: The folder the model was loaded from; never saved.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=False)
+
+    format: int = FORMAT_VERSION
+    name: str = Field(min_length=1, max_length=255)
+    description: str = ""
+    architecture: str
+    kind: str
+    build: dict[str, Any] = Field(default_factory=dict)
+    in_channels: int = Field(default=1, ge=1, le=MAX_CHANNELS)
+    num_classes: int = Field(ge=1, le=MAX_CLASSES)
+    label_values: list[int]
+    class_names: list[str]
+    normalization: dict[str, Any] = Field(default_factory=lambda: {"kind": "percentile", "low": 1.0, "high": 99.8})
+    divisible_by: int = Field(default=1, ge=1, le=1024)
+    spatial_dims: Literal[2, 3] = 2
+    unannotated_value: int | None = None
+    thing_classes: list[int] = Field(default_factory=list)
+    parent: dict[str, Any] | None = None
+    training: dict[str, Any] | None = None
+    metrics: dict[str, Any] | None = None
+    comparison: dict[str, Any] | None = None
+    path: str | None = Field(default=None, exclude=True)
+
+    @field_validator("architecture", "kind")
+    @classmethod
+    def _registry_name(cls, v: str) -> str:
+        if not _NAME.match(v):
+            raise ValueError(f"{v!r} is not a registry name (lowercase letters, digits, '-', '_', '.')")
+        return v
+
+    @field_validator("build")
+    @classmethod
+    def _plain_build(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for key, value in v.items():
+            if not isinstance(value, (int, float, str, bool, list, tuple, type(None))):
+                raise ValueError(f"argument {key!r} holds a {type(value).__name__}; only numbers, text and lists")
+            if key == "weights":
+                raise ValueError("'weights' is not kept in a card: the weights are the model's own file")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelCard:
+        if len(self.label_values) != self.num_classes:
+            raise ValueError(f"label_values has {len(self.label_values)} values for {self.num_classes} classes")
+        if sorted(set(self.label_values)) != self.label_values:
+            raise ValueError("label_values must be sorted and distinct")
+        if len(self.class_names) != self.num_classes:
+            raise ValueError(f"class_names has {len(self.class_names)} names for {self.num_classes} classes")
+        bad = [c for c in self.thing_classes if not 0 <= c < self.num_classes]
+        if bad:
+            raise ValueError(f"thing_classes {bad} are not class indices 0..{self.num_classes - 1}")
+        return self
+
+    # --- reading and writing -------------------------------------------------------------------
+    @classmethod
+    def from_json(cls, data: Any, source: str = "model card") -> ModelCard:
+        """A card from parsed ``model.json`` content, migrated from older formats and validated.
+
+        Raises:
+            CardError: not a card, a newer format, or a field that is unknown or ill-typed (named).
+        """
+        if not isinstance(data, dict):
+            raise CardError(f"{source}: not a model card (a JSON object was expected).")
+        data = migrate(data, source)
+        try:
+            return cls.model_validate(data)
+        except ValidationError as err:
+            e = err.errors()[0]
+            field = ".".join(str(p) for p in e["loc"]) or "card"
+            msg = "unknown field" if e["type"] == "extra_forbidden" else e["msg"]
+            raise CardError(f"{source}: field {field!r}: {msg}.") from None
+
+    def to_json(self) -> dict[str, Any]:
+        """The card as plain JSON-ready data (``path`` left out)."""
+        return self.model_dump(mode="json")
+
+    @property
+    def display_name(self) -> str:
+        return self.name or self.architecture
+
+
+def migrate(data: dict[str, Any], source: str = "model card") -> dict[str, Any]:
+    """Bring a card of an older format up to :data:`FORMAT_VERSION` (a new dict; the input is kept).
+
+    Raises:
+        CardError: the card is of a newer format than this program knows.
+    """
+    data = dict(data)
+    version = data.get("format", 1)
+    if not isinstance(version, int) or version < 1:
+        raise CardError(f"{source}: field 'format': {version!r} is not a card format version.")
+    if version > FORMAT_VERSION:
+        raise CardError(
+            f"{source}: field 'format': card format {version} is newer than this napari-segsuite reads "
+            f"({FORMAT_VERSION}); update napari-segsuite."
+        )
+    if version == 1:
+        build = dict(data.get("build") or {})
+        if data.get("kind") == "panoptic":
+            data["thing_classes"] = [int(c) for c in build.pop("thing_classes", (1,))]
+        data["build"] = build
+        data.pop("path", None)
+        data["format"] = 2
+    return data

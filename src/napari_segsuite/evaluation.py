@@ -1,0 +1,107 @@
+"""Scoring a model: the one metric loop, used by validation during training and by ``evaluate``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from .inference import predict_maps, segment, segment_slice
+from .model_files import SegModel
+from .models.base import ObjectModel
+from .preprocess import LabelMap
+from .progress import Progress, Work, drive, map_progress
+from .samples import Sample, check_shapes
+from .tasks import IGNORE, Segmentation, get_task
+
+
+def nll(maps: np.ndarray, classes: np.ndarray | None, k: int) -> float | None:
+    """Mean negative log-likelihood of the first ``k`` maps (probabilities) at the known true classes."""
+    if classes is None:
+        return None
+    valid = classes != IGNORE
+    if not valid.any():
+        return None
+    p = np.clip(maps[:k][:, valid], 1e-7, 1.0)
+    return float(-np.log(p[classes[valid], np.arange(int(valid.sum()))]).mean())
+
+
+def evaluate_samples(
+    model: SegModel, samples: list[Sample], device: torch.device, amp: bool, tile: int | tuple[int, ...] = 512
+) -> dict[str, Any]:
+    """Validation loss and the task's metrics of ``model`` over whole samples (tiled, as at inference).
+
+    Returns:
+        The task's metrics with ``score`` (mean IoU, AP50, PQ, ...) and ``loss`` (NaN for object
+        models, whose loss needs training mode).
+    """
+    module, card = model.module, model.card
+    task = get_task(card.kind)
+    was_training = module.training
+    module.eval()
+    metric = task.metric(card)
+    losses: list[float] = []
+    for s in samples:
+        if isinstance(module, ObjectModel):
+            seg = drive(segment_slice(model, s.x, tile=tile, device=device, amp=amp))
+        else:
+            maps = drive(predict_maps(model, s.x, tile=tile, device=device, amp=amp))
+            loss = nll(maps, s.truth.classes, card.num_classes)
+            if loss is not None:
+                losses.append(loss)
+            seg = task.postprocess(maps, card)
+        metric.update(seg, s.truth)
+    module.train(was_training)
+    out = metric.compute()
+    out["loss"] = float(np.mean(losses)) if losses else float("nan")
+    return out
+
+
+def evaluate(
+    model: SegModel,
+    images: Sequence[np.ndarray],
+    labels: Sequence[np.ndarray],
+    *,
+    instances: Sequence[np.ndarray] | None = None,
+    rgb: bool | None = None,
+    device: str = "auto",
+    tile: int = 512,
+) -> Work[dict[str, Any]]:
+    """Segment each image as a user would and score it against its labels (the user's values).
+
+    ``labels`` and ``instances`` mean what they mean for training (:meth:`~.tasks.Task.targets`).
+    Label values the model has no class for are left out of the scores (and logged).
+
+    Returns:
+        The task's metrics as users read them (:meth:`~.tasks.Task.report`; semantic: ``mean_iou``,
+        ``dice``, ...; instance: ``ap50``, ...; panoptic: ``pq``, ...) and ``images`` (the count).
+    """
+    card = model.card
+    task = get_task(card.kind)
+    names = [f"image {i + 1}" for i in range(len(images))]
+    check_shapes(images, labels, instances, names, rgb)
+    lmap = LabelMap(card.label_values)
+    metric = task.metric(card)
+    for i, (img, lab) in enumerate(zip(images, labels)):
+
+        def note(p: Progress, i: int = i) -> Progress:
+            return Progress(i, len(images), f"image {i + 1}/{len(images)}: {p.note}")
+
+        seg = yield from map_progress(segment(model, img, rgb=rgb, device=device, tile=tile), note)
+        truth = task.targets(
+            model,
+            np.asarray(lab),
+            None if instances is None else np.asarray(instances[i]),
+            per_slice=False,
+            name=names[i],
+            strict=False,
+        )
+        if seg.semantic is not None:  # back to class indices, as the metric counts them
+            seg = Segmentation(lmap.to_classes(seg.semantic), seg.instances, seg.features)
+        metric.update(seg, truth)
+    out = task.report(metric.compute(), card)
+    out.pop("score", None)
+    out["images"] = len(images)
+    return out

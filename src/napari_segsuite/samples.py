@@ -1,0 +1,153 @@
+"""Training samples: the user's images normalised and their labels made into the task's targets,
+split into training and validation parts."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .model_files import SegModel
+from .preprocess import infer_axes, normalize, to_slices
+from .tasks import IGNORE, Targets, get_task
+
+
+@dataclass
+class Sample:
+    """One training or validation sample.
+
+    Attributes:
+        x: ``(C, H, W)`` or, for native 3D models, ``(C, Z, H, W)`` float32, normalised.
+        truth: The task's :class:`~.tasks.Targets` of the same spatial shape (``y`` may have a
+            leading target-channel axis).
+    """
+
+    x: np.ndarray
+    truth: Targets
+
+    @property
+    def y(self) -> np.ndarray:
+        return self.truth.y
+
+    def window(self, rows: slice) -> Sample:
+        """The sample's rows ``rows`` (the last-but-one axis)."""
+
+        def part(a: np.ndarray | None) -> np.ndarray | None:
+            return None if a is None else a[..., rows, :]
+
+        t = self.truth
+        y = part(t.y)
+        assert y is not None
+        return Sample(self.x[..., rows, :], Targets(y, part(t.classes), part(t.ids)))
+
+
+def _slice(t: Targets, z: int) -> Targets:
+    def at(a: np.ndarray | None) -> np.ndarray | None:
+        return None if a is None else a[..., z, :, :]
+
+    y = at(t.y)
+    assert y is not None
+    return Targets(y, at(t.classes), at(t.ids))
+
+
+def check_shapes(
+    images: Sequence[np.ndarray],
+    labels: Sequence[np.ndarray | None],
+    instances: Sequence[np.ndarray | None] | None,
+    names: Sequence[str],
+    rgb: bool | None,
+) -> None:
+    """Refuse image/label pairs whose counts or shapes differ.
+
+    Raises:
+        ValueError: names the image and both shapes.
+    """
+    if len(images) != len(labels):
+        raise ValueError(f"Got {len(images)} images but {len(labels)} label images; give one label image per image.")
+    if instances is not None and len(instances) != len(images):
+        raise ValueError(f"Got {len(images)} images but {len(instances)} instance images; give one per image.")
+    if not images:
+        raise ValueError("No training images were given.")
+    for i, (img, lab, name) in enumerate(zip(images, labels, names)):
+        want = infer_axes(np.shape(img), rgb).spatial_shape(np.shape(img))
+        inst = None if instances is None else instances[i]
+        for what, arr in (("Labels", lab), ("Instance labels", inst)):
+            if arr is not None and tuple(np.shape(arr)) != want:
+                raise ValueError(
+                    f"{what} of {name!r} are {'x'.join(map(str, np.shape(arr)))} but the image is "
+                    f"{'x'.join(map(str, want))}; pick the labels that belong to this image."
+                )
+
+
+def prepare_samples(
+    model: SegModel,
+    images: Sequence[np.ndarray],
+    labels: Sequence[np.ndarray],
+    names: Sequence[str] | None = None,
+    rgb: bool | None = None,
+    instances: Sequence[np.ndarray | None] | None = None,
+    strict: bool = True,
+) -> list[Sample]:
+    """Normalised samples with the task's targets: for 2D models one per image or volume slice, for
+    native 3D models one per volume (a 2D image is a one-slice volume).
+
+    What ``labels`` (and ``instances``) mean is the task's (:meth:`~.tasks.Task.targets`): class
+    values for semantic models; object ids, or class values plus object ids in ``instances``, for
+    instance models; class values plus (optional) object ids for panoptic models.
+
+    Raises:
+        ValueError: counts or shapes differ, or labels hold values the model has no class for.
+    """
+    names = list(names) if names is not None else [f"image {i + 1}" for i in range(len(images))]
+    check_shapes(images, labels, instances, names, rgb)
+    card = model.card
+    task = get_task(card.kind)
+    three_d = card.spatial_dims == 3
+    samples = []
+    for i, (img, lab, name) in enumerate(zip(images, labels, names)):
+        axes = infer_axes(np.shape(img), rgb)
+        x = normalize(to_slices(img, axes, card.in_channels), card.normalization)  # (S, C, H, W)
+        spatial = x.shape[2:]
+        inst = None if instances is None or instances[i] is None else np.asarray(instances[i]).reshape((-1, *spatial))
+        truth = task.targets(
+            model, np.asarray(lab).reshape((-1, *spatial)), inst, per_slice=not three_d, name=name, strict=strict
+        )
+        if three_d:
+            samples.append(Sample(np.ascontiguousarray(np.moveaxis(x, 0, 1)), truth))
+        else:
+            samples += [Sample(xs, _slice(truth, z)) for z, xs in enumerate(x)]
+    return samples
+
+
+def split_samples(
+    samples: list[Sample], fraction: float, rng: np.random.Generator
+) -> tuple[list[Sample], list[Sample], str]:
+    """Hold out a validation part: whole images when there are several, else the bottom rows of the one."""
+    if len(samples) >= 2:
+        n_val = min(len(samples) - 1, max(1, round(fraction * len(samples))))
+        order = rng.permutation(len(samples))
+        return (
+            [samples[i] for i in order[n_val:]],
+            [samples[i] for i in order[:n_val]],
+            f"{n_val} of {len(samples)} images",
+        )
+    s = samples[0]
+    h = s.y.shape[-2]
+    cut = int(round(h * (1 - fraction)))
+    if h >= 64 and h - cut >= 16:
+        return [s.window(slice(0, cut))], [s.window(slice(cut, None))], f"bottom {h - cut} rows of the one image"
+    return [s], [s], "none held out (one small image): validated on the training image"
+
+
+def pad_to(s: Sample, patch: tuple[int, ...]) -> Sample:
+    """Pad a sample at the end of each spatial axis up to ``patch``; padded targets are ``IGNORE``."""
+    spatial = s.x.shape[1:]
+    extra = [max(0, p - n) for p, n in zip(patch, spatial)]
+    if not any(extra):
+        return s
+    mode = "reflect" if all(e < n for e, n in zip(extra, spatial)) else "edge"
+    x = np.pad(s.x, [(0, 0)] + [(0, e) for e in extra], mode=mode)  # type: ignore[call-overload]
+    lead = [(0, 0)] * (s.y.ndim - len(spatial))
+    y = np.pad(s.y, lead + [(0, e) for e in extra], constant_values=IGNORE)
+    return Sample(x, Targets(y, s.truth.classes, s.truth.ids))

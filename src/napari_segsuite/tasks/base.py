@@ -1,0 +1,200 @@
+"""The task contract: everything the engine needs to know about semantic, instance or panoptic work.
+
+The trainer, the inference engine, the workflows, the widgets and the CLI ask the model card's task
+(:func:`napari_segsuite.tasks.get_task`) and never compare task names. A new task is one class
+implementing :class:`Task` plus one :func:`~napari_segsuite.tasks.register_task` call.
+
+Arrays: images are normalised ``(C, *spatial)`` float32; labels are the user's values; class
+indices are ``0..K-1`` with ``IGNORE`` (-1) where nothing is known; object ids are ``1..N`` with 0
+for no object and ``-1`` where nothing is known.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    from ..card import ModelCard
+    from ..model_files import SegModel
+    from ..models.registry import ModelSpec
+
+IGNORE = -1
+#: The sparse-annotation rule: label value 0 means "not annotated" (ignored by the loss and the metrics).
+UNANNOTATED = 0
+
+
+@dataclass
+class Segmentation:
+    """A segmentation result.
+
+    Attributes:
+        semantic: Class per pixel (class indices inside the engine, the user's label values in what
+            :func:`~napari_segsuite.inference.segment` returns), ``(Y, X)`` or ``(Z, Y, X)``.
+        instances: Object ids 1..N, 0 elsewhere, int32, unique in the whole image or volume.
+        features: Per object: ``index`` (the id), ``class`` and ``score``, in id order (a napari
+            Labels layer's ``features`` table).
+    """
+
+    semantic: np.ndarray | None = None
+    instances: np.ndarray | None = None
+    features: dict[str, np.ndarray] | None = None
+
+    @property
+    def labels(self) -> np.ndarray:
+        """The main result: class values where there are classes, else object ids."""
+        main = self.semantic if self.semantic is not None else self.instances
+        if main is None:
+            raise ValueError("This segmentation holds no labels.")
+        return main
+
+
+@dataclass
+class Targets:
+    """What a task makes of one image's labels.
+
+    Attributes:
+        y: What :meth:`Task.loss` takes for this image, int64: ``(*spatial)`` classes, or
+            ``(T, *spatial)`` for tasks with several target channels (ids + classes).
+        classes: Class indices per pixel that the first ``K`` maps are scored against (validation
+            loss, pixel and panoptic metrics), or ``None``.
+        ids: Object ids per pixel (-1 unknown) for object metrics, or ``None``.
+    """
+
+    y: np.ndarray
+    classes: np.ndarray | None = None
+    ids: np.ndarray | None = None
+
+
+class Metric(Protocol):
+    """A metric accumulated over images: ``update`` once per image, then ``compute``."""
+
+    def update(self, pred: Segmentation, truth: Targets) -> None: ...
+
+    def compute(self) -> dict[str, Any]:
+        """The task's metrics, with ``score`` (the one number that picks the best model)."""
+        ...
+
+
+class Task(ABC):
+    """What a task means, independent of the model.
+
+    Class attributes:
+        name: The registry key models declare as their ``kind``.
+        score_name: The name of the validation score shown to users (``"mean IoU"``).
+        score_key: The key of that score in the metrics (``"mean_iou"``).
+        takes_objects: The task trains on class labels *and* an object-id image (panoptic).
+    """
+
+    name: ClassVar[str]
+    score_name: ClassVar[str]
+    score_key: ClassVar[str]
+    takes_objects: ClassVar[bool] = False
+
+    # --- models ------------------------------------------------------------------------------
+    @abstractmethod
+    def new_model(
+        self,
+        spec: ModelSpec,
+        labels: Sequence[np.ndarray],
+        *,
+        in_channels: int,
+        sparse: bool,
+        instances: Sequence[np.ndarray] | None,
+        things: Sequence[int] | None,
+        build: dict[str, Any],
+    ) -> SegModel:
+        """A new, randomly initialised model of ``spec`` whose classes fit the user's labels."""
+
+    def prepare_finetune(self, model: SegModel, sparse: bool) -> None:
+        """Adapt a trained model's card before fine-tuning (e.g. switch to sparse labels), or refuse.
+
+        Raises:
+            ValueError: the model cannot be fine-tuned that way.
+        """
+        if sparse and model.card.unannotated_value != UNANNOTATED:
+            model.card.unannotated_value = UNANNOTATED
+
+    def output_channels(self, card: ModelCard) -> int:
+        """How many maps a map model of this task outputs (``num_classes`` unless the task adds more)."""
+        return card.num_classes
+
+    # --- training ----------------------------------------------------------------------------
+    @abstractmethod
+    def targets(
+        self,
+        model: SegModel,
+        labels: np.ndarray,
+        instances: np.ndarray | None,
+        *,
+        per_slice: bool,
+        name: str,
+        strict: bool = True,
+    ) -> Targets:
+        """Targets of one image from the user's labels (and object ids).
+
+        Args:
+            labels: ``(S, H, W)``: the slices of a 2D model's image(s) (S = 1 for a 2D image), or a
+                native 3D model's ``(Z, Y, X)`` volume.
+            instances: Object ids of the same shape, or ``None``.
+            per_slice: Objects are 2D (a 2D model over slices) rather than 3D.
+            name: The image's name, for messages.
+            strict: Refuse label values the model has no class for (``False``: ignore them).
+        """
+
+    @abstractmethod
+    def loss(self, module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, card: ModelCard) -> torch.Tensor:
+        """Scalar training loss of a batch ``x`` ``(N, C, *spatial)`` with targets ``y`` (stacked
+        :attr:`Targets.y`, after augmentation)."""
+
+    # --- inference ---------------------------------------------------------------------------
+    def activate(self, out: torch.Tensor, card: ModelCard) -> torch.Tensor:
+        """Raw map-model output to maps that can be averaged across overlapping tiles (default: softmax)."""
+        return out.float().softmax(1)
+
+    @abstractmethod
+    def postprocess(self, maps: np.ndarray, card: ModelCard) -> Segmentation:
+        """A :class:`Segmentation` (class indices) from blended maps ``(M, *spatial)``."""
+
+    # --- evaluation --------------------------------------------------------------------------
+    @abstractmethod
+    def metric(self, card: ModelCard) -> Metric:
+        """A fresh metric accumulator for this task."""
+
+    def report(self, metrics: dict[str, Any], card: ModelCard) -> dict[str, Any]:
+        """Metrics as users read them (class indices turned into their label values); default unchanged."""
+        return metrics
+
+    def score_of(self, card: ModelCard) -> tuple[str, float] | None:
+        """The validation score recorded in a card, e.g. ``("AP50", 0.83)``; ``None`` if untrained."""
+        value = (card.metrics or {}).get(self.score_key)
+        return (self.score_name, float(value)) if isinstance(value, (int, float)) else None
+
+
+def check_known(model: SegModel, values: np.ndarray, name: str) -> None:
+    """Refuse label values the model has no class for.
+
+    Raises:
+        ValueError: names the image, the values and the model's values.
+    """
+    from ..preprocess import LabelMap
+
+    lmap = LabelMap.of_card(model.card)
+    unknown = lmap.unknown_values(values)
+    if unknown:
+        raise ValueError(
+            f"Labels of {name!r} hold values {unknown[:10]} that model {model.name!r} has no class for "
+            f"(its label values are {lmap.values}). Train a new model, or relabel those pixels."
+        )
+
+
+def check_ids(labels: Sequence[np.ndarray | None], what: str = "Instance labels") -> None:
+    """Refuse object-id images that are not integers."""
+    for lab in labels:
+        if lab is not None and not np.issubdtype(np.asarray(lab).dtype, np.integer):
+            raise ValueError(f"{what} must be integer ids (0 background, 1..N objects).")

@@ -1,0 +1,197 @@
+"""Sliding-window inference: one tile loop for map models (blended) and object models (stitched).
+
+Qt-free generators yielding :class:`~.progress.Progress` once per batch of tiles, so a front end can
+cancel between tiles.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+from .models.base import ObjectModel
+from .progress import Progress, Work
+from .tasks import instance
+
+Corner = tuple[int, ...]
+
+
+def tile_starts(size: int, tile: int, stride: int) -> list[int]:
+    """Start offsets of tiles of length ``tile`` covering ``0..size`` with step <= ``stride``; the last ends at ``size``."""
+    if size <= tile:
+        return [0]
+    n = math.ceil((size - tile) / stride) + 1
+    return sorted({round(i * (size - tile) / (n - 1)) for i in range(n)})
+
+
+def blend_window(shape: tuple[int, ...], ramp: int | tuple[int, ...]) -> np.ndarray:
+    """Tile weights: 1 in the middle, falling linearly to a small floor over ``ramp`` pixels at each edge."""
+    ramps = (ramp,) * len(shape) if isinstance(ramp, int) else ramp
+    w = np.ones((), np.float32)
+    for n, r in zip(shape, ramps):
+        r = max(1, min(r, n // 2))
+        i = np.arange(n, dtype=np.float32)
+        w = np.multiply.outer(w, np.clip(np.minimum(i + 1, n - i) / (r + 1), 1e-3, 1.0))
+    return w.astype(np.float32)
+
+
+def core_bounds(starts: list[int], tile: int) -> list[tuple[float, float]]:
+    """Each tile's share of one axis: from the middle of its overlap with the previous tile to the
+    middle of its overlap with the next (the first starts at -inf, the last ends at +inf)."""
+    cuts = [(a + tile + b) / 2 for a, b in zip(starts[:-1], starts[1:])]
+    return list(zip([-math.inf, *cuts], [*cuts, math.inf]))
+
+
+def _round_up(v: int, m: int) -> int:
+    return -(-v // m) * m
+
+
+def pad_input(
+    image: np.ndarray, tiles: tuple[int, ...], divisible_by: int
+) -> tuple[torch.Tensor, tuple[int, ...], tuple[int, ...]]:
+    """The image as a tensor padded (reflect, or replicate when too small) at the end of each spatial axis
+    to at least one tile, with tiles rounded up to ``divisible_by``; returns ``(x, tile shape, padded shape)``."""
+    spatial = image.shape[1:]
+    m = max(1, divisible_by)
+    ts = tuple(_round_up(min(t, n), m) for t, n in zip(tiles, spatial))
+    padded = tuple(max(n, t) for n, t in zip(spatial, ts))
+    x = torch.from_numpy(np.ascontiguousarray(image))
+    if padded != spatial:
+        pads: list[int] = []
+        for n, p in zip(reversed(spatial), reversed(padded)):
+            pads += [0, p - n]
+        mode = "reflect" if all(p - n < n for n, p in zip(spatial, padded)) else "replicate"
+        x = torch.nn.functional.pad(x[None], pads, mode=mode)[0]
+    return x, ts, padded
+
+
+def run_tiles(
+    x: torch.Tensor,
+    ts: tuple[int, ...],
+    starts: Sequence[list[int]],
+    batch_size: int,
+    device: torch.device,
+    fn: Callable[[list[Corner], torch.Tensor], None],
+) -> Work[None]:
+    """The one tile loop: cut ``x`` ``(C, *padded)`` into tiles ``ts`` at every combination of
+    ``starts``, and call ``fn(corners, batch)`` per batch of up to ``batch_size`` tiles on ``device``."""
+    coords = list(itertools.product(*starts))
+    n_batches = math.ceil(len(coords) / batch_size)
+    for b in range(n_batches):
+        chunk = coords[b * batch_size : (b + 1) * batch_size]
+        batch = torch.stack([x[(slice(None), *(slice(c, c + t) for c, t in zip(corner, ts)))] for corner in chunk]).to(
+            device
+        )
+        fn(chunk, batch)
+        yield Progress(b + 1, n_batches, f"tiles {b + 1}/{n_batches}")
+
+
+def softmax(out: torch.Tensor) -> torch.Tensor:
+    return out.float().softmax(1)
+
+
+def predict_probs(
+    module: torch.nn.Module,
+    image: np.ndarray,
+    *,
+    num_classes: int,
+    tile: int | tuple[int, ...] = 512,
+    overlap: float = 0.25,
+    batch_size: int = 4,
+    divisible_by: int = 1,
+    device: torch.device | None = None,
+    amp: bool = True,
+    activate: Callable[[torch.Tensor], torch.Tensor] = softmax,
+) -> Work[np.ndarray]:
+    """Blended maps of a map model over one normalised 2D image or 3D volume, tile by tile.
+
+    Args:
+        module: Maps ``(N, C, *tile)`` to ``(N, M, *tile)``; in eval mode.
+        image: ``(C, H, W)`` or ``(C, D, H, W)`` float32, already normalised.
+        num_classes: ``M``, the number of maps after ``activate``.
+        tile: Tile edge per spatial axis (an int applies to all), rounded up to ``divisible_by``;
+            an image no larger than the tile runs whole.
+        overlap: Fraction of the tile shared by neighbours, blended with :func:`blend_window`.
+        activate: Raw output to maps that average across tiles (the task's; default softmax).
+
+    Yields:
+        :class:`Progress` per batch of tiles.
+
+    Returns:
+        ``(M, *spatial)`` float32 maps.
+    """
+    device = device or next(module.parameters()).device
+    spatial = image.shape[1:]
+    tiles = (tile,) * len(spatial) if isinstance(tile, int) else tuple(tile)
+    x, ts, padded = pad_input(image, tiles, divisible_by)
+    starts = [tile_starts(p, t, max(1, int(t * (1 - overlap)))) for p, t in zip(padded, ts)]
+    weight = torch.from_numpy(blend_window(ts, tuple(int(t * overlap) for t in ts)))
+    acc = torch.zeros((num_classes, *padded))
+    norm = torch.zeros(padded)
+
+    def blend(corners: list[Corner], batch: torch.Tensor) -> None:
+        with torch.inference_mode(), torch.autocast(batch.device.type, enabled=amp and batch.device.type == "cuda"):
+            out = module(batch)
+        maps = activate(out.float()).cpu()
+        for m, corner in zip(maps, corners):
+            w = tuple(slice(c, c + t) for c, t in zip(corner, ts))
+            acc[(slice(None), *w)] += m * weight
+            norm[w] += weight
+
+    yield from run_tiles(x, ts, starts, batch_size, device, blend)
+    crop = tuple(slice(0, n) for n in spatial)
+    return (acc / norm)[(slice(None), *crop)].numpy()
+
+
+def predict_objects(
+    module: ObjectModel,
+    image: np.ndarray,
+    *,
+    tile: int = 512,
+    overlap: float = 0.25,
+    batch_size: int = 4,
+    divisible_by: int = 1,
+    device: torch.device | None = None,
+    score_threshold: float = 0.5,
+    min_size: int = 8,
+) -> Work[tuple[np.ndarray, dict[str, np.ndarray]]]:
+    """Objects of an :class:`~.models.base.ObjectModel` in one normalised 2D image, tile by tile, stitched.
+
+    Tiles overlap by at least the model's ``max_object_size``; an object is kept only by the tile
+    whose share of the image (:func:`core_bounds`) holds its centroid, so an object crossing a tile
+    border comes out once and whole (it lies whole inside the tile that keeps it). Overlaps between
+    objects are then resolved best score first (:func:`~.tasks.instance.paste`).
+
+    Args:
+        image: ``(C, H, W)`` float32, normalised.
+
+    Returns:
+        ``(ids, features)``: int32 ids 1..N and per-object ``index``, ``class`` (class index) and ``score``.
+    """
+    device = device or next(module.parameters()).device
+    spatial = image.shape[1:]
+    x, ts, padded = pad_input(image, (tile, tile), divisible_by)
+    ov = [min(max(int(t * overlap), module.max_object_size), t // 2) for t in ts]
+    starts = [tile_starts(p, t, max(1, t - o)) for p, t, o in zip(padded, ts, ov)]
+    cores = [dict(zip(st, core_bounds(st, t))) for st, t in zip(starts, ts)]
+    kept: list[instance.Obj] = []
+
+    def keep(corners: list[Corner], batch: torch.Tensor) -> None:
+        with torch.inference_mode():
+            dets = module.detect(batch, score_threshold=score_threshold)
+        for (y0, x0), d in zip(corners, dets):
+            objs = instance.objects_from_masks(
+                d["masks"].cpu().numpy(), d["scores"].float().cpu().numpy(), d["classes"].cpu().numpy(), offset=(y0, x0)
+            )
+            (ylo, yhi), (xlo, xhi) = cores[0][y0], cores[1][x0]
+            for o in objs:
+                cy, cx = o.centroid
+                if ylo <= cy < yhi and xlo <= cx < xhi and cy < spatial[0] and cx < spatial[1]:
+                    kept.append(o)
+
+    yield from run_tiles(x, ts, starts, batch_size, device, keep)
+    return instance.paste(kept, (spatial[0], spatial[1]), min_size=min_size)
