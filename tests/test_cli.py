@@ -91,7 +91,9 @@ def test_train_segment_evaluate_with_0_255_masks(tmp_path, capsys):
     metrics = json.loads(out)
     assert {"mean_iou", "dice", "pixel_accuracy", "iou_per_class"} <= set(metrics)
     assert len(metrics["iou_per_class"]) == 2
-    assert metrics["mean_iou"] > 0.5  # 30 steps on 3 images (in steps: a busy machine is slower, not failing): well above chance
+    assert (
+        metrics["mean_iou"] > 0.5
+    )  # 30 steps on 3 images (in steps: a busy machine is slower, not failing): well above chance
 
     # the same path fine-tunes the saved model
     code, out, err = run(

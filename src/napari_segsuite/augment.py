@@ -3,7 +3,11 @@ gain/offset and noise, applied to the image and its targets alike (targets by ne
 
 from __future__ import annotations
 
+import contextlib
 import math
+import queue
+import threading
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -77,8 +81,62 @@ def crop_batch(
             gain = torch.from_numpy(rng.uniform(0.75, 1.33, shape).astype(np.float32))
             shift = torch.from_numpy(rng.uniform(-0.15, 0.15, shape).astype(np.float32))
             x = x * gain + shift
-            if rng.random() < 0.5:
-                x = x + float(rng.uniform(0, 0.08)) * torch.randn(x.shape)
+            if rng.random() < 0.5:  # from the numpy generator: the same batches whichever thread makes them
+                x = x + float(rng.uniform(0, 0.08)) * torch.from_numpy(rng.standard_normal(x.shape, dtype=np.float32))
         xs.append(x)
         ys.append(y)
     return torch.stack(xs), torch.stack(ys)
+
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+class Prefetch:
+    """Batches made by ``make`` in a background thread, ``depth`` ahead of the training step.
+
+    ``make`` is called from one thread only, one batch after another, so a seeded ``make`` gives
+    the same batches in the same order as calling it directly. With ``enabled=False`` :meth:`next`
+    calls ``make`` itself. An error in ``make`` is raised by :meth:`next`.
+    """
+
+    def __init__(self, make: Callable[[], Batch], depth: int = 2, *, enabled: bool = True) -> None:
+        self._make = make
+        self._enabled = enabled
+        self._queue: queue.Queue[Batch | BaseException] = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if enabled:
+            self._thread = threading.Thread(target=self._run, name="segsuite-batches", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                item: Batch | BaseException = self._make()
+            except BaseException as err:  # handed to the training thread, which raises it
+                item = err
+            while not self._stop.is_set():
+                try:
+                    self._queue.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if isinstance(item, BaseException):
+                return
+
+    def next(self) -> Batch:
+        if not self._enabled:
+            return self._make()
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def close(self) -> None:
+        """Stop the thread (it finishes the batch it is making) and drop what it made."""
+        self._stop.set()
+        if self._thread is not None:
+            while self._thread.is_alive():
+                with contextlib.suppress(queue.Empty):
+                    self._queue.get(timeout=0.05)
+            self._thread.join()

@@ -154,9 +154,19 @@ def migrate(data: dict[str, Any], source: str = "model card") -> dict[str, Any]:
         )
     if version == 1:
         build = dict(data.get("build") or {})
-        if data.get("kind") == "panoptic":
+        if "thing_classes" in build or _takes_objects(data.get("kind")):  # format 1's builder default: (1,)
             data["thing_classes"] = [int(c) for c in build.pop("thing_classes", (1,))]
         data["build"] = build
         data.pop("path", None)
         data["format"] = 2
     return data
+
+
+def _takes_objects(kind: Any) -> bool:
+    """Whether a card's task trains on objects beside classes (whose format-1 cards kept thing classes)."""
+    from .tasks import get_task
+
+    try:
+        return isinstance(kind, str) and get_task(kind).takes_objects
+    except KeyError:
+        return False

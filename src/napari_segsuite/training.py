@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .augment import crop_batch
+from .augment import Prefetch, crop_batch
 from .card import ModelCard
 from .evaluation import evaluate_samples
 from .inference import pick_device
@@ -58,6 +58,7 @@ class TrainConfig:
         seed: Seed of crops, augmentation and initial split.
         freeze_encoder: Train only what follows the encoder (:func:`~.models.base.encoder_of`): for
             fine-tuning on very few images. The encoder's batch-norm statistics still adapt to the new images.
+        prefetch: Make the next batch (crops, augmentation) in a background thread while the model trains.
     """
 
     epochs: int = 100
@@ -75,6 +76,59 @@ class TrainConfig:
     amp: bool = True
     seed: int = 0
     freeze_encoder: bool = False
+    prefetch: bool = True
+
+
+#: Under a time budget, validation takes at most this share of the time (it is skipped at the end of
+#: an epoch until enough training time has passed since the last one).
+VAL_SHARE = 0.1
+
+
+@dataclass
+class TrainPlan:
+    """What training will do, chosen from the data and the model before the first step (shown to
+    the user and written into the card).
+
+    Attributes:
+        patch: Crop shape, ``(Y, X)`` or ``(Z, Y, X)``.
+        batch_size: Crops per step.
+        steps_per_epoch: Optimiser steps between validations.
+        lr: Peak learning rate.
+        val_tile: Tile of the validation's sliding window.
+    """
+
+    patch: tuple[int, ...]
+    batch_size: int
+    steps_per_epoch: int
+    lr: float
+    val_tile: int | tuple[int, ...]
+
+    def describe(self) -> str:
+        return (
+            f"{self.batch_size} crops of {'x'.join(map(str, self.patch))} per step, "
+            f"{self.steps_per_epoch} steps per epoch, learning rate {self.lr:g}"
+        )
+
+
+def plan(model: SegModel, train_samples: Sequence[Sample], cfg: TrainConfig) -> TrainPlan:
+    """The crop, batch, epoch length and learning rate for ``model`` on ``train_samples``."""
+    card = model.card
+    div = max(1, card.divisible_by)
+    spec_training = _training_defaults(card)
+    patch_size = cfg.patch_size or spec_training.get("patch_size", 256)
+    peak_lr = cfg.lr or spec_training.get("lr", 2e-3)
+    p = min(patch_size, max(max(s.x.shape[-2:]) for s in train_samples))
+    p = max(div, -(-p // div) * div)
+    patch: tuple[int, ...] = (p, p)
+    batch_size = max(2, cfg.batch_size)  # batch norm in pooling branches (PSPNet, DeepLab) needs two samples
+    val_tile: int | tuple[int, ...] = 512
+    if card.spatial_dims == 3:
+        pz_cfg = cfg.patch_size_z or spec_training.get("patch_size_z", 32)
+        pz = min(pz_cfg, max(s.x.shape[1] for s in train_samples))
+        patch, batch_size, val_tile = (pz, p, p), max(2, cfg.batch_size // 2), (2 * pz_cfg, 256, 256)
+    train_px = sum(pad_to(s, patch).y.size for s in train_samples)
+    spe = cfg.steps_per_epoch or int(np.clip(math.ceil(train_px / (batch_size * np.prod(patch))), 10, 100))
+    return TrainPlan(patch, batch_size, spe, float(peak_lr), val_tile)
 
 
 @dataclass
@@ -129,26 +183,12 @@ def train(
     device = pick_device(cfg.device)
     card = model.card
     task = get_task(card.kind)
-    div = max(1, card.divisible_by)
     score_name = task.score_name
     samples = prepare_samples(model, images, labels, names, rgb, instances)
     train_s, val_s, val_note = split_samples(samples, cfg.val_fraction, rng)
-    three_d = card.spatial_dims == 3
-    spec_training = _training_defaults(card)
-    patch_size = cfg.patch_size or spec_training.get("patch_size", 256)
-    peak_lr = cfg.lr or spec_training.get("lr", 2e-3)
-    p = min(patch_size, max(max(s.x.shape[-2:]) for s in train_s))
-    p = max(div, -(-p // div) * div)
-    patch: tuple[int, ...] = (p, p)
-    batch_size = max(2, cfg.batch_size)  # batch norm in pooling branches (PSPNet, DeepLab) needs two samples
-    val_tile: int | tuple[int, ...] = 512
-    if three_d:
-        pz_cfg = cfg.patch_size_z or spec_training.get("patch_size_z", 32)
-        pz = min(pz_cfg, max(s.x.shape[1] for s in train_s))
-        patch, batch_size, val_tile = (pz, p, p), max(2, cfg.batch_size // 2), (2 * pz_cfg, 256, 256)
+    tp = plan(model, train_s, cfg)
+    patch, batch_size, spe, peak_lr, val_tile = tp.patch, tp.batch_size, tp.steps_per_epoch, tp.lr, tp.val_tile
     train_s = [pad_to(s, patch) for s in train_s]
-    train_px = sum(s.y.size for s in train_s)
-    spe = cfg.steps_per_epoch or int(np.clip(math.ceil(train_px / (batch_size * np.prod(patch))), 10, 100))
     total = cfg.epochs * spe
 
     module = model.module.to(device).train()
@@ -187,76 +227,103 @@ def train(
             f = max(f, (time.monotonic() - t0) / cfg.time_budget)
         return min(f, 1.0)
 
-    while epoch < cfg.epochs and stopped == "epochs":
-        epoch += 1
-        epoch_start = step
-        for _ in range(spe):
-            if cancel is not None and cancel():
-                stopped = "cancelled"
-                break
-            if cfg.time_budget and time.monotonic() - t0 > cfg.time_budget:
-                stopped = "time budget"
-                break
-            # warm-up: at least 10 steps, at most 3 % of the steps or 5 % of the time budget
-            warm = min(1.0, (step + 1) / 10, max((step + 1) / max(1, total * 0.03), frac() / 0.05))
-            lr = peak_lr * warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac())))
-            for g in opt.param_groups:
-                g["lr"] = lr
-            x, y = crop_batch(train_s, patch, batch_size, rng, cfg.augment)
-            x, y = x.to(device), y.to(device)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                loss = task.loss(module, x, y, card)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            step += 1
-            running.append(float(loss.detach()))
-            yield Progress(
-                step, total, f"epoch {epoch}/{cfg.epochs} · loss {running[-1]:.3f}", {"loss": running[-1], "lr": lr}
-            )
-        if step == epoch_start and (best_state is not None or not running):
-            break  # stopped before this epoch took a step: the last validation still holds
-        val = evaluate_samples(model, val_s, device, use_amp, val_tile)
-        row = {
-            "epoch": epoch,
-            "step": step,
-            "time": time.monotonic() - t0,
-            "train_loss": float(np.mean(running[-spe:])),
-            "val_loss": val["loss"],
-            "val_score": val["score"],
-        }
-        for key in ("mean_iou", "dice", "ap50", "ap50_95", "pq", "sq", "rq"):
-            if key in val:
-                row[f"val_{key}"] = val[key] or 0.0
-        history.append(row)
-        improved = val["score"] > best_iou
-        if improved:
-            best_iou, best_epoch = val["score"], epoch
-            best_state = copy.deepcopy({n: t.detach().cpu() for n, t in module.state_dict().items()})
-            best_metrics = val
-            if checkpoint is not None:
-                _annotate(
-                    model, cfg, samples, train_s, val_note, history, best_epoch, best_metrics, "running", step, t0
+    batches = Prefetch(lambda: crop_batch(train_s, patch, batch_size, rng, cfg.augment), enabled=cfg.prefetch)
+    last_val_end, last_val_seconds = t0, 0.0
+    try:
+        while epoch < cfg.epochs and stopped == "epochs":
+            epoch += 1
+            epoch_start = step
+            for _ in range(spe):
+                if cancel is not None and cancel():
+                    stopped = "cancelled"
+                    break
+                if cfg.time_budget and time.monotonic() - t0 > cfg.time_budget:
+                    stopped = "time budget"
+                    break
+                # warm-up: at least 10 steps, at most 3 % of the steps or 5 % of the time budget
+                warm = min(1.0, (step + 1) / 10, max((step + 1) / max(1, total * 0.03), frac() / 0.05))
+                lr = peak_lr * warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac())))
+                for g in opt.param_groups:
+                    g["lr"] = lr
+                x, y = batches.next()
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                    loss = task.loss(module, x, y, card)
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+                step += 1
+                running.append(float(loss.detach()))
+                yield Progress(
+                    step, total, f"epoch {epoch}/{cfg.epochs} · loss {running[-1]:.3f}", {"loss": running[-1], "lr": lr}
                 )
-                snapshot = SegModel(copy.deepcopy(module).cpu(), model.card)
-                snapshot.module.load_state_dict(best_state)
-                save_model(snapshot, checkpoint)
-        yield Progress(
-            step,
-            total,
-            f"epoch {epoch}: val loss {val['loss']:.3f} · {score_name} {val['score']:.3f}"
-            + (" (best)" if improved else ""),
-            {k2: v for k2, v in row.items() if isinstance(v, float)},
-        )
-        if cfg.patience and epoch - best_epoch >= cfg.patience and stopped == "epochs":
-            stopped = "early stopping"
+            if step == epoch_start and (best_state is not None or not running):
+                break  # stopped before this epoch took a step: the last validation still holds
+            if (
+                stopped == "epochs"
+                and epoch < cfg.epochs
+                and cfg.time_budget
+                and time.monotonic() - last_val_end < last_val_seconds * (1 - VAL_SHARE) / VAL_SHARE
+            ):
+                continue  # under a time budget validation takes at most VAL_SHARE of the time
+            val_start = time.monotonic()
+            val = evaluate_samples(model, val_s, device, use_amp, val_tile)
+            last_val_end = time.monotonic()
+            last_val_seconds = last_val_end - val_start
+            row = {
+                "epoch": epoch,
+                "step": step,
+                "time": time.monotonic() - t0,
+                "train_loss": float(np.mean(running[-spe:])),
+                "val_loss": val["loss"],
+                "val_score": val["score"],
+            }
+            for key in ("mean_iou", "dice", "ap50", "ap50_95", "pq", "sq", "rq"):
+                if key in val:
+                    row[f"val_{key}"] = val[key] or 0.0
+            history.append(row)
+            improved = val["score"] > best_iou
+            if improved:
+                best_iou, best_epoch = val["score"], epoch
+                best_state = copy.deepcopy({n: t.detach().cpu() for n, t in module.state_dict().items()})
+                best_metrics = val
+                if checkpoint is not None:
+                    _annotate(
+                        model,
+                        cfg,
+                        tp,
+                        samples,
+                        train_s,
+                        val_note,
+                        history,
+                        best_epoch,
+                        best_metrics,
+                        "running",
+                        step,
+                        t0,
+                    )
+                    snapshot = SegModel(copy.deepcopy(module).cpu(), model.card)
+                    snapshot.module.load_state_dict(best_state)
+                    save_model(snapshot, checkpoint)
+            yield Progress(
+                step,
+                total,
+                f"epoch {epoch}: val loss {val['loss']:.3f} · {score_name} {val['score']:.3f}"
+                + (" (best)" if improved else ""),
+                {k2: v for k2, v in row.items() if isinstance(v, float)},
+            )
+            if cfg.patience and epoch - best_epoch >= cfg.patience and stopped == "epochs":
+                stopped = "early stopping"
+    finally:
+        batches.close()
+
     if best_state is not None:
         module.load_state_dict(best_state)
     for p_ in module.parameters():  # a frozen encoder is frozen for this training only
         p_.requires_grad_(True)
     module.eval()
-    _annotate(model, cfg, samples, train_s, val_note, history, best_epoch, best_metrics, stopped, step, t0)
+    _annotate(model, cfg, tp, samples, train_s, val_note, history, best_epoch, best_metrics, stopped, step, t0)
     if parent_val is not None and best_metrics is not None:
         model.card.comparison = {
             "metric": score_name,
@@ -273,6 +340,7 @@ def train(
 def _annotate(
     model: SegModel,
     cfg: TrainConfig,
+    tp: TrainPlan,
     samples: list[Sample],
     train_s: list[Sample],
     val_note: str,
@@ -297,6 +365,9 @@ def _annotate(
         "seconds": round(time.monotonic() - t0, 1),
         "stopped": stopped,
         "config": asdict(cfg),
+        "batch_size": tp.batch_size,
+        "patch": list(tp.patch),
+        "plan": asdict(tp),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "history": history,
         "previous": {k: v for k, v in prev.items() if k != "history"} if prev else None,
