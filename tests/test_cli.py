@@ -330,3 +330,46 @@ def test_ctrl_c_prints_one_line_and_exits_130(monkeypatch, capsys):
     monkeypatch.setattr(cli, "cmd_models", interrupted)
     code, _, err = run(capsys, "models")
     assert code == 130 and err.count("\n") == 1 and "interrupted" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "case, extra, message",
+    [
+        ("all-zero labels", [], "Nothing to learn"),
+        ("one class", [], "Nothing to learn"),
+        ("no finite value", [], "no finite value"),
+        ("negative epochs", ["--epochs", "-1"], "epochs must be at least 1"),
+        ("zero time budget", ["--time-budget", "0"], "time budget must be more than 0"),
+    ],
+)
+def test_training_that_cannot_mean_anything_is_refused_and_writes_nothing(tmp_path, capsys, case, extra, message):
+    for i in range(2):
+        s = sd.nuclei_2d(seed=i, shape=(64, 64))
+        image = np.full((64, 64), np.nan, np.float32) if case == "no finite value" else s["image"]
+        labels = {"all-zero labels": np.zeros((64, 64), np.uint8), "one class": np.full((64, 64), 3, np.uint8)}.get(
+            case, s["semantic"]
+        )
+        np.save(tmp_path / f"n{i}.npy", image) if case == "no finite value" else write_labels(
+            tmp_path / "img" / f"n{i}.tif", image
+        )
+        write_labels(tmp_path / "lab" / f"n{i}.png", labels)
+    images = tmp_path if case == "no finite value" else tmp_path / "img"
+    code, _, err = run(
+        capsys,
+        "train",
+        "--model",
+        "unet",
+        "--images",
+        str(images),
+        "--labels",
+        str(tmp_path / "lab"),
+        "--out",
+        str(tmp_path / "m"),
+        "--patch-size",
+        "64",
+        "--epochs",
+        "1",
+        *extra,
+    )
+    assert code == 2 and message in err and "Traceback" not in err, err
+    assert not (tmp_path / "m").exists()

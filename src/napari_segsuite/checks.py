@@ -7,10 +7,17 @@ nothing that exists is replaced unless the user said ``overwrite``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
 
 from .model_files import CARD_FILE
+
+if TYPE_CHECKING:
+    from .samples import Sample
+    from .training import TrainConfig
 
 
 def _same(a: Path, b: Path) -> bool:
@@ -74,3 +81,49 @@ def check_model_out(path: str | Path, *, overwrite: bool = False) -> Path:
             f"{str(p)!r} holds a trained model already; choose another --out, or add --overwrite to replace it."
         )
     return p
+
+
+def check_train_config(cfg: TrainConfig) -> None:
+    """Refuse settings under which training cannot mean anything.
+
+    Raises:
+        ValueError: names the setting, the value and what is accepted.
+    """
+    problems = []
+    if cfg.epochs < 1:
+        problems.append(f"epochs must be at least 1 (got {cfg.epochs})")
+    if cfg.time_budget is not None and not cfg.time_budget > 0:
+        problems.append(f"the time budget must be more than 0 seconds, or none (got {cfg.time_budget})")
+    if cfg.batch_size < 1:
+        problems.append(f"the batch size must be at least 1 (got {cfg.batch_size})")
+    if cfg.patch_size is not None and cfg.patch_size < 8:
+        problems.append(f"the crop size must be at least 8 pixels (got {cfg.patch_size})")
+    if cfg.lr is not None and not cfg.lr > 0:
+        problems.append(f"the learning rate must be more than 0 (got {cfg.lr})")
+    if cfg.steps_per_epoch is not None and cfg.steps_per_epoch < 1:
+        problems.append(f"steps per epoch must be at least 1 (got {cfg.steps_per_epoch})")
+    if not 0 <= cfg.val_fraction < 1:
+        problems.append(f"the validation share must be in 0..1 (got {cfg.val_fraction})")
+    if problems:
+        raise ValueError("Nothing was trained: " + "; ".join(problems) + ".")
+
+
+def check_learnable(samples: Sequence[Sample], names: Sequence[str] | None = None) -> None:
+    """Refuse labels from which nothing can be learnt: every known target pixel holds the same value
+    (an all-zero layer, one class only, no object).
+
+    Raises:
+        ValueError: says what the labels hold and how to fix them.
+    """
+    seen: set[int] = set()
+    for s in samples:
+        t = s.truth.classes if s.truth.classes is not None else s.truth.y
+        vals = np.unique(t)
+        seen |= {int(v) for v in vals if v >= 0}
+        if len(seen) >= 2:
+            return
+    what = "no annotated pixel" if not seen else f"only one kind of pixel (target {sorted(seen)[0]})"
+    raise ValueError(
+        f"Nothing to learn: the labels hold {what}. Paint at least two classes (e.g. background and the "
+        "objects), or some objects, then train again. No model was written."
+    )

@@ -7,10 +7,13 @@ napari does, unless ``rgb=False`` is passed.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 DEFAULT_NORMALIZATION: dict[str, Any] = {"kind": "percentile", "low": 1.0, "high": 99.8}
 
@@ -84,15 +87,26 @@ def normalize(slices: np.ndarray, spec: dict[str, Any] | None = None) -> np.ndar
         return slices
     if spec.get("kind") != "percentile":
         raise ValueError(f"Unknown normalisation {spec!r}; use kind 'percentile' or 'none'.")
+    finite = np.isfinite(slices)
+    if not finite.any():
+        raise ValueError("The image holds no finite value (all NaN or infinite); there is nothing to segment.")
+    partial = not finite.all()
+    if partial:
+        log.warning("The image holds NaN or infinite values; they are treated as the image's lowest value.")
     out = np.empty_like(slices, dtype=np.float32)
     for c in range(slices.shape[1]):
         ch = slices[:, c]
         sample = ch.ravel()
         if sample.size > 4_000_000:  # percentiles of a huge volume from a strided sample
             sample = sample[:: sample.size // 4_000_000]
+        if partial:
+            sample = sample[np.isfinite(sample)]
+            sample = sample if sample.size else np.zeros(1, np.float32)
         lo, hi = np.percentile(sample, [spec["low"], spec["high"]])
         scale = hi - lo if hi > lo else 1.0
         out[:, c] = (ch - lo) / scale
+    if partial:
+        out[~finite] = 0.0
     return out
 
 

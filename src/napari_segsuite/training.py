@@ -23,6 +23,7 @@ import torch
 
 from .augment import Prefetch, crop_batch
 from .card import ModelCard
+from .checks import check_learnable, check_train_config
 from .evaluation import evaluate_samples
 from .inference import pick_device
 from .model_files import SegModel, save_model
@@ -184,7 +185,9 @@ def train(
     card = model.card
     task = get_task(card.kind)
     score_name = task.score_name
+    check_train_config(cfg)
     samples = prepare_samples(model, images, labels, names, rgb, instances)
+    check_learnable(samples)
     train_s, val_s, val_note = split_samples(samples, cfg.val_fraction, rng)
     tp = plan(model, train_s, cfg)
     patch, batch_size, spe, peak_lr, val_tile = tp.patch, tp.batch_size, tp.steps_per_epoch, tp.lr, tp.val_tile
