@@ -224,6 +224,13 @@ def train(
             {"parent_score": parent_val["score"]},
         )
 
+    def expected_total() -> int:
+        """The steps training will make: the epoch limit's, or fewer where the time budget binds first."""
+        if not cfg.time_budget or step == 0:
+            return total
+        rate = step / max(time.monotonic() - t0, 1e-6)
+        return max(step, min(total, round(rate * cfg.time_budget)))
+
     def frac() -> float:
         f = step / total
         if cfg.time_budget:
@@ -259,7 +266,10 @@ def train(
                 step += 1
                 running.append(float(loss.detach()))
                 yield Progress(
-                    step, total, f"epoch {epoch}/{cfg.epochs} · loss {running[-1]:.3f}", {"loss": running[-1], "lr": lr}
+                    step,
+                    expected_total(),
+                    f"epoch {epoch}/{cfg.epochs} · loss {running[-1]:.3f}",
+                    {"loss": running[-1], "lr": lr},
                 )
             if step == epoch_start and (best_state is not None or not running):
                 break  # stopped before this epoch took a step: the last validation still holds
@@ -311,7 +321,7 @@ def train(
                     save_model(snapshot, checkpoint)
             yield Progress(
                 step,
-                total,
+                expected_total(),
                 f"epoch {epoch}: val loss {val['loss']:.3f} · {score_name} {val['score']:.3f}"
                 + (" (best)" if improved else ""),
                 {k2: v for k2, v in row.items() if isinstance(v, float)},

@@ -162,3 +162,25 @@ def test_freeze_encoder_trains_only_the_rest(arch):
     assert enc_names and all(torch.equal(before[n], after[n]) for n in enc_names)
     assert any(not torch.equal(before[n], after[n]) for n in before if n not in enc_names)
     assert all(p.requires_grad for p in model.module.parameters())  # unfrozen again afterwards
+
+
+def test_progress_total_follows_the_time_budget_when_it_binds_first():
+    """With 1000 epochs but a 4 s budget, the reported total (the bar, the time left) is the steps that
+    fit in the budget, not the epoch limit's."""
+    from napari_segsuite import sample_data as sd
+    from napari_segsuite.progress import Progress
+
+    data = [sd.nuclei_2d(seed=i, shape=(64, 64)) for i in range(2)]
+    model = new_model("unet", label_values=[0, 1], depth=2, base_filters=4)
+    reports: list[Progress] = []
+    gen = train(
+        model,
+        [d["image"] for d in data],
+        [d["semantic"] for d in data],
+        TrainConfig(epochs=1000, steps_per_epoch=10, time_budget=4, patch_size=64),
+    )
+    result = drive(gen, reports.append)
+    steps = result.model.card.training["steps"]
+    assert result.stopped == "time budget" and steps < 10_000
+    last = reports[-1]
+    assert last.total <= 2 * steps + 10, (last.total, steps)  # the epoch limit would say 10000
