@@ -22,6 +22,7 @@ from skimage.morphology import h_maxima
 from skimage.segmentation import find_boundaries, watershed
 
 from ..models.base import ObjectModel
+from . import register_task
 from .base import IGNORE, UNANNOTATED, Segmentation, Targets, Task, check_ids, check_known
 
 if TYPE_CHECKING:
@@ -391,10 +392,4 @@ class InstanceTask(Task):
         return ObjectMetric()
 
 
-def _register() -> None:
-    from . import register_task
-
-    register_task(InstanceTask())
-
-
-_register()
+register_task(InstanceTask())

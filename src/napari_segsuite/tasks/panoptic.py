@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
 
+from . import register_task
 from .base import IGNORE, UNANNOTATED, Segmentation, Targets, Task, check_ids
 from .pq import FN, FP, IOU_SUM, TP, _thing_lut, pq, pq_counts, pq_from_counts
 
@@ -380,10 +381,4 @@ class PanopticTask(Task):
         return out
 
 
-def _register() -> None:
-    from . import register_task
-
-    register_task(PanopticTask())
-
-
-_register()
+register_task(PanopticTask())

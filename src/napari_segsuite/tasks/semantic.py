@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import register_task
 from .base import IGNORE, UNANNOTATED, Segmentation, Targets, Task, check_known
 
 if TYPE_CHECKING:
@@ -217,10 +218,4 @@ def classes_of(model: SegModel, labels: np.ndarray, name: str, strict: bool) -> 
     return LabelMap.of_card(model.card).to_classes(labels)
 
 
-def _register() -> None:
-    from . import register_task
-
-    register_task(SemanticTask())
-
-
-_register()
+register_task(SemanticTask())
