@@ -49,6 +49,8 @@ class ModelCard(BaseModel):
         spatial_dims: 2 (images, volumes slice by slice) or 3 (native 3D).
         unannotated_value: Label value meaning "not annotated" (sparse labels); ``None``: dense labels.
         thing_classes: Panoptic models: class indices of the countable classes.
+        threshold: Two-class semantic models: the class-1 probability from which a pixel is class 1,
+            chosen on the validation images after training (``None``: the most probable class).
         parent: The model this one was fine-tuned from (``name``, ``path``, ``metrics``).
         training: Training summary (samples, steps, seconds, history, settings).
         metrics: Validation metrics of the kept model (the task's, plus ``score`` and ``loss``).
@@ -73,6 +75,7 @@ class ModelCard(BaseModel):
     spatial_dims: Literal[2, 3] = 2
     unannotated_value: int | None = None
     thing_classes: list[int] = Field(default_factory=list)
+    threshold: float | None = Field(default=None, ge=0.0, le=1.0)
     parent: dict[str, Any] | None = None
     training: dict[str, Any] | None = None
     metrics: dict[str, Any] | None = None

@@ -28,8 +28,26 @@ def nll(maps: np.ndarray, classes: np.ndarray | None, k: int) -> float | None:
     return float(-np.log(p[classes[valid], np.arange(int(valid.sum()))]).mean())
 
 
-def evaluate_samples(
+def sample_maps(
     model: SegModel, samples: list[Sample], device: torch.device, amp: bool, tile: int | tuple[int, ...] = 512
+) -> list[np.ndarray] | None:
+    """The task's blended maps of each sample (``None`` for object models, which have no maps)."""
+    if isinstance(model.module, ObjectModel):
+        return None
+    was_training = model.module.training
+    model.module.eval()
+    maps = [drive(predict_maps(model, s.x, tile=tile, device=device, amp=amp)) for s in samples]
+    model.module.train(was_training)
+    return maps
+
+
+def evaluate_samples(
+    model: SegModel,
+    samples: list[Sample],
+    device: torch.device,
+    amp: bool,
+    tile: int | tuple[int, ...] = 512,
+    maps: list[np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Validation loss and the task's metrics of ``model`` over whole samples (tiled, as at inference).
 
@@ -43,15 +61,15 @@ def evaluate_samples(
     module.eval()
     metric = task.metric(card)
     losses: list[float] = []
-    for s in samples:
+    for i, s in enumerate(samples):
         if isinstance(module, ObjectModel):
             seg = drive(segment_slice(model, s.x, tile=tile, device=device, amp=amp))
         else:
-            maps = drive(predict_maps(model, s.x, tile=tile, device=device, amp=amp))
-            loss = nll(maps, s.truth.classes, card.num_classes)
+            m = maps[i] if maps is not None else drive(predict_maps(model, s.x, tile=tile, device=device, amp=amp))
+            loss = nll(m, s.truth.classes, card.num_classes)
             if loss is not None:
                 losses.append(loss)
-            seg = task.postprocess(maps, card)
+            seg = task.postprocess(m, card)
         metric.update(seg, s.truth)
     module.train(was_training)
     out = metric.compute()

@@ -24,7 +24,7 @@ import torch
 from .augment import Prefetch, crop_batch
 from .card import ModelCard
 from .checks import check_learnable, check_train_config
-from .evaluation import evaluate_samples
+from .evaluation import evaluate_samples, sample_maps
 from .inference import pick_device
 from .model_files import SegModel, save_model
 from .models.base import encoder_of
@@ -59,6 +59,8 @@ class TrainConfig:
         seed: Seed of crops, augmentation and initial split.
         freeze_encoder: Train only what follows the encoder (:func:`~.models.base.encoder_of`): for
             fine-tuning on very few images. The encoder's batch-norm statistics still adapt to the new images.
+        calibrate: After training, let the task tune its post-processing on the validation images
+            (two-class semantic models: the decision threshold).
         prefetch: Make the next batch (crops, augmentation) in a background thread while the model trains.
     """
 
@@ -78,6 +80,7 @@ class TrainConfig:
     seed: int = 0
     freeze_encoder: bool = False
     prefetch: bool = True
+    calibrate: bool = True
 
 
 #: Under a time budget, validation takes at most this share of the time (it is skipped at the end of
@@ -336,6 +339,10 @@ def train(
     for p_ in module.parameters():  # a frozen encoder is frozen for this training only
         p_.requires_grad_(True)
     module.eval()
+    if best_metrics is not None and cfg.calibrate:  # tune post-processing on the validation images
+        maps = sample_maps(model, val_s, device, use_amp, val_tile)
+        if maps is not None and task.calibrate(maps, [s.truth for s in val_s], card):
+            best_metrics = evaluate_samples(model, val_s, device, use_amp, val_tile, maps=maps)
     _annotate(model, cfg, tp, samples, train_s, val_note, history, best_epoch, best_metrics, stopped, step, t0)
     if parent_val is not None and best_metrics is not None:
         model.card.comparison = {

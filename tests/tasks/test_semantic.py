@@ -42,3 +42,19 @@ def test_loss_lower_for_correct_prediction():
     t = torch.randint(0, 2, (2, 16, 16))
     good = torch.nn.functional.one_hot(t, 2).movedim(-1, 1).float() * 10
     assert semantic.loss_fn(good, t) < semantic.loss_fn(-good, t)
+
+
+def test_two_class_threshold_is_calibrated_on_validation_maps_and_used_by_postprocess():
+    """Probabilities that under-call class 1 (true class 1 at p = 0.4): the calibrated threshold
+    recovers it, argmax does not; a threshold that gains nothing is not kept."""
+    from napari_segsuite.tasks.semantic import calibrate_threshold, postprocess
+
+    rng = np.random.default_rng(0)
+    truth = (rng.random((64, 64)) < 0.3).astype(np.int64)
+    p1 = np.where(truth == 1, 0.4, 0.1) + rng.uniform(-0.05, 0.05, truth.shape)
+    maps = np.stack([1 - p1, p1])
+    t = calibrate_threshold([maps], [truth])
+    assert t is not None and 0.1 < t <= 0.35
+    assert (postprocess(maps, t) == truth).all() and (postprocess(maps) == 0).all()
+    perfect = np.stack([1.0 - truth, truth.astype(float)])
+    assert calibrate_threshold([perfect], [truth]) is None

@@ -161,6 +161,11 @@ class Task(ABC):
     def postprocess(self, maps: np.ndarray, card: ModelCard) -> Segmentation:
         """A :class:`Segmentation` (class indices) from blended maps ``(M, *spatial)``."""
 
+    def calibrate(self, maps: list[np.ndarray], truths: list[Targets], card: ModelCard) -> dict[str, Any]:
+        """Tune post-processing on the validation images' maps after training (writing what it
+        chose into ``card``); returns what changed. Default: nothing."""
+        return {}
+
     # --- evaluation --------------------------------------------------------------------------
     @abstractmethod
     def metric(self, card: ModelCard) -> Metric:

@@ -53,9 +53,37 @@ def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return ce + dice_loss
 
 
-def postprocess(probs: np.ndarray) -> np.ndarray:
-    """Class index per pixel from ``(K, ...)`` probabilities: argmax over the first axis."""
+def postprocess(probs: np.ndarray, threshold: float | None = None) -> np.ndarray:
+    """Class index per pixel from ``(K, ...)`` probabilities: argmax over the first axis, or, for two
+    classes with a ``threshold``, class 1 where its probability reaches the threshold."""
+    if threshold is not None and probs.shape[0] == 2:
+        return (probs[1] >= threshold).astype(np.int64)
     return probs.argmax(axis=0)
+
+
+#: Decision thresholds tried by :func:`calibrate_threshold` (two-class models).
+THRESHOLDS = np.round(np.arange(0.2, 0.81, 0.05), 2)
+
+
+def calibrate_threshold(maps: list[np.ndarray], truths: list[np.ndarray], min_gain: float = 0.002) -> float | None:
+    """The class-1 probability threshold that maximises mean IoU over validation images, or ``None``
+    when none beats the argmax (0.5) by ``min_gain``.
+
+    Args:
+        maps: ``(2, ...)`` probabilities per image.
+        truths: Class indices per image (``IGNORE`` skipped).
+    """
+
+    def miou(t: float) -> float:
+        cm = sum(
+            (confusion((m[1] >= t).astype(np.int64), y, 2) for m, y in zip(maps, truths)), np.zeros((2, 2), np.int64)
+        )
+        value = metrics_from_confusion(cm)["mean_iou"]
+        return float(value) if isinstance(value, float) else 0.0
+
+    scores = {float(t): miou(float(t)) for t in THRESHOLDS}
+    best = max(scores, key=lambda t: scores[t])
+    return best if scores[best] > scores[0.5] + min_gain else None
 
 
 def confusion(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> np.ndarray:
@@ -192,7 +220,15 @@ class SemanticTask(Task):
         return loss_fn(module(x), y)
 
     def postprocess(self, maps: np.ndarray, card: ModelCard) -> Segmentation:
-        return Segmentation(semantic=postprocess(maps))
+        return Segmentation(semantic=postprocess(maps, card.threshold))
+
+    def calibrate(self, maps: list[np.ndarray], truths: list[Targets], card: ModelCard) -> dict[str, Any]:
+        """Two-class models: the decision threshold that does best on the validation images."""
+        if card.num_classes != 2:
+            return {}
+        ys = [t.classes for t in truths if t.classes is not None]
+        card.threshold = calibrate_threshold(maps, ys) if len(ys) == len(maps) else None
+        return {"threshold": card.threshold}
 
     def metric(self, card: ModelCard) -> ConfusionMetric:
         return ConfusionMetric(card.num_classes)
