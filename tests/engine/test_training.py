@@ -16,18 +16,17 @@ def _nuclei(seeds):
     return [d["image"] for d in data], [d["semantic"] for d in data]
 
 
-def test_unet_learns_nuclei_within_60_s():
-    """From random weights, 40 s of CPU training; foreground Dice on 3 unseen images must reach 0.85.
+def test_unet_learns_nuclei_in_150_steps():
+    """From random weights, 150 steps of 4 crops of 128 px (what about 40 s of a quiet 2-core CPU gave;
+    in steps, so a busy machine is slower, not failing); foreground Dice on 3 unseen images must reach 0.85.
 
     An untrained or broken model scores near 0.25 (the nuclei cover about 20 % of the image).
     """
     images, labels = _nuclei(range(6))
     test_images, test_labels = _nuclei(range(100, 103))
     model = new_model("unet", label_values=[0, 1])
-    t0 = time.monotonic()
-    result = drive(train(model, images, labels, TrainConfig(time_budget=40, patch_size=128, seed=0)))
-    assert time.monotonic() - t0 < 60
-    assert result.stopped in ("time budget", "epochs", "early stopping")
+    result = drive(train(model, images, labels, TrainConfig(epochs=6, steps_per_epoch=25, patch_size=128, seed=0)))
+    assert result.stopped in ("epochs", "early stopping")
     cm = sum(
         semantic.confusion(drive(predict(result.model, im, output="classes")), lab, 2)
         for im, lab in zip(test_images, test_labels)
