@@ -25,7 +25,6 @@ import torch.nn.functional as F
 from PIL import Image
 from scipy import ndimage as ndi
 
-from napari_segsuite.preprocess import normalize
 from napari_segsuite.progress import drive
 from napari_segsuite.samples import prepare_samples
 from napari_segsuite.tasks import IGNORE
@@ -83,8 +82,9 @@ def product(model_name: str, images: list[np.ndarray], labels: list[np.ndarray],
     torch.manual_seed(0)
     model = model_for_training(model_name, images, labels)
     with tempfile.TemporaryDirectory() as d:
-        res = drive(train(model, images, labels, TrainConfig(time_budget=seconds, epochs=10_000),
-                          checkpoint=Path(d) / "m"))
+        res = drive(
+            train(model, images, labels, TrainConfig(time_budget=seconds, epochs=10_000), checkpoint=Path(d) / "m")
+        )
     t = res.model.card.training or {}
     shape = f"{t.get('batch_size')} x {'x'.join(map(str, t.get('patch', [])))}"
     return int(t["steps"]), shape
@@ -101,15 +101,20 @@ def main() -> int:
     if not (ISBI / "image").is_dir():
         print(f"ISBI data not found at {ISBI}", file=sys.stderr)
         return 1
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, {args.seconds:.0f} s each")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, {args.seconds:.0f} s each"
+    )
     print("| model | batch x crop | bare loop steps | steps/s | segsuite train steps | steps/s | ratio |")
     print("|---|---|---|---|---|---|---|")
     for name in args.models.split(","):
         images, labels = load(name)
         n_bare = bare_loop(name, images, labels, args.seconds)
         n_prod, shape = product(name, images, labels, args.seconds)
-        print(f"| {name} | {shape} | {n_bare} | {n_bare / args.seconds:.2f} | {n_prod} | "
-              f"{n_prod / args.seconds:.2f} | {n_prod / max(n_bare, 1):.2f} |", flush=True)
+        print(
+            f"| {name} | {shape} | {n_bare} | {n_bare / args.seconds:.2f} | {n_prod} | "
+            f"{n_prod / args.seconds:.2f} | {n_prod / max(n_bare, 1):.2f} |",
+            flush=True,
+        )
     return 0
 
 

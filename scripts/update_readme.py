@@ -1,6 +1,6 @@
 """Write the README's model table from the registry (tests/test_docs.py fails when they disagree).
 
-    .venv/bin/python scripts/update_readme.py
+.venv/bin/python scripts/update_readme.py
 """
 
 from pathlib import Path
