@@ -110,7 +110,7 @@ def check_train_config(cfg: TrainConfig) -> None:
 
 def check_learnable(samples: Sequence[Sample], names: Sequence[str] | None = None) -> None:
     """Refuse labels from which nothing can be learnt: every known target pixel holds the same value
-    (an all-zero layer, one class only, no object).
+    (an all-zero layer, one class only) and there is no object.
 
     Raises:
         ValueError: says what the labels hold and how to fix them.
@@ -120,7 +120,8 @@ def check_learnable(samples: Sequence[Sample], names: Sequence[str] | None = Non
         t = s.truth.classes if s.truth.classes is not None else s.truth.y
         vals = np.unique(t)
         seen |= {int(v) for v in vals if v >= 0}
-        if len(seen) >= 2:
+        has_objects = s.truth.ids is not None and bool((s.truth.ids > 0).any())
+        if len(seen) >= 2 or has_objects:  # two kinds of pixel, or objects to find (their centres, outlines)
             return
     what = "no annotated pixel" if not seen else f"only one kind of pixel (target {sorted(seen)[0]})"
     raise ValueError(
