@@ -70,7 +70,7 @@ tmp = Path(tempfile.mkdtemp())
 save_model(pre.model, tmp / "em-pretrained")
 m0 = drive(evaluate(pre.model, te_i, te_l, device=args.device))
 
-rows = [("pretrained on generated only (0 ISBI slices)", 0, t_pre, pre.model.card["training"]["steps"], m0)]
+rows = [("pretrained on generated only (0 ISBI slices)", 0, t_pre, pre.model.card.training["steps"], m0)]
 for n in [int(v) for v in args.sizes.split(",")]:
     for start in ("scratch", "fine-tune"):
         spec = "unet" if start == "scratch" else str(tmp / "em-pretrained")
@@ -79,7 +79,7 @@ for n in [int(v) for v in args.sizes.split(",")]:
         res = drive(train(model, img[:n], lab[:n], TrainConfig(time_budget=args.seconds, device=args.device)))
         tt = time.monotonic() - t0
         m = drive(evaluate(res.model, te_i, te_l, device=args.device))
-        rows.append((start, n, tt, res.model.card["training"]["steps"], m))
+        rows.append((start, n, tt, res.model.card.training["steps"], m))
         print(f"  {start:>9} on {n:>2} slices: mean IoU {m['mean_iou']:.3f} ({tt:.0f} s)", flush=True)
 
 print(

@@ -128,7 +128,7 @@ def measure_engine(name: str, data: dict, seconds: float, device: str) -> dict:
         "ap50_95": m["ap50_95"],
         "f1": m["f1"],
         "infer_s": t_inf,
-        "note": f"{res.model.card['training']['steps']} steps, {res.stopped}",
+        "note": f"{res.model.card.training['steps']} steps, {res.stopped}",
     }
 
 

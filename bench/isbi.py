@@ -47,7 +47,7 @@ t_train = time.monotonic() - t0
 t0 = time.monotonic()
 m = drive(evaluate(res.model, te_i, te_l, device=args.device))
 rows.append(
-    (f"{args.model} ({res.model.card['training']['steps']} steps, {res.stopped})", t_train, time.monotonic() - t0, m)
+    (f"{args.model} ({res.model.card.training['steps']} steps, {res.stopped})", t_train, time.monotonic() - t0, m)
 )
 
 print(

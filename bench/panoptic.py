@@ -63,7 +63,7 @@ m = drive(
     )
 )
 t_eval = (time.monotonic() - t0) / len(te)
-rows.append((f"panoptic-deeplab ({res.model.card['training']['steps']} steps)", t_train, t_eval, m))
+rows.append((f"panoptic-deeplab ({res.model.card.training['steps']} steps)", t_train, t_eval, m))
 
 # baseline: semantic UNet, objects = connected components of each thing class
 res, t_train = fit("unet")
@@ -80,7 +80,7 @@ for s in te:
 t_eval = (time.monotonic() - t0) / len(te)
 rows.append(
     (
-        f"unet + connected components ({res.model.card['training']['steps']} steps)",
+        f"unet + connected components ({res.model.card.training['steps']} steps)",
         t_train,
         t_eval,
         panoptic.pq_from_counts(counts, things),

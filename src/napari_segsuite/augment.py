@@ -6,7 +6,9 @@ from __future__ import annotations
 import contextlib
 import math
 import queue
+import sys
 import threading
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -135,8 +137,9 @@ class Prefetch:
     def close(self) -> None:
         """Stop the thread (it finishes the batch it is making) and drop what it made."""
         self._stop.set()
-        if self._thread is not None:
-            while self._thread.is_alive():
+        if self._thread is not None and not sys.is_finalizing():
+            deadline = time.monotonic() + 30
+            while self._thread.is_alive() and time.monotonic() < deadline:
                 with contextlib.suppress(queue.Empty):
                     self._queue.get(timeout=0.05)
-            self._thread.join()
+            self._thread.join(timeout=1)

@@ -14,6 +14,7 @@ Format history:
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any, Literal
 
@@ -132,8 +133,13 @@ class ModelCard(BaseModel):
             raise CardError(f"{source}: field {field!r}: {msg}.") from None
 
     def to_json(self) -> dict[str, Any]:
-        """The card as plain JSON-ready data (``path`` left out)."""
-        return self.model_dump(mode="json")
+        """The card as plain data (``path`` left out); NaN scores stay NaN (written as ``NaN``, as
+        Python's json reads and writes them)."""
+        return self.model_dump(mode="python")
+
+    def dumps(self) -> str:
+        """The card as ``model.json`` text."""
+        return json.dumps(self.to_json(), indent=2, default=_plain)
 
     @property
     def display_name(self) -> str:
@@ -156,7 +162,11 @@ def migrate(data: dict[str, Any], source: str = "model card") -> dict[str, Any]:
             f"({FORMAT_VERSION}); update napari-segsuite."
         )
     if version == 1:
+        if not isinstance(data.get("build") or {}, dict):
+            raise CardError(f"{source}: field 'build': not a table of builder arguments.")
         build = dict(data.get("build") or {})
+        if not isinstance(build.get("thing_classes", []), (list, tuple)):
+            raise CardError(f"{source}: field 'build.thing_classes': not a list of class indices.")
         if "thing_classes" in build or _takes_objects(data.get("kind")):  # format 1's builder default: (1,)
             data["thing_classes"] = [int(c) for c in build.pop("thing_classes", (1,))]
         data["build"] = build
@@ -173,3 +183,10 @@ def _takes_objects(kind: Any) -> bool:
         return isinstance(kind, str) and get_task(kind).takes_objects
     except KeyError:
         return False
+
+
+def _plain(o: Any) -> Any:
+    """numpy scalars and arrays (in metrics and history) as plain JSON values."""
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    raise TypeError(f"{type(o).__name__} is not JSON serialisable")

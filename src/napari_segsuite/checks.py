@@ -71,6 +71,8 @@ def check_model_out(path: str | Path, *, overwrite: bool = False) -> Path:
             ``overwrite`` is not set.
     """
     p = Path(path)
+    if p.is_dir() and not any(p.iterdir()):
+        return p  # an empty folder made beforehand
     if p.exists() and not (p / CARD_FILE).is_file():
         raise ValueError(
             f"{str(p)!r} exists and is not a saved model; choose a new folder name for the model "

@@ -192,9 +192,9 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from .model_files import load_model
     from .store import resolve_trained
 
+    model = load_model(resolve_trained(args.model))
     out = check_output_folder(args.output)
     files = list_images(args.input)
-    model = load_model(resolve_trained(args.model))
     planned = {f: label_path(out / f.name) for f in files}
     extras = {f: (out / f"{f.stem}_instances.tif", out / f"{f.stem}_objects.csv") for f in files}
     check_outputs(

@@ -133,7 +133,7 @@ def write_card(folder: str | Path, card: ModelCard) -> None:
     """Write ``card`` as ``model.json`` in ``folder``, atomically."""
     from ._fs import write_text
 
-    write_text(Path(folder) / CARD_FILE, json.dumps(card.to_json(), indent=2))
+    write_text(Path(folder) / CARD_FILE, card.dumps())
 
 
 def save_model(model: SegModel, path: str | Path) -> Path:
@@ -148,7 +148,7 @@ def save_model(model: SegModel, path: str | Path) -> Path:
     try:
         state = {k: v.detach().cpu().contiguous() for k, v in model.module.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "napari-segsuite"})
-        (tmp / CARD_FILE).write_text(json.dumps(model.card.to_json(), indent=2))
+        (tmp / CARD_FILE).write_text(model.card.dumps())
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; a model folder is an ordinary folder

@@ -190,7 +190,8 @@ def train(
     score_name = task.score_name
     check_train_config(cfg)
     samples = prepare_samples(model, images, labels, names, rgb, instances)
-    check_learnable(samples)
+    if not card.parent:  # a fine-tuning round may bring one-class corrections
+        check_learnable(samples)
     train_s, val_s, val_note = split_samples(samples, cfg.val_fraction, rng)
     tp = plan(model, train_s, cfg)
     patch, batch_size, spe, peak_lr, val_tile = tp.patch, tp.batch_size, tp.steps_per_epoch, tp.lr, tp.val_tile
@@ -241,11 +242,10 @@ def train(
         return min(f, 1.0)
 
     batches = Prefetch(lambda: crop_batch(train_s, patch, batch_size, rng, cfg.augment), enabled=cfg.prefetch)
-    last_val_end, last_val_seconds = t0, 0.0
+    last_val_end, last_val_seconds, validated_step = t0, 0.0, -1
     try:
         while epoch < cfg.epochs and stopped == "epochs":
             epoch += 1
-            epoch_start = step
             for _ in range(spe):
                 if cancel is not None and cancel():
                     stopped = "cancelled"
@@ -274,8 +274,8 @@ def train(
                     f"epoch {epoch}/{cfg.epochs} · loss {running[-1]:.3f}",
                     {"loss": running[-1], "lr": lr},
                 )
-            if step == epoch_start and (best_state is not None or not running):
-                break  # stopped before this epoch took a step: the last validation still holds
+            if not running or (step == validated_step and best_state is not None):
+                break  # no step since the last validation: it still holds
             if (
                 stopped == "epochs"
                 and epoch < cfg.epochs
@@ -285,6 +285,7 @@ def train(
                 continue  # under a time budget validation takes at most VAL_SHARE of the time
             val_start = time.monotonic()
             val = evaluate_samples(model, val_s, device, use_amp, val_tile)
+            validated_step = step
             last_val_end = time.monotonic()
             last_val_seconds = last_val_end - val_start
             row = {
@@ -339,7 +340,15 @@ def train(
     for p_ in module.parameters():  # a frozen encoder is frozen for this training only
         p_.requires_grad_(True)
     module.eval()
-    if best_metrics is not None and cfg.calibrate:  # tune post-processing on the validation images
+    held_out = not val_note.startswith("none held out")
+    if (
+        best_metrics is not None
+        and cfg.calibrate
+        and stopped != "cancelled"
+        and held_out
+        and task.wants_calibration(card)
+    ):
+        # tune post-processing on the validation images
         maps = sample_maps(model, val_s, device, use_amp, val_tile)
         if maps is not None and task.calibrate(maps, [s.truth for s in val_s], card):
             best_metrics = evaluate_samples(model, val_s, device, use_amp, val_tile, maps=maps)

@@ -80,3 +80,25 @@ def test_sparse_instance_labels_ignore_unannotated_pixels():
     obj = model_for_training("solo", [s["image"]], [sparse], sparse=True)
     (os_,) = prepare_samples(obj, [s["image"]], [sparse])
     assert (os_.y[0][:, 48:] == -1).all() and set(np.unique(os_.y[0][:, :48])) <= set(np.unique(ids))
+
+
+def test_evaluation_reads_ground_truth_ids_plainly_for_a_sparse_model():
+    """The sparse rule (0 not annotated, 1 background) is for training labels; evaluation against ground
+    truth (0 background, 1..N objects) must not shift the ids or hide the background."""
+    from napari_segsuite.tasks import get_task
+
+    model = model_for_training(
+        "unet-instance",
+        [np.zeros((32, 32), np.float32)],
+        [np.ones((32, 32), np.int32)],
+        sparse=True,
+        depth=2,
+        base_filters=4,
+    )
+    ids = np.zeros((1, 32, 32), np.int32)
+    ids[0, 4:10, 4:10], ids[0, 20:28, 20:28] = 1, 2
+    task = get_task(model.card.kind)
+    truth = task.targets(model, ids, None, per_slice=True, name="gt", strict=False)
+    assert (truth.ids == ids).all()
+    training = task.targets(model, ids, None, per_slice=True, name="gt", strict=True)
+    assert (training.ids[ids == 0] == -1).all() and training.ids.max() == 1  # training's rule

@@ -144,7 +144,9 @@ class Task(ABC):
             instances: Object ids of the same shape, or ``None``.
             per_slice: Objects are 2D (a 2D model over slices) rather than 3D.
             name: The image's name, for messages.
-            strict: Refuse label values the model has no class for (``False``: ignore them).
+            strict: Training: refuse label values the model has no class for, and read sparse labels
+                by the training rule. ``False`` (evaluation against ground truth): ignore unknown
+                values, and read object ids as plain ids.
         """
 
     @abstractmethod
@@ -160,6 +162,10 @@ class Task(ABC):
     @abstractmethod
     def postprocess(self, maps: np.ndarray, card: ModelCard) -> Segmentation:
         """A :class:`Segmentation` (class indices) from blended maps ``(M, *spatial)``."""
+
+    def wants_calibration(self, card: ModelCard) -> bool:
+        """Whether :meth:`calibrate` would tune anything for this card (default: no)."""
+        return False
 
     def calibrate(self, maps: list[np.ndarray], truths: list[Targets], card: ModelCard) -> dict[str, Any]:
         """Tune post-processing on the validation images' maps after training (writing what it

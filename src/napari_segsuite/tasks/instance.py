@@ -362,7 +362,7 @@ class InstanceTask(Task):
         if cls_values is not None and strict:
             check_known(model, cls_values, name)
         unlabelled = None
-        if model.card.unannotated_value is not None:  # the sparse rule for objects: 0 not annotated, 1 background
+        if strict and model.card.unannotated_value is not None:  # training's sparse rule: 0 not annotated, 1 background
             unlabelled = ids == 0
             ids = np.where(ids >= 2, ids - 1, np.where(unlabelled, IGNORE, 0))
         if isinstance(model.module, ObjectModel):  # ids + a class per pixel of each object

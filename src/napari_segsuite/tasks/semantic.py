@@ -222,6 +222,9 @@ class SemanticTask(Task):
     def postprocess(self, maps: np.ndarray, card: ModelCard) -> Segmentation:
         return Segmentation(semantic=postprocess(maps, card.threshold))
 
+    def wants_calibration(self, card: ModelCard) -> bool:
+        return card.num_classes == 2
+
     def calibrate(self, maps: list[np.ndarray], truths: list[Targets], card: ModelCard) -> dict[str, Any]:
         """Two-class models: the decision threshold that does best on the validation images."""
         if card.num_classes != 2:

@@ -200,7 +200,7 @@ class FinetuneWidget(Container):
         text = self.things.value.strip()
         if not text or not self._is_new_panoptic():
             return None
-        return [int(v) for v in text.replace(" ", "").split(",") if v]
+        return [int(v) for v in text.replace(" ", "").split(",") if v] or None
 
     def _show_guide(self) -> None:
         """One line on what the chosen model is good for (the registry's description)."""
