@@ -85,10 +85,10 @@ def test_shape_mismatch_names_the_image():
 
 
 def test_volume_and_small_single_image_train():
-    vol = sd.nuclei_3d(seed=0, shape=(6, 48, 48))
+    vol = sd.nuclei_3d(seed=0, shape=(12, 48, 48))  # (6 slices of 48 px hold no nucleus: nothing to learn)
     model = new_model("unet", label_values=[0, 1], depth=2, base_filters=4)
     result = drive(train(model, [vol["image"]], [vol["semantic"]], TrainConfig(epochs=1, steps_per_epoch=2)))
-    assert result.model.card.training["samples"] == 6  # one per slice
+    assert result.model.card.training["samples"] == 12  # one per slice
     single = sd.nuclei_2d(seed=3, shape=(40, 40))
     model = new_model("unet", label_values=[0, 1], depth=2, base_filters=4)
     result = drive(train(model, [single["image"]], [single["semantic"]], TrainConfig(epochs=1, steps_per_epoch=2)))
