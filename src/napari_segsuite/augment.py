@@ -43,9 +43,15 @@ def elastic(
 
 
 def crop_batch(
-    train: list[Sample], patch: tuple[int, ...], n: int, rng: np.random.Generator, augment: bool
+    train: list[Sample],
+    patch: tuple[int, ...],
+    n: int,
+    rng: np.random.Generator,
+    augment: bool,
+    noise: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """A batch of random crops of size ``patch`` (2D ``(p, p)`` or 3D ``(pz, p, p)``), augmented."""
+    """A batch of random crops of size ``patch`` (2D ``(p, p)`` or 3D ``(pz, p, p)``), augmented; pixel
+    noise is drawn from ``noise`` (default: torch's global generator)."""
     weights = np.array([s.x[0].size for s in train], dtype=np.float64)
     nd = len(patch)
     xs, ys = [], []
@@ -83,8 +89,8 @@ def crop_batch(
             gain = torch.from_numpy(rng.uniform(0.75, 1.33, shape).astype(np.float32))
             shift = torch.from_numpy(rng.uniform(-0.15, 0.15, shape).astype(np.float32))
             x = x * gain + shift
-            if rng.random() < 0.5:  # from the numpy generator: the same batches whichever thread makes them
-                x = x + float(rng.uniform(0, 0.08)) * torch.from_numpy(rng.standard_normal(x.shape, dtype=np.float32))
+            if rng.random() < 0.5:  # ``noise``: a generator of its own, so no other thread's torch calls disturb it
+                x = x + float(rng.uniform(0, 0.08)) * torch.randn(x.shape, generator=noise)
         xs.append(x)
         ys.append(y)
     return torch.stack(xs), torch.stack(ys)

@@ -241,7 +241,8 @@ def train(
             f = max(f, (time.monotonic() - t0) / cfg.time_budget)
         return min(f, 1.0)
 
-    batches = Prefetch(lambda: crop_batch(train_s, patch, batch_size, rng, cfg.augment), enabled=cfg.prefetch)
+    noise = torch.Generator().manual_seed(cfg.seed)
+    batches = Prefetch(lambda: crop_batch(train_s, patch, batch_size, rng, cfg.augment, noise), enabled=cfg.prefetch)
     last_val_end, last_val_seconds, validated_step = t0, 0.0, -1
     try:
         while epoch < cfg.epochs and stopped == "epochs":
