@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .model_files import CARD_FILE
+from .model_files import check_model_destination
 
 if TYPE_CHECKING:
     from .samples import Sample
@@ -70,14 +70,9 @@ def check_model_out(path: str | Path, *, overwrite: bool = False) -> Path:
         ValueError: something that is not a model is there (never replaced), or a model is there and
             ``overwrite`` is not set.
     """
-    p = Path(path)
+    p = check_model_destination(path)  # never anything that is not a model
     if p.is_dir() and not any(p.iterdir()):
         return p  # an empty folder made beforehand
-    if p.exists() and not (p / CARD_FILE).is_file():
-        raise ValueError(
-            f"{str(p)!r} exists and is not a saved model; choose a new folder name for the model "
-            "(anything else there is left alone)."
-        )
     if p.exists() and not overwrite:
         raise ValueError(
             f"{str(p)!r} holds a trained model already; choose another --out, or add --overwrite to replace it."

@@ -115,13 +115,14 @@ def new_model(
 
 
 def check_model_destination(path: str | Path) -> Path:
-    """``path`` as a Path, if a model may be saved there: a new path or an existing model folder.
+    """``path`` as a Path, if a model may be saved there: a new path, an empty folder or an existing model folder.
 
     Raises:
         ValueError: something that is not a saved model is there (it is never replaced).
     """
     path = Path(path)
-    if path.exists() and not (path / CARD_FILE).is_file():
+    empty_folder = path.is_dir() and not any(path.iterdir())
+    if path.exists() and not empty_folder and not (path / CARD_FILE).is_file():
         raise ValueError(
             f"{str(path)!r} exists and is not a saved model; choose a new folder name for the model "
             "(an existing model folder is replaced, anything else is left alone)."
