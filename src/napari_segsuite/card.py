@@ -50,6 +50,10 @@ class ModelCard(BaseModel):
         spatial_dims: 2 (images, volumes slice by slice) or 3 (native 3D).
         unannotated_value: Label value meaning "not annotated" (sparse labels); ``None``: dense labels.
         thing_classes: Panoptic models: class indices of the countable classes.
+        voxel_size: Physical size of a pixel (Y, X) or voxel (Z, Y, X) of the training images, in the
+            file's unit (micrometres for microscopy, millimetres for MRI); ``None``: not known.
+        ignore_value: A label value excluded from loss and metrics (e.g. 255 in VOC exports);
+            ``None``: every value is a class.
         threshold: Two-class semantic models: the class-1 probability from which a pixel is class 1,
             chosen on the validation images after training (``None``: the most probable class).
         parent: The model this one was fine-tuned from (``name``, ``path``, ``metrics``).
@@ -76,6 +80,8 @@ class ModelCard(BaseModel):
     spatial_dims: Literal[2, 3] = 2
     unannotated_value: int | None = None
     thing_classes: list[int] = Field(default_factory=list)
+    voxel_size: list[float] | None = None
+    ignore_value: int | None = None
     threshold: float | None = Field(default=None, ge=0.0, le=1.0)
     parent: dict[str, Any] | None = None
     training: dict[str, Any] | None = None
@@ -108,6 +114,9 @@ class ModelCard(BaseModel):
             raise ValueError("label_values must be sorted and distinct")
         if len(self.class_names) != self.num_classes:
             raise ValueError(f"class_names has {len(self.class_names)} names for {self.num_classes} classes")
+        if self.voxel_size is not None:
+            if len(self.voxel_size) not in (2, 3) or not all(0 < v < 1e6 for v in self.voxel_size):
+                raise ValueError("voxel_size must hold 2 or 3 positive sizes (Y, X) or (Z, Y, X)")
         bad = [c for c in self.thing_classes if not 0 <= c < self.num_classes]
         if bad:
             raise ValueError(f"thing_classes {bad} are not class indices 0..{self.num_classes - 1}")
