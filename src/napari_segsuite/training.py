@@ -62,6 +62,9 @@ class TrainConfig:
         calibrate: After training, let the task tune its post-processing on the validation images
             (two-class semantic models: the decision threshold).
         prefetch: Make the next batch (crops, augmentation) in a background thread while the model trains.
+        voxel_size: Physical size of a voxel ``(Z, Y, X)`` (or a pixel ``(Y, X)``) of the training images;
+            ``None``: the model card's, else unknown (isotropic). Native 3D models crop thick slices
+            thinly and pool them only in Y/X (see :func:`~.plan.plan`); the card keeps it.
     """
 
     epochs: int = 100
@@ -81,6 +84,7 @@ class TrainConfig:
     freeze_encoder: bool = False
     prefetch: bool = True
     calibrate: bool = True
+    voxel_size: tuple[float, ...] | None = None
 
 
 #: Under a time budget, validation takes at most this share of the time (it is skipped at the end of
@@ -142,11 +146,13 @@ def train(
     task = get_task(card.kind)
     score_name = task.score_name
     check_train_config(cfg)
+    if cfg.voxel_size is not None:  # before the targets: 3D object rings follow it
+        card.voxel_size = [float(v) for v in cfg.voxel_size]
     samples = prepare_samples(model, images, labels, names, rgb, instances)
     if not card.parent:  # a fine-tuning round may bring one-class corrections
         check_learnable(samples)
     train_s, val_s, val_note = split_samples(samples, cfg.val_fraction, rng)
-    tp = plan(model, train_s, cfg)
+    tp = plan(model, train_s, cfg, device.type)
     patch, batch_size, spe, peak_lr, val_tile = tp.patch, tp.batch_size, tp.steps_per_epoch, tp.lr, tp.val_tile
     train_s = [pad_to(s, patch) for s in train_s]
     total = cfg.epochs * spe
@@ -284,7 +290,8 @@ def train(
                 + (" (best)" if improved else ""),
                 {k2: v for k2, v in row.items() if isinstance(v, float)},
             )
-            if cfg.patience and epoch - best_epoch >= cfg.patience and stopped == "epochs":
+            # no early stop while nothing was learnt yet (a score of 0: e.g. no object found so far)
+            if cfg.patience and best_iou > 0 and epoch - best_epoch >= cfg.patience and stopped == "epochs":
                 stopped = "early stopping"
     finally:
         batches.close()

@@ -5,6 +5,7 @@ Qt-free; both front ends call these same functions.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -15,6 +16,7 @@ import numpy as np
 from .evaluation import evaluate
 from .model_files import SegModel, load_model, save_model
 from .models import available, get_spec
+from .plan import anisotropic_levels, voxel_size_from_objects
 from .preprocess import infer_axes
 from .progress import Work
 from .tasks import UNANNOTATED, get_task
@@ -38,6 +40,7 @@ def model_for_training(
     sparse: bool = False,
     instances: Sequence[np.ndarray] | None = None,
     things: Sequence[int] | None = None,
+    voxel_size: Sequence[float] | None = None,
     **build_kwargs: Any,
 ) -> SegModel:
     """The model ``train`` starts from.
@@ -55,14 +58,31 @@ def model_for_training(
         instances: Object ids per image (instance models with classes; panoptic models).
         things: Panoptic models: the label values of the countable classes (the rest are stuff);
             default: the classes found under objects in ``instances``, else every class but 0.
+        voxel_size: ``(Z, Y, X)`` voxel size of the images: a new native 3D model with a ``depth`` and an
+            ``xy_only_levels`` argument pools thick slices only in Y/X (:func:`~.plan.anisotropic_levels`)
+            unless ``build_kwargs`` says otherwise; the card keeps the voxel size.
         build_kwargs: Builder arguments for a new model (e.g. ``base_filters=32``).
     """
     if is_architecture(spec):
         arch = get_spec(spec)
         in_channels = 3 if infer_axes(np.shape(images[0]), rgb).rgb else 1
-        return get_task(arch.kind).new_model(
-            arch, labels, in_channels=in_channels, sparse=sparse, instances=instances, things=things, build=build_kwargs
+        build = dict(build_kwargs)
+        ids = get_task(arch.kind).object_ids(labels, instances)
+        if arch.spatial_dims == 3 and voxel_size is None and ids is not None:
+            voxel_size = voxel_size_from_objects(ids)
+            if voxel_size is not None:
+                log.info("No voxel size given; the objects suggest slices %.1fx thicker than pixels", voxel_size[0])
+        params = inspect.signature(arch.builder).parameters
+        if arch.spatial_dims == 3 and voxel_size is not None and "xy_only_levels" in params:
+            depth = build.get("depth", arch.defaults.get("depth", params["depth"].default if "depth" in params else 0))
+            build.setdefault("xy_only_levels", anisotropic_levels(voxel_size, int(depth)))
+            build.setdefault("depth", depth)
+        model = get_task(arch.kind).new_model(
+            arch, labels, in_channels=in_channels, sparse=sparse, instances=instances, things=things, build=build
         )
+        if voxel_size is not None:
+            model.card.voxel_size = [float(v) for v in voxel_size]
+        return model
     from .store import resolve_trained
 
     if build_kwargs:
@@ -95,7 +115,15 @@ def train_model(
     """Pick the starting model, train it (checkpointing the best to ``out`` as it improves) and save it
     to ``out``: the whole of ``segsuite train`` and of the Fine-tune widget's *Train*."""
     model = model_for_training(
-        spec, images, labels, rgb=rgb, sparse=sparse, instances=instances, things=things, **(build or {})
+        spec,
+        images,
+        labels,
+        rgb=rgb,
+        sparse=sparse,
+        instances=instances,
+        things=things,
+        voxel_size=config.voxel_size,
+        **(build or {}),
     )
     model.card.name = Path(out).name
     result = yield from train(

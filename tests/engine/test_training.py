@@ -9,6 +9,7 @@ from napari_segsuite.model_files import load_model, new_model
 from napari_segsuite.progress import drive
 from napari_segsuite.tasks import semantic
 from napari_segsuite.training import TrainConfig, train
+from napari_segsuite.workflows import model_for_training
 
 
 def _nuclei(seeds):
@@ -129,7 +130,6 @@ def test_finetuning_adapts_to_a_new_style_faster_than_scratch():
     foreground Dice 0.8 on held-out second-style images in fewer steps than the same model from scratch."""
     from napari_segsuite.model_files import save_model
     from napari_segsuite.store import model_dir
-    from napari_segsuite.workflows import model_for_training
 
     images_a, labels = _nuclei(range(6))
     parent = model_for_training("unet", images_a, labels)
@@ -183,3 +183,14 @@ def test_progress_total_follows_the_time_budget_when_it_binds_first():
     assert result.stopped == "time budget" and steps < 10_000
     last = reports[-1]
     assert last.total <= 2 * steps + 10, (last.total, steps)  # the epoch limit would say 10000
+
+
+def test_no_early_stop_before_anything_was_learnt():
+    """An instance model that has found no object yet (AP50 0) keeps training: a score of 0 is where
+    every object model starts, not a plateau."""
+    s = sd.nuclei_2d(seed=0, shape=(64, 64))
+    model = model_for_training("unet-instance", [s["image"]], [s["instances"]], base_filters=4, depth=2)
+    cfg = TrainConfig(epochs=4, steps_per_epoch=1, patience=1, lr=1e-9, patch_size=64, batch_size=2, calibrate=False)
+    result = drive(train(model, [s["image"]], [s["instances"]], cfg))
+    assert result.model.card.metrics["score"] == 0.0
+    assert result.stopped == "epochs" and len(result.history) == 4

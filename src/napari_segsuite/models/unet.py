@@ -157,7 +157,7 @@ def build_unet_instance(
     "unet3d-instance",
     kind="instance",
     spatial_dims=3,
-    training={"patch_size": 64, "patch_size_z": 16},
+    training={"patch_size": 64},
     description="3D UNet predicting background / interior / boundary, objects split by 3D seeded watershed: "
     "nuclei in volumes.",
 )

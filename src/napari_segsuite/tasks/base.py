@@ -120,6 +120,13 @@ class Task(ABC):
         if sparse and model.card.unannotated_value != UNANNOTATED:
             model.card.unannotated_value = UNANNOTATED
 
+    def object_ids(
+        self, labels: Sequence[np.ndarray], instances: Sequence[np.ndarray] | None
+    ) -> Sequence[np.ndarray] | None:
+        """The object-id images among what the user gives for training (``None``: the task has none).
+        The engine reads object shapes from them (e.g. to guess how thick a volume's slices are)."""
+        return instances
+
     def output_channels(self, card: ModelCard) -> int:
         """How many maps a map model of this task outputs (``num_classes`` unless the task adds more)."""
         return card.num_classes

@@ -34,19 +34,33 @@ BACKGROUND, INTERIOR, BOUNDARY = 0, 1, 2
 BOUNDARY_WIDTH = 2
 
 
-def targets(instances: np.ndarray, boundary_width: int = BOUNDARY_WIDTH) -> np.ndarray:
-    """3-class targets from a 2D instance image: 0 background, 1 interior, 2 boundary (int64).
+def targets(
+    instances: np.ndarray, boundary_width: int = BOUNDARY_WIDTH, spacing: Sequence[float] | None = None
+) -> np.ndarray:
+    """3-class targets from an instance image or volume: 0 background, 1 interior, 2 boundary (int64).
 
     The boundary is the ring of each object's pixels within ``boundary_width`` of another label
-    (background or a neighbour): wide enough that touching objects leave separate interiors.
+    (background or a neighbour): wide enough that touching objects leave separate interiors. In a
+    volume whose slices are at least twice as thick as its pixels are wide (``spacing`` ``(Z, Y, X)``),
+    the ring is widened in Y/X only, so a nucleus a few slices thick keeps an interior.
     """
     inst = np.asarray(instances)
     t = (inst > 0).astype(np.int64)
     edge = find_boundaries(inst, mode="inner")
     if boundary_width > 1:
-        edge = ndi.binary_dilation(edge, iterations=boundary_width - 1)
+        structure = ndi.generate_binary_structure(inst.ndim, 1)
+        if inst.ndim == 3 and _z_ratio(spacing) >= 2:
+            structure[0] = structure[2] = False  # in-plane only
+        edge = ndi.binary_dilation(edge, structure=structure, iterations=boundary_width - 1)
     t[edge & (inst > 0)] = BOUNDARY
     return t
+
+
+def _z_ratio(spacing: Sequence[float] | None) -> float:
+    """Slice thickness over pixel width (1 when unknown or 2D)."""
+    if spacing is None or len(spacing) != 3:
+        return 1.0
+    return float(spacing[0]) / float(min(spacing[1:]))
 
 
 def postprocess(
@@ -56,8 +70,9 @@ def postprocess(
     interior_threshold: float = 0.5,
     mask_threshold: float = 0.5,
     seed_h: float = 0.5,
+    spacing: Sequence[float] | None = None,
 ) -> np.ndarray:
-    """Object ids 1..N (int32) from ``(3, H, W)`` class probabilities, by seeded watershed.
+    """Object ids 1..N (int32) from ``(3, H, W)`` or ``(3, Z, H, W)`` class probabilities, by seeded watershed.
 
     Seeds are the h-maxima of the (lightly smoothed) distance to the edge of the predicted
     interior, so two touching objects whose interiors the network joined by a thin bridge still get
@@ -69,12 +84,19 @@ def postprocess(
         mask_threshold: Object (interior + boundary) probability a pixel needs to be part of an object.
         seed_h: Minimum depth (pixels of distance) of a maximum to seed its own object; larger merges more.
         min_size: Objects smaller than this (pixels) are dropped.
+        spacing: Voxel size ``(Z, Y, X)`` of a volume: distances are measured in Y/X pixel widths, so
+            thick slices count as thick.
     """
     interior = probs[INTERIOR] > interior_threshold
     if not interior.any():
         return np.zeros(interior.shape, np.int32)
     foreground = (1.0 - probs[BACKGROUND]) > mask_threshold
-    dist = ndi.gaussian_filter(ndi.distance_transform_edt(interior), 1.0)
+    sampling: tuple[float, ...] | None = None
+    sigma: float | tuple[float, ...] = 1.0
+    if interior.ndim == 3 and _z_ratio(spacing) > 1:
+        r = _z_ratio(spacing)
+        sampling, sigma = (r, 1.0, 1.0), (1.0 / r, 1.0, 1.0)
+    dist = ndi.gaussian_filter(ndi.distance_transform_edt(interior, sampling=sampling), sigma)
     seeds, _ = ndi.label(h_maxima(dist, seed_h) & interior)
     labels = watershed(-dist, seeds, mask=foreground | interior)
     return relabel(remove_small(labels, min_size))
@@ -373,10 +395,15 @@ class InstanceTask(Task):
                 cls = np.where(ids > 0, cls, np.where(cls == IGNORE, IGNORE, 0))
             return Targets(y=np.stack([ids, cls]), classes=cls, ids=ids)
         known = np.maximum(ids, 0)  # background / interior / boundary
-        y = np.stack([targets(sl) for sl in known]) if per_slice else targets(known)
+        y = np.stack([targets(sl) for sl in known]) if per_slice else targets(known, spacing=model.card.voxel_size)
         if unlabelled is not None:
             y[unlabelled] = IGNORE
         return Targets(y=y, classes=y, ids=ids)
+
+    def object_ids(
+        self, labels: Sequence[np.ndarray], instances: Sequence[np.ndarray] | None
+    ) -> Sequence[np.ndarray] | None:
+        return labels if instances is None else instances  # without ``instances`` the labels are the ids
 
     def loss(self, module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, card: ModelCard) -> torch.Tensor:
         if isinstance(module, ObjectModel):
@@ -386,7 +413,7 @@ class InstanceTask(Task):
         return loss_fn(module(x), y)
 
     def postprocess(self, maps: np.ndarray, card: ModelCard) -> Segmentation:
-        return Segmentation(instances=postprocess(maps))
+        return Segmentation(instances=postprocess(maps, spacing=card.voxel_size if maps.ndim == 4 else None))
 
     def metric(self, card: ModelCard) -> ObjectMetric:
         return ObjectMetric()

@@ -1,0 +1,138 @@
+"""What `segsuite train` learns in a fixed time on the real sets we have, scored on held-out data.
+
+Cases (each trains from random weights under ``--seconds`` and scores the held-out part with
+`evaluate`, as `segsuite evaluate` does):
+
+- ``isbi``: ISBI 2012 membranes, `unet`, slices 0-19 -> 20-29, mean IoU.
+- ``isbi-cells``: ISBI 2012 cells as instances (connected components of the interior), `unet-instance`,
+  slices 0-19 -> 20-29, AP50.
+- ``isbi-3d``: the ISBI slices as a volume (voxel 50 x 4 x 4 nm: slices 12.5x thicker than pixels),
+  `unet3d`, stack 0-19 -> stack 20-29, mean IoU.
+- ``nuclei-3d``: generated nuclei volumes with slices twice as thick as pixels (every other slice of an
+  isotropic volume), `unet3d-instance`, one volume -> another, AP50. Generated, not real.
+
+    .venv/bin/python bench/learning.py --seconds 120 [--cases isbi,isbi-3d] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage as ndi
+
+from napari_segsuite.progress import drive
+from napari_segsuite.sample_data import nuclei_3d
+from napari_segsuite.training import TrainConfig, train
+from napari_segsuite.workflows import evaluate, model_for_training
+
+ISBI = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "isbi2012"
+
+
+def _isbi(lo: int, hi: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    imgs = [np.asarray(Image.open(ISBI / "image" / f"{i}.png")) for i in range(lo, hi)]
+    labs = [np.asarray(Image.open(ISBI / "label" / f"{i}.png")) for i in range(lo, hi)]
+    return imgs, labs
+
+
+def _cells(labs: list[np.ndarray]) -> list[np.ndarray]:
+    return [ndi.label(lab > 0)[0].astype(np.int32) for lab in labs]
+
+
+def _nuclei(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    s = nuclei_3d(seed=seed, shape=(48, 128, 128))
+    return s["image"][::2], s["instances"][::2]
+
+
+def case(name: str) -> dict[str, Any]:
+    """Model, training and test data, voxel size and score key of one case."""
+    if name == "isbi":
+        tr, te = _isbi(0, 20), _isbi(20, 30)
+        return {"model": "unet", "train": tr, "test": te, "voxel": None, "score": "mean_iou"}
+    if name == "isbi-cells":
+        (ti, tl), (vi, vl) = _isbi(0, 20), _isbi(20, 30)
+        return {
+            "model": "unet-instance",
+            "train": (ti, _cells(tl)),
+            "test": (vi, _cells(vl)),
+            "voxel": None,
+            "score": "ap50",
+        }
+    if name == "isbi-3d":
+        (ti, tl), (vi, vl) = _isbi(0, 20), _isbi(20, 30)
+        train_v = ([np.stack(ti)], [np.stack(tl)])
+        test_v = ([np.stack(vi)], [np.stack(vl)])
+        return {"model": "unet3d", "train": train_v, "test": test_v, "voxel": (50.0, 4.0, 4.0), "score": "mean_iou"}
+    if name == "nuclei-3d":
+        (a, la), (b, lb) = _nuclei(0), _nuclei(1)
+        return {
+            "model": "unet3d-instance",
+            "train": ([a], [la]),
+            "test": ([b], [lb]),
+            "voxel": (2.0, 1.0, 1.0),
+            "score": "ap50",
+        }
+    raise SystemExit(f"unknown case {name!r}")
+
+
+def run(name: str, seconds: float, seed: int) -> dict[str, Any]:
+    c = case(name)
+    (ti, tl), (vi, vl) = c["train"], c["test"]
+    model = model_for_training(c["model"], ti, tl, voxel_size=c["voxel"])
+    cfg = TrainConfig(time_budget=seconds, epochs=100_000, seed=seed, voxel_size=c["voxel"])
+    t0 = time.monotonic()
+    res = drive(train(model, ti, tl, cfg))
+    t_train = time.monotonic() - t0
+    t0 = time.monotonic()
+    m = drive(evaluate(res.model, vi, vl))
+    t = res.model.card.training or {}
+    return {
+        "case": name,
+        "model": c["model"],
+        "plan": f"{t.get('batch_size')} x {'x'.join(map(str, t.get('patch', [])))}",
+        "build": res.model.card.build,
+        "steps": t.get("steps"),
+        "train_s": round(t_train, 1),
+        "eval_s": round(time.monotonic() - t0, 1),
+        "stopped": res.stopped,
+        "score_name": c["score"],
+        "score": round(float(m[c["score"]]), 4),
+        "val_score": round(float((res.model.card.metrics or {}).get("score", float("nan"))), 4),
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=120)
+    ap.add_argument("--cases", default="isbi,isbi-cells,isbi-3d,nuclei-3d")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", action="store_true", help="one JSON line per case instead of the table")
+    args = ap.parse_args()
+    if not (ISBI / "image").is_dir():
+        print(f"ISBI data not found at {ISBI}", file=sys.stderr)
+        return 1
+    if not args.json:
+        print(f"{args.seconds:.0f} s of training per case, seed {args.seed}")
+        print("| case | model | batch x crop | steps | stopped | held-out score | validation score | eval s |")
+        print("|---|---|---|---|---|---|---|---|")
+    for name in args.cases.split(","):
+        r = run(name, args.seconds, args.seed)
+        if args.json:
+            print(json.dumps(r), flush=True)
+        else:
+            print(
+                f"| {r['case']} | {r['model']} | {r['plan']} | {r['steps']} | {r['stopped']} | "
+                f"{r['score_name']} {r['score']:.3f} | {r['val_score']:.3f} | {r['eval_s']:.0f} |",
+                flush=True,
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
