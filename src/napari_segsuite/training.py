@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from .augment import Prefetch, crop_batch
+from .averaging import WeightAverage
 from .checks import check_learnable, check_train_config
 from .evaluation import evaluate_samples, sample_maps
 from .inference import pick_device
@@ -62,6 +63,8 @@ class TrainConfig:
         calibrate: After training, let the task tune its post-processing on the validation images
             (two-class semantic models: the decision threshold).
         prefetch: Make the next batch (crops, augmentation) in a background thread while the model trains.
+        average: Validate and keep an exponential moving average of the weights over about the last
+            tenth of the run (:class:`~.averaging.WeightAverage`) rather than the latest weights.
         voxel_size: Physical size of a voxel ``(Z, Y, X)`` (or a pixel ``(Y, X)``) of the training images;
             ``None``: the model card's, else unknown (isotropic). Native 3D models crop thick slices
             thinly and pool them only in Y/X (see :func:`~.plan.plan`); the card keeps it.
@@ -85,6 +88,7 @@ class TrainConfig:
     prefetch: bool = True
     calibrate: bool = True
     voxel_size: tuple[float, ...] | None = None
+    average: bool = False
 
 
 #: Under a time budget, validation takes at most this share of the time (it is skipped at the end of
@@ -200,6 +204,8 @@ def train(
             f = max(f, (time.monotonic() - t0) / cfg.time_budget)
         return min(f, 1.0)
 
+    average = WeightAverage(module) if cfg.average else None
+    scored = model if average is None else SegModel(average.module, card)  # what validation scores and keeps
     noise = torch.Generator().manual_seed(cfg.seed)
     batches = Prefetch(lambda: crop_batch(train_s, patch, batch_size, rng, cfg.augment, noise), enabled=cfg.prefetch)
     last_val_end, last_val_seconds, validated_step = t0, 0.0, -1
@@ -227,6 +233,8 @@ def train(
                 scaler.step(opt)
                 scaler.update()
                 step += 1
+                if average is not None:
+                    average.update(step, expected_total())
                 running.append(float(loss.detach()))
                 yield Progress(
                     step,
@@ -244,7 +252,7 @@ def train(
             ):
                 continue  # under a time budget validation takes at most VAL_SHARE of the time
             val_start = time.monotonic()
-            val = evaluate_samples(model, val_s, device, use_amp, val_tile)
+            val = evaluate_samples(scored, val_s, device, use_amp, val_tile)
             validated_step = step
             last_val_end = time.monotonic()
             last_val_seconds = last_val_end - val_start
@@ -263,7 +271,7 @@ def train(
             improved = val["score"] > best_iou
             if improved:
                 best_iou, best_epoch = val["score"], epoch
-                best_state = copy.deepcopy({n: t.detach().cpu() for n, t in module.state_dict().items()})
+                best_state = copy.deepcopy({n: t.detach().cpu() for n, t in scored.module.state_dict().items()})
                 best_metrics = val
                 if checkpoint is not None:
                     _annotate(
