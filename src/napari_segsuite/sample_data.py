@@ -94,8 +94,13 @@ def _render_fluorescence(rng: np.random.Generator, inst: np.ndarray) -> np.ndarr
     return np.clip(img, 0, 65535).astype(np.uint16)
 
 
-def nuclei_2d(seed: int = 0, shape: tuple[int, int] = (256, 256), n: int | None = None) -> dict[str, np.ndarray]:
-    """One 2D nuclei image with ground truth.
+def nuclei_2d(
+    seed: int = 0,
+    shape: tuple[int, int] = (256, 256),
+    n: int | None = None,
+    radius: tuple[float, float] = (5.0, 15.0),
+) -> dict[str, np.ndarray]:
+    """One 2D nuclei image with ground truth (nuclei of ``radius`` pixels, min and max, many touching).
 
     Returns:
         ``{"image": (Y, X) uint16, "instances": (Y, X) int32 ids 1..N (0 background),
@@ -104,7 +109,7 @@ def nuclei_2d(seed: int = 0, shape: tuple[int, int] = (256, 256), n: int | None 
     rng = np.random.default_rng(seed)
     if n is None:
         n = int(shape[0] * shape[1] / 1500)
-    inst = _place_ellipsoids(rng, shape, n, (5.0, 15.0))
+    inst = _place_ellipsoids(rng, shape, n, radius)
     return {"image": _render_fluorescence(rng, inst), "instances": inst, "semantic": (inst > 0).astype(np.uint8)}
 
 

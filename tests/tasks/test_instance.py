@@ -24,6 +24,14 @@ def test_targets_and_postprocess_recover_touching_objects():
     assert m["ap50"] == 1.0 and m["n_pred"] == s["instances"].max()
 
 
+def test_representation_keeps_small_nuclei():
+    """Nuclei 5-12 px across (radius 2.5-6) survive the targets -> post-processing round trip: a one-pixel
+    ring for small objects and objects drawn all as boundary kept (a 2-px ring everywhere gave AP50 0.72)."""
+    s = sd.nuclei_2d(seed=0, n=150, radius=(2.5, 6.0))
+    labels = instance.postprocess(_one_hot_probs(s["instances"]))
+    assert instance.metrics(labels, s["instances"])["ap50"] >= 0.93
+
+
 def test_metrics_hand_computed():
     gt = np.zeros((10, 10), int)
     gt[0:4, 0:4] = 1
@@ -82,10 +90,11 @@ def test_linking_gives_3d_ids():
 
 
 def test_unet_instance_learns_nuclei():
-    """From random weights, 160 steps (~45 s on 2 CPU cores): AP50 on 3 unseen images >= 0.8 (touching nuclei).
-    (90 steps already reach 0.85; the budget is in steps so a busy machine is slower, not failing.)"""
-    data = [sd.nuclei_2d(seed=i) for i in range(6)]
-    unseen = [sd.nuclei_2d(seed=300 + i) for i in range(3)]
+    """From random weights, 160 steps (~45 s on 2 CPU cores): AP50 on 3 unseen images >= 0.8 (touching
+    nuclei from 6 to 24 px across, small ones included). The budget is in steps so a busy machine is slower,
+    not failing."""
+    data = [sd.nuclei_2d(seed=i, n=60, radius=(3.0, 12.0)) for i in range(6)]
+    unseen = [sd.nuclei_2d(seed=300 + i, n=60, radius=(3.0, 12.0)) for i in range(3)]
     images, labels = [d["image"] for d in data], [d["instances"] for d in data]
     model = model_for_training("unet-instance", images, labels)
     result = drive(train(model, images, labels, TrainConfig(epochs=8, steps_per_epoch=20, patch_size=128, seed=0)))

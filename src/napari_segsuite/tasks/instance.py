@@ -40,9 +40,11 @@ def targets(
     """3-class targets from an instance image or volume: 0 background, 1 interior, 2 boundary (int64).
 
     The boundary is the ring of each object's pixels within ``boundary_width`` of another label
-    (background or a neighbour): wide enough that touching objects leave separate interiors. In a
-    volume whose slices are at least twice as thick as its pixels are wide (``spacing`` ``(Z, Y, X)``),
-    the ring is widened in Y/X only, so a nucleus a few slices thick keeps an interior.
+    (background or a neighbour): wide enough that touching objects leave separate interiors. Small
+    objects (under :data:`SMALL_DIAMETER` pixels across) get a one-pixel ring, so a nucleus of 5 px
+    keeps an interior. In a volume whose slices are at least twice as thick as its pixels are wide
+    (``spacing`` ``(Z, Y, X)``), the ring is widened in Y/X only, so a nucleus a few slices thick
+    keeps an interior too.
     """
     inst = np.asarray(instances)
     t = (inst > 0).astype(np.int64)
@@ -51,9 +53,29 @@ def targets(
         structure = ndi.generate_binary_structure(inst.ndim, 1)
         if inst.ndim == 3 and _z_ratio(spacing) >= 2:
             structure[0] = structure[2] = False  # in-plane only
-        edge = ndi.binary_dilation(edge, structure=structure, iterations=boundary_width - 1)
+        wide = ndi.binary_dilation(edge, structure=structure, iterations=boundary_width - 1)
+        edge = edge | (wide & ~_small_objects(inst))
     t[edge & (inst > 0)] = BOUNDARY
     return t
+
+
+#: Objects narrower than this (pixels across, as a disk of the same area per slice) get a 1-px ring.
+SMALL_DIAMETER = 12.0
+
+
+def _small_objects(inst: np.ndarray) -> np.ndarray:
+    """Pixels of objects whose equivalent diameter (per slice for volumes) is under :data:`SMALL_DIAMETER`."""
+    if inst.max() == 0:
+        return np.zeros(inst.shape, bool)
+    sizes = np.bincount(inst.ravel()).astype(np.float64)
+    if inst.ndim == 3:  # area per slice the object spans
+        spans = np.zeros_like(sizes)
+        for z in range(inst.shape[0]):
+            spans[np.unique(inst[z])] += 1
+        sizes = sizes / np.maximum(spans, 1)
+    small = 2 * np.sqrt(sizes / np.pi) < SMALL_DIAMETER
+    small[0] = False
+    return small[inst]
 
 
 def _z_ratio(spacing: Sequence[float] | None) -> float:
@@ -97,8 +119,13 @@ def postprocess(
         r = _z_ratio(spacing)
         sampling, sigma = (r, 1.0, 1.0), (1.0 / r, 1.0, 1.0)
     dist = ndi.gaussian_filter(ndi.distance_transform_edt(interior, sampling=sampling), sigma)
-    seeds, _ = ndi.label(h_maxima(dist, seed_h) & interior)
-    labels = watershed(-dist, seeds, mask=foreground | interior)
+    seeds, n = ndi.label(h_maxima(dist, seed_h) & interior)
+    mask = foreground | interior
+    labels = watershed(-dist, seeds, mask=mask)
+    # a small object the network drew all as boundary has no interior to seed it: it is an object too
+    rest, n_rest = ndi.label(mask & (labels == 0))
+    if n_rest:
+        labels = np.where(rest > 0, rest + n, labels)
     return relabel(remove_small(labels, min_size))
 
 
