@@ -114,9 +114,10 @@ class ModelCard(BaseModel):
             raise ValueError("label_values must be sorted and distinct")
         if len(self.class_names) != self.num_classes:
             raise ValueError(f"class_names has {len(self.class_names)} names for {self.num_classes} classes")
-        if self.voxel_size is not None:
-            if len(self.voxel_size) not in (2, 3) or not all(0 < v < 1e6 for v in self.voxel_size):
-                raise ValueError("voxel_size must hold 2 or 3 positive sizes (Y, X) or (Z, Y, X)")
+        if self.voxel_size is not None and (
+            len(self.voxel_size) not in (2, 3) or not all(0 < v < 1e6 for v in self.voxel_size)
+        ):
+            raise ValueError("voxel_size must hold 2 or 3 positive sizes (Y, X) or (Z, Y, X)")
         bad = [c for c in self.thing_classes if not 0 <= c < self.num_classes]
         if bad:
             raise ValueError(f"thing_classes {bad} are not class indices 0..{self.num_classes - 1}")
