@@ -316,3 +316,62 @@ def read_bioio(path: str | Path) -> ImageInfo:
         vs = vs[1:]
     voxel = tuple(float(v) for v in vs) if all(v for v in vs) else None
     return ImageInfo(data=data, voxel_size=voxel, unit="µm" if voxel else None, source=str(path))
+
+
+# --- voxel sizes --------------------------------------------------------------------------------
+
+
+def parse_voxel_size(text: str | None) -> tuple[float, ...] | None:
+    """``"2,0.5,0.5"`` -> ``(2.0, 0.5, 0.5)``: a pixel ``Y,X`` or voxel ``Z,Y,X`` size (``None`` for none).
+
+    Raises:
+        ValueError: not 2 or 3 positive numbers separated by commas.
+    """
+    if not text:
+        return None
+    try:
+        vs = tuple(float(v) for v in text.replace(" ", "").replace("x", ",").split(",") if v)
+    except ValueError:
+        vs = ()
+    if len(vs) not in (2, 3) or not all(0 < v < 1e6 for v in vs):
+        raise ValueError(
+            f"--voxel-size takes 2 or 3 positive sizes separated by commas, Y,X or Z,Y,X (e.g. 2,0.5,0.5); got {text!r}."
+        )
+    return vs
+
+
+def common_voxel_size(
+    sizes: list[tuple[float, ...] | None], names: list[str] | None = None
+) -> tuple[float, ...] | None:
+    """The voxel size of a set of images: theirs when they agree (within 1 %), else the median per
+    axis (with a warning naming the sizes); images whose file gives none are left out; ``None`` when
+    none gives one."""
+    known = [(n, tuple(s)) for n, s in zip(names or [f"image {i + 1}" for i in range(len(sizes))], sizes) if s]
+    if not known:
+        return None
+    ndim = max(len(s) for _, s in known)
+    same = [s for _, s in known if len(s) == ndim]
+    med = tuple(float(v) for v in np.median(np.asarray(same), axis=0))
+    if any(len(s) != ndim or not np.allclose(s, med, rtol=0.01) for _, s in known):
+        shown = ", ".join(f"{n}: {'x'.join(f'{v:g}' for v in s)}" for n, s in known[:5])
+        log.warning(
+            "The images' voxel sizes differ (%s%s); the model card records the median %s. Give --voxel-size to set it.",
+            shown,
+            " ..." if len(known) > 5 else "",
+            "x".join(f"{v:g}" for v in med),
+        )
+    return med
+
+
+def output_names(image: str | Path, folder: str | Path) -> tuple[Path, Path, Path]:
+    """Where ``segsuite segment`` writes the results of ``image`` in ``folder``: the labels, the
+    objects image (panoptic models) and the objects table.
+
+    Labels keep the image's name (PNG and TIFF) or become TIFF; a NIfTI scan gets NIfTI labels
+    named ``<name>_labels.nii.gz`` (``.nii`` for ``.nii``), in the scan's voxel grid.
+    """
+    folder, stem, suffix = Path(folder), stem_of(image), full_suffix(image)
+    if suffix in NIFTI_SUFFIXES:
+        return folder / f"{stem}_labels{suffix}", folder / f"{stem}_instances{suffix}", folder / f"{stem}_objects.csv"
+    name = Path(image).name if suffix in (".png", ".tif", ".tiff", *OME_TIFF_SUFFIXES) else f"{stem}.tif"
+    return folder / name, folder / f"{stem}_instances.tif", folder / f"{stem}_objects.csv"

@@ -62,6 +62,10 @@ class TrainConfig:
         calibrate: After training, let the task tune its post-processing on the validation images
             (two-class semantic models: the decision threshold).
         prefetch: Make the next batch (crops, augmentation) in a background thread while the model trains.
+        voxel_size: Physical pixel ``(Y, X)`` or voxel ``(Z, Y, X)`` size of the images, kept in the
+            card (``None``: not known; a fine-tuned model keeps its own).
+        ignore_value: A label value that is no class (e.g. 255 in VOC exports): its pixels are left
+            out of loss and metrics; kept in the card.
     """
 
     epochs: int = 100
@@ -81,6 +85,8 @@ class TrainConfig:
     freeze_encoder: bool = False
     prefetch: bool = True
     calibrate: bool = True
+    voxel_size: tuple[float, ...] | None = None
+    ignore_value: int | None = None
 
 
 #: Under a time budget, validation takes at most this share of the time (it is skipped at the end of

@@ -22,7 +22,7 @@ from .training import TrainConfig, TrainResult, train
 
 log = logging.getLogger(__name__)
 
-__all__ = ["UNANNOTATED", "evaluate", "is_architecture", "model_for_training", "train_model"]
+__all__ = ["UNANNOTATED", "evaluate", "is_architecture", "model_for_training", "set_ignore_value", "train_model"]
 
 
 def is_architecture(spec: str) -> bool:
@@ -38,6 +38,7 @@ def model_for_training(
     sparse: bool = False,
     instances: Sequence[np.ndarray] | None = None,
     things: Sequence[int] | None = None,
+    ignore_value: int | None = None,
     **build_kwargs: Any,
 ) -> SegModel:
     """The model ``train`` starts from.
@@ -55,13 +56,28 @@ def model_for_training(
         instances: Object ids per image (instance models with classes; panoptic models).
         things: Panoptic models: the label values of the countable classes (the rest are stuff);
             default: the classes found under objects in ``instances``, else every class but 0.
+        ignore_value: A label value that is no class (e.g. 255 in VOC exports): left out of the
+            classes, the loss and the metrics, and kept in the card. A fine-tuned model keeps its
+            own unless one is given.
         build_kwargs: Builder arguments for a new model (e.g. ``base_filters=32``).
     """
+    if sparse and ignore_value == UNANNOTATED:
+        raise ValueError(
+            f"With sparse labels {UNANNOTATED} means 'not annotated' already; the ignore value must be another."
+        )
     if is_architecture(spec):
         arch = get_spec(spec)
         in_channels = 3 if infer_axes(np.shape(images[0]), rgb).rgb else 1
+        ignore = {} if ignore_value is None else {"ignore_value": ignore_value}  # a task may not take one
         return get_task(arch.kind).new_model(
-            arch, labels, in_channels=in_channels, sparse=sparse, instances=instances, things=things, build=build_kwargs
+            arch,
+            labels,
+            in_channels=in_channels,
+            sparse=sparse,
+            instances=instances,
+            things=things,
+            build=build_kwargs,
+            **ignore,
         )
     from .store import resolve_trained
 
@@ -73,8 +89,25 @@ def model_for_training(
     path = resolve_trained(spec)
     model = load_model(path)
     get_task(model.card.kind).prepare_finetune(model, sparse)
+    set_ignore_value(model, ignore_value)
     model.card.parent = {"name": model.name, "path": str(path), "metrics": model.card.metrics}
     return model
+
+
+def set_ignore_value(model: SegModel, value: int | None) -> None:
+    """Declare ``value`` the model's ignore value (left out of loss and metrics); ``None`` keeps the card's.
+
+    Raises:
+        ValueError: the model has a class for ``value``.
+    """
+    if value is None:
+        return
+    if value in model.card.label_values:
+        raise ValueError(
+            f"Model {model.name!r} has a class for label value {value} (its values are {model.card.label_values}); "
+            "it cannot be ignored. Train a new model with --ignore-value."
+        )
+    model.card.ignore_value = int(value)
 
 
 def train_model(
@@ -95,9 +128,19 @@ def train_model(
     """Pick the starting model, train it (checkpointing the best to ``out`` as it improves) and save it
     to ``out``: the whole of ``segsuite train`` and of the Fine-tune widget's *Train*."""
     model = model_for_training(
-        spec, images, labels, rgb=rgb, sparse=sparse, instances=instances, things=things, **(build or {})
+        spec,
+        images,
+        labels,
+        rgb=rgb,
+        sparse=sparse,
+        instances=instances,
+        things=things,
+        ignore_value=config.ignore_value,
+        **(build or {}),
     )
     model.card.name = Path(out).name
+    if config.voxel_size is not None:  # else a fine-tuned model keeps its own
+        model.card.voxel_size = [float(v) for v in config.voxel_size]
     result = yield from train(
         model, images, labels, config, names=names, rgb=rgb, instances=instances, cancel=cancel, checkpoint=out
     )
