@@ -255,8 +255,12 @@ class FinetuneWidget(Container):
         base_name = Path(self.base.value).name
         name = self.model_name.value.strip() or f"{pairs[0][0].name}-{base_name}"
         out = str(new_model_path(name, ts.project.models_dir if ts.project is not None else None))
+        scale = tuple(float(s) for s in pairs[0][0].scale[-min(pairs[0][0].ndim, 3) :])
         cfg = TrainConfig(
-            epochs=self.epochs.value, time_budget=self.minutes.value * 60 or None, freeze_encoder=self.freeze.value
+            epochs=self.epochs.value,
+            time_budget=self.minutes.value * 60 or None,
+            freeze_encoder=self.freeze.value,
+            voxel_size=scale if any(s != 1 for s in scale) else None,  # the layer's scale: into the card
         )
         self._cancel.clear()
 
