@@ -9,6 +9,7 @@ import pandas as pd
 import tifffile
 
 from napari_segsuite import cli
+from napari_segsuite.io_formats import voxel_size_for
 from napari_segsuite.napari_io import get_reader, write_labels_layer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,9 +70,9 @@ def test_ome_tiff_sizes_to_layer_scale_and_training_voxel_size(tmp_path):
     tifffile.imwrite(tmp_path / "lab" / "a_mask.tif", vol.astype(np.uint8))
     [(_, kwargs, kind)] = get_reader(str(tmp_path / "img" / "a.ome.tif"))(str(tmp_path / "img" / "a.ome.tif"))
     assert kind == "image" and kwargs["scale"] == (2.0, 0.3, 0.3)
-    images, _, names, sizes = cli._load_pairs(str(tmp_path / "img"), str(tmp_path / "lab"))
-    assert names == ["a.ome.tif"] and cli._voxel_size(None, sizes, names, images) == (2.0, 0.3, 0.3)
-    assert cli._voxel_size("4,1,1", sizes, names, images) == (4.0, 1.0, 1.0)  # the flag wins
+    _, _, names, sizes = cli._load_pairs(str(tmp_path / "img"), str(tmp_path / "lab"))
+    assert names == ["a.ome.tif"] and voxel_size_for(None, sizes, names, volume=True) == (2.0, 0.3, 0.3)
+    assert voxel_size_for("4,1,1", sizes, names, volume=True) == (4.0, 1.0, 1.0)  # the flag wins
 
 
 def test_reader_declines_what_it_does_not_read(tmp_path, monkeypatch):

@@ -50,26 +50,10 @@ def _load_pairs(images: str, labels: str) -> tuple[list, list, list[str], list]:
     infos = [read_image_info(i) for i, _ in pairs]
     return (
         [i.data for i in infos],
-        [read_labels(lab) for _, lab in pairs],
+        [read_labels(lab, image=img) for img, lab in pairs],
         [i.name for i, _ in pairs],
         [i.voxel_size for i in infos],
     )
-
-
-def _voxel_size(text: str | None, sizes: list, names: list[str], images: list) -> tuple[float, ...] | None:
-    """--voxel-size, else the training images' own (see :func:`~.io_formats.common_voxel_size`)."""
-    from .io_formats import common_voxel_size, parse_voxel_size
-    from .preprocess import infer_axes
-
-    vs = parse_voxel_size(text)
-    if vs is None:
-        return common_voxel_size(sizes, names)
-    volume = infer_axes(images[0].shape).volume
-    if len(vs) != (3 if volume else 2):
-        raise ValueError(
-            f"--voxel-size: the images are {'3D' if volume else '2D'}; give {'Z,Y,X' if volume else 'Y,X'}."
-        )
-    return vs
 
 
 def _load_instances(images: str, instances: str | None) -> list | None:
@@ -78,7 +62,7 @@ def _load_instances(images: str, instances: str | None) -> list | None:
         return None
     from .io import match_pairs, read_labels
 
-    return [read_labels(lab) for _, lab in match_pairs(images, instances)]
+    return [read_labels(lab, image=img) for img, lab in match_pairs(images, instances)]
 
 
 def _things(text: str | None) -> list[int] | None:
@@ -173,6 +157,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     images, labels, names, sizes = _load_pairs(args.images, args.labels)
     build = _build_args(args)
     instances = _load_instances(args.images, args.instances)
+    from .io_formats import voxel_size_for
+    from .preprocess import infer_axes
+
     cfg = TrainConfig(
         epochs=args.epochs,
         time_budget=args.time_budget,
@@ -183,7 +170,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         device=args.device,
         seed=args.seed,
         freeze_encoder=args.freeze_encoder,
-        voxel_size=_voxel_size(args.voxel_size, sizes, names, images),
+        voxel_size=voxel_size_for(args.voxel_size, sizes, names, volume=infer_axes(images[0].shape).volume),
         ignore_value=args.ignore_value,
     )
     result = _run(
@@ -286,13 +273,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--model", required=True, help="architecture name (from scratch) or trained model path/name (fine-tune)"
     )
     s.add_argument("--images", required=True, help="folder, file or glob of images (TIFF, PNG, ...; 2D or 3D)")
-    s.add_argument("--labels", required=True, help="folder of label images matched to images by file name")
+    s.add_argument(
+        "--labels",
+        required=True,
+        help="folder of label images matched to images by file name (labelme .json or one COCO .json of "
+        "polygons: instance labels)",
+    )
     s.add_argument("--out", required=True, help="folder the model is saved to (model.safetensors + model.json)")
     s.add_argument(
         "--instances",
         default=None,
-        help="folder of object-id images (0 background, 1..N objects) matched by name: with --labels "
-        "holding class values, for instance models with a class per object and panoptic models",
+        help="folder of object-id images (0 background, 1..N objects) matched by name, labelme .json files, "
+        "or one COCO .json (polygons): with --labels holding class values, for instance models with a class "
+        "per object and panoptic models",
     )
     s.add_argument(
         "--things",

@@ -94,8 +94,11 @@ def read_image(path: str | Path) -> np.ndarray:
     return read_image_info(path).data
 
 
-def read_labels(path: str | Path) -> np.ndarray:
+def read_labels(path: str | Path, image: str | Path | None = None) -> np.ndarray:
     """Read a label image as integer values, whatever the file's colour model.
+
+    A ``.json`` file holds polygons (labelme, or COCO from CVAT and others) and gives an instance
+    label image (:func:`~.annotations.read_polygons`; ``image`` picks the image of a COCO file).
 
     Palette PNGs give their indices (not colours); an RGB(A) label image whose channels are equal
     (a grey mask saved as colour) gives one channel; trailing or leading axes of length 1 are dropped.
@@ -105,6 +108,10 @@ def read_labels(path: str | Path) -> np.ndarray:
         ValueError: a colour label image whose channels differ (colours are not classes).
     """
     path = Path(path)
+    if path.suffix.lower() == ".json":
+        from .annotations import read_polygons
+
+        return read_polygons(path, image)
     if path.suffix.lower() in (".png", ".bmp", ".gif"):
         from PIL import Image
 
@@ -236,16 +243,33 @@ def match_pairs(images: str | Path, labels: str | Path) -> list[tuple[Path, Path
 
     A label file matches an image with the same stem, or the stem plus a suffix such as ``_mask``
     or ``_labels``; extensions may differ (``cell1.tif`` <-> ``cell1_mask.png``) and may be double
-    (``case1.nii.gz`` <-> ``case1_seg.nii.gz``).
+    (``case1.nii.gz`` <-> ``case1_seg.nii.gz``). Polygon files count as label files: a labelme
+    ``.json`` per image (preferred over an image file of the same name: labelme saves its JSON
+    beside the image), or one COCO ``.json`` for all images (each image paired with that file;
+    read them with ``read_labels(file, image)``).
 
     Raises:
         FileNotFoundError: an image has no label file, or no pair is found.
     """
     image_files = list_images(images)
-    by_key = {_label_key(f): f for f in list_images(labels)}
+    if full_suffix(labels) == ".json" and Path(labels).is_file():
+        from .annotations import coco_image_names
+
+        names = coco_image_names(labels)
+        if names is not None:
+            known = {n.lower() for n in names} | {stem_of(n).lower() for n in names}
+            by_key = {
+                stem_of(f).lower(): Path(labels) for f in image_files if {f.name.lower(), stem_of(f).lower()} & known
+            }
+        else:
+            by_key = {stem_of(f).lower(): Path(labels) for f in image_files[:1]}  # labelme: one image
+    else:
+        label_files = sorted(list_images(labels, (*IMAGE_SUFFIXES, ".json")), key=lambda f: full_suffix(f) == ".json")
+        by_key = {_label_key(f): f for f in label_files}  # a labelme JSON wins over an image of the same name
     pairs, missing = [], []
     for img in image_files:
         lab = by_key.get(stem_of(img).lower())
+        lab = None if lab is not None and lab.resolve() == img.resolve() else lab  # never an image as its own labels
         (pairs.append((img, lab)) if lab is not None else missing.append(img.name))
     if missing:
         raise FileNotFoundError(

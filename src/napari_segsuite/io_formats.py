@@ -363,6 +363,25 @@ def common_voxel_size(
     return med
 
 
+def voxel_size_for(
+    text: str | None, sizes: list[tuple[float, ...] | None], names: list[str], *, volume: bool
+) -> tuple[float, ...] | None:
+    """The voxel size of a training set: ``--voxel-size`` (``text``) if given, else the images' own
+    (:func:`common_voxel_size`).
+
+    Raises:
+        ValueError: ``text`` is not a size, or not of the images' dimensions.
+    """
+    vs = parse_voxel_size(text)
+    if vs is None:
+        return common_voxel_size(sizes, names)
+    if len(vs) != (3 if volume else 2):
+        raise ValueError(
+            f"--voxel-size: the images are {'3D' if volume else '2D'}; give {'Z,Y,X' if volume else 'Y,X'}."
+        )
+    return vs
+
+
 def output_names(image: str | Path, folder: str | Path) -> tuple[Path, Path, Path]:
     """Where ``segsuite segment`` writes the results of ``image`` in ``folder``: the labels, the
     objects image (panoptic models) and the objects table.
