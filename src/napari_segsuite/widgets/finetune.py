@@ -146,7 +146,8 @@ class FinetuneWidget(Container):
             tooltip="Run the new model on the next image not yet in the set; correct it, "
             "add the pair, train again (continuing from the new model).",
         )
-        self.plot = TrainingPlot()
+        self.plot = TrainingPlot(theme=str(viewer.theme))
+        viewer.events.theme.connect(lambda _=None: self.plot.set_theme(str(viewer.theme)))
         self._cancel = threading.Event()
         self.last_result: Any = None
         self.last_path: str | None = None
