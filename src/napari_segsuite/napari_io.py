@@ -51,14 +51,17 @@ def _layer(info: ImageInfo, path: Path) -> LayerData:
     is_labels = stem_of(path).lower().endswith(LABEL_NAME_SUFFIXES) and (
         np.issubdtype(data.dtype, np.integer) or bool(np.all(np.mod(data, 1) == 0))
     )
+    rgb = not is_labels and info.axes.endswith("C") and data.shape[-1] in (3, 4)
+    n = data.ndim - int(rgb)  # the axes napari scales: spatial ones last, (C, Z, Y, X) from a TIFF included
+    vs = tuple(info.voxel_size or ())[-n:]
     kwargs: dict[str, Any] = {
         "name": stem_of(path),
-        "scale": info.scale(),
+        "scale": (1.0,) * (n - len(vs)) + vs,
         "metadata": {"segsuite_source": info.metadata()},
     }
     if is_labels:
         return (data if np.issubdtype(data.dtype, np.integer) else data.astype(np.int32), kwargs, "labels")
-    kwargs["rgb"] = info.axes.endswith("C") and data.shape[-1] in (3, 4)
+    kwargs["rgb"] = rgb
     return data, kwargs, "image"
 
 
