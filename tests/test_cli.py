@@ -373,3 +373,49 @@ def test_training_that_cannot_mean_anything_is_refused_and_writes_nothing(tmp_pa
     )
     assert code == 2 and message in err and "Traceback" not in err, err
     assert not (tmp_path / "m").exists()
+
+
+def test_nifti_volumes_train_segment_evaluate(tmp_path, capsys):
+    """Folders of .nii.gz scans and labels (case1 <-> labels/case1_seg.nii.gz): the card keeps the
+    voxel size and the ignore value; segment writes NAME_labels.nii.gz on the scan's affine."""
+    import nibabel as nib
+
+    affine = np.array([[-0.5, 0, 0, 5], [0, 0.5, 0, -2], [0, 0, 1.2, 1], [0, 0, 0, 1.0]])  # voxel axes L, A, S
+    for d in ("img", "lab"):
+        (tmp_path / d).mkdir()
+    for i in range(2):
+        v = sd.nuclei_3d(seed=i, shape=(4, 40, 40), n=5)
+        ijk = np.ascontiguousarray(v["image"].transpose(2, 1, 0)[::-1])  # (Z, Y, X) -> (L, A, S) voxels
+        nib.save(nib.Nifti1Image(ijk, affine), tmp_path / "img" / f"case{i}.nii.gz")
+        seg = v["semantic"].astype(np.uint8)
+        seg[:, :2] = 255  # a 'void' border, as VOC-style exports have
+        nib.save(
+            nib.Nifti1Image(np.ascontiguousarray(seg.transpose(2, 1, 0)[::-1]), affine),
+            tmp_path / "lab" / f"case{i}_seg.nii.gz",
+        )
+    common = ["--images", str(tmp_path / "img"), "--labels", str(tmp_path / "lab")]
+    code, _, err = run(
+        capsys, "train", "--model", "unet", *common, "--out", str(tmp_path / "m"), "--epochs", "1",
+        "--patch-size", "32", "--batch-size", "2", "--arg", "depth=2", "--arg", "base_filters=4", "--ignore-value", "255",
+    )  # fmt: skip
+    assert code == 0, err
+    card = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert card["voxel_size"] == [1.2, 0.5, 0.5] and card["ignore_value"] == 255 and card["label_values"] == [0, 1]
+    code, out, err = run(
+        capsys,
+        "segment",
+        "--model",
+        str(tmp_path / "m"),
+        "--input",
+        str(tmp_path / "img"),
+        "--output",
+        str(tmp_path / "p"),
+    )
+    assert code == 0, err
+    scan, lab = nib.load(tmp_path / "img" / "case0.nii.gz"), nib.load(tmp_path / "p" / "case0_labels.nii.gz")
+    assert lab.shape == scan.shape and np.allclose(lab.affine, scan.affine)
+    assert read_image(tmp_path / "p" / "case0_labels.nii.gz").shape == (4, 40, 40)  # (Z, Y, X), as the scan reads
+    code, out, err = run(capsys, "evaluate", "--model", str(tmp_path / "m"), *common, "--json")
+    assert code == 0, err and "mean_iou" in json.loads(out)
+    code, _, err = run(capsys, "train", "--model", "unet", *common, "--out", str(tmp_path / "x"), "--voxel-size", "1,1")
+    assert code == 2 and "give Z,Y,X" in err

@@ -99,6 +99,9 @@ def check_train_config(cfg: TrainConfig) -> None:
         problems.append(f"the learning rate must be more than 0 (got {cfg.lr})")
     if cfg.steps_per_epoch is not None and cfg.steps_per_epoch < 1:
         problems.append(f"steps per epoch must be at least 1 (got {cfg.steps_per_epoch})")
+    vs = cfg.voxel_size
+    if vs is not None and (len(vs) not in (2, 3) or not all(0 < v < 1e6 for v in vs)):
+        problems.append(f"the voxel size must be 2 or 3 positive sizes, (Y, X) or (Z, Y, X) (got {list(vs)})")
     if not 0 <= cfg.val_fraction < 1:
         problems.append(f"the validation share must be in 0..1 (got {cfg.val_fraction})")
     if problems:

@@ -42,11 +42,18 @@ def _run(work: Any, desc: str) -> Any:
         bar.close()
 
 
-def _load_pairs(images: str, labels: str) -> tuple[list, list, list[str]]:
-    from .io import match_pairs, read_image, read_labels
+def _load_pairs(images: str, labels: str) -> tuple[list, list, list[str], list]:
+    """Images, labels, names and voxel sizes (``None`` where the file gives none) of matched pairs."""
+    from .io import match_pairs, read_image_info, read_labels
 
     pairs = match_pairs(images, labels)
-    return [read_image(i) for i, _ in pairs], [read_labels(lab) for _, lab in pairs], [i.name for i, _ in pairs]
+    infos = [read_image_info(i) for i, _ in pairs]
+    return (
+        [i.data for i in infos],
+        [read_labels(lab, image=img) for img, lab in pairs],
+        [i.name for i, _ in pairs],
+        [i.voxel_size for i in infos],
+    )
 
 
 def _load_instances(images: str, instances: str | None) -> list | None:
@@ -55,7 +62,7 @@ def _load_instances(images: str, instances: str | None) -> list | None:
         return None
     from .io import match_pairs, read_labels
 
-    return [read_labels(lab) for _, lab in match_pairs(images, instances)]
+    return [read_labels(lab, image=img) for img, lab in match_pairs(images, instances)]
 
 
 def _things(text: str | None) -> list[int] | None:
@@ -147,9 +154,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .workflows import train_model
 
     out = check_model_out(args.out, overwrite=args.overwrite)  # before an hour of training, not after
-    images, labels, names = _load_pairs(args.images, args.labels)
+    images, labels, names, sizes = _load_pairs(args.images, args.labels)
     build = _build_args(args)
     instances = _load_instances(args.images, args.instances)
+    from .io_formats import voxel_size_for
+    from .preprocess import infer_axes
+
     cfg = TrainConfig(
         epochs=args.epochs,
         time_budget=args.time_budget,
@@ -160,6 +170,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         device=args.device,
         seed=args.seed,
         freeze_encoder=args.freeze_encoder,
+        voxel_size=voxel_size_for(args.voxel_size, sizes, names, volume=infer_axes(images[0].shape).volume),
+        ignore_value=args.ignore_value,
     )
     result = _run(
         train_model(
@@ -188,25 +200,26 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_segment(args: argparse.Namespace) -> int:
     from .checks import check_output_folder, check_outputs
     from .inference import segment
-    from .io import label_path, list_images, read_image, write_labels, write_objects_table
+    from .io import list_images, read_image_info, write_labels, write_objects_table
+    from .io_formats import output_names
     from .model_files import load_model
     from .store import resolve_trained
 
     model = load_model(resolve_trained(args.model))
     out = check_output_folder(args.output)
     files = list_images(args.input)
-    planned = {f: label_path(out / f.name) for f in files}
-    extras = {f: (out / f"{f.stem}_instances.tif", out / f"{f.stem}_objects.csv") for f in files}
+    planned = {f: output_names(f, out) for f in files}  # labels, objects image, objects table
     check_outputs(
-        files, [*planned.values(), *(p for pair in extras.values() for p in pair)], overwrite=args.overwrite
+        files, [p for names in planned.values() for p in names], overwrite=args.overwrite
     )  # before any work: nothing of the user's is replaced
     for f in files:
-        seg = _run(segment(model, read_image(f), tile=args.tile, device=args.device), f.name)
-        print(write_labels(planned[f], seg.labels))
+        info = read_image_info(f)
+        seg = _run(segment(model, info.data, tile=args.tile, device=args.device), f.name)
+        print(write_labels(planned[f][0], seg.labels, like=info))
         if seg.semantic is not None and seg.instances is not None:  # panoptic: the objects beside the classes
-            print(write_labels(extras[f][0], seg.instances))
+            print(write_labels(planned[f][1], seg.instances, like=info))
         if seg.features is not None:
-            print(write_objects_table(extras[f][1], seg.features))
+            print(write_objects_table(planned[f][2], seg.features))
     return 0
 
 
@@ -214,9 +227,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import evaluate
     from .model_files import load_model
     from .store import resolve_trained
+    from .workflows import set_ignore_value
 
     model = load_model(resolve_trained(args.model))
-    images, labels, _ = _load_pairs(args.images, args.labels)
+    set_ignore_value(model, args.ignore_value)
+    images, labels, _, _ = _load_pairs(args.images, args.labels)
     instances = _load_instances(args.images, args.instances)
     metrics = _run(evaluate(model, images, labels, instances=instances, device=args.device, tile=args.tile), "evaluate")
     if args.json:
@@ -258,13 +273,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--model", required=True, help="architecture name (from scratch) or trained model path/name (fine-tune)"
     )
     s.add_argument("--images", required=True, help="folder, file or glob of images (TIFF, PNG, ...; 2D or 3D)")
-    s.add_argument("--labels", required=True, help="folder of label images matched to images by file name")
+    s.add_argument(
+        "--labels",
+        required=True,
+        help="folder of label images matched to images by file name (labelme .json or one COCO .json of "
+        "polygons: instance labels)",
+    )
     s.add_argument("--out", required=True, help="folder the model is saved to (model.safetensors + model.json)")
     s.add_argument(
         "--instances",
         default=None,
-        help="folder of object-id images (0 background, 1..N objects) matched by name: with --labels "
-        "holding class values, for instance models with a class per object and panoptic models",
+        help="folder of object-id images (0 background, 1..N objects) matched by name, labelme .json files, "
+        "or one COCO .json (polygons): with --labels holding class values, for instance models with a class "
+        "per object and panoptic models",
     )
     s.add_argument(
         "--things",
@@ -276,6 +297,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--sparse",
         action="store_true",
         help="sparse labels: 0 = not annotated (ignored); paint every class, background included, as 1..K",
+    )
+    s.add_argument(
+        "--voxel-size",
+        default=None,
+        metavar="Z,Y,X",
+        help="physical voxel size Z,Y,X (or pixel size Y,X) of the images, kept in the model card "
+        "(default: the files' own, NIfTI and OME/ImageJ TIFF)",
+    )
+    s.add_argument(
+        "--ignore-value",
+        type=int,
+        default=None,
+        metavar="V",
+        help="a label value that is no class, left out of loss and metrics (e.g. 255 in Pascal VOC and labelme exports)",
     )
     s.add_argument("--epochs", type=int, default=100, help="epoch limit (default 100)")
     s.add_argument("--time-budget", type=float, default=None, help="wall-clock limit in seconds; keeps the best model")
@@ -311,7 +346,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("segment", help="segment images or volumes with a trained model")
     s.add_argument("--model", required=True, help="trained model path or name")
     s.add_argument("--input", required=True, help="image file, folder or glob")
-    s.add_argument("--output", required=True, help="folder for the label images (same file names)")
+    s.add_argument(
+        "--output",
+        required=True,
+        help="folder for the label images (same file names; NIfTI as NAME_labels.nii.gz in the scan's voxel grid)",
+    )
     s.add_argument("--tile", type=int, default=512, help="sliding-window tile edge in pixels")
     s.add_argument("--device", default="auto")
     s.add_argument(
@@ -326,6 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--images", required=True)
     s.add_argument("--labels", required=True)
     s.add_argument("--instances", default=None, help="folder of object-id images matched by name (see train)")
+    s.add_argument(
+        "--ignore-value", type=int, default=None, metavar="V", help="a label value left out of the metrics (e.g. 255)"
+    )
     s.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
     s.add_argument("--tile", type=int, default=512)
     s.add_argument("--device", default="auto")

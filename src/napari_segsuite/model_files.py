@@ -72,6 +72,7 @@ def new_model(
     normalization: dict[str, Any] | None = None,
     unannotated_value: int | None = None,
     thing_classes: list[int] | None = None,
+    ignore_value: int | None = None,
     **build_kwargs: Any,
 ) -> SegModel:
     """A randomly initialised model of a registered architecture, with its card filled in.
@@ -81,6 +82,8 @@ def new_model(
         unannotated_value: For sparse annotation: the label value meaning "not annotated" (0 by the
             plugin's rule); those pixels are ignored in training and evaluation. ``None``: dense labels.
         thing_classes: Panoptic models: the class indices of the countable classes.
+        ignore_value: A label value that is never a class and is left out of loss and metrics
+            (e.g. 255 in VOC exports); ``None``: none.
         build_kwargs: Builder arguments (``weights`` is used to build and not kept in the card).
 
     Raises:
@@ -110,6 +113,7 @@ def new_model(
         spatial_dims=spec.spatial_dims,
         unannotated_value=unannotated_value,
         thing_classes=[int(c) for c in thing_classes or []],
+        ignore_value=ignore_value,
     )
     return SegModel(module, card)
 

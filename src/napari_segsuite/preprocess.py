@@ -117,17 +117,20 @@ class LabelMap:
         values: Sorted distinct label values; ``values[k]`` is the user's value of class ``k``.
         unannotated: The value meaning "not annotated" with sparse labels (mapped to ignore, never
             reported as unknown); ``None`` for dense labels.
+        ignore: A declared "ignore" value (e.g. 255 in VOC exports): never a class, mapped to ignore
+            and never reported as unknown; ``None``: none.
     """
 
-    def __init__(self, values: list[int], unannotated: int | None = None) -> None:
+    def __init__(self, values: list[int], unannotated: int | None = None, ignore: int | None = None) -> None:
         self.values = [int(v) for v in values]
         self.unannotated = unannotated
+        self.ignore = ignore
         if sorted(set(self.values)) != self.values:
             raise ValueError(f"Label values must be sorted and distinct, got {values}.")
 
     @classmethod
-    def from_labels(cls, labels: list[np.ndarray], max_classes: int = 64) -> LabelMap:
-        """The label values found in ``labels``, sorted.
+    def from_labels(cls, labels: list[np.ndarray], max_classes: int = 64, ignore: int | None = None) -> LabelMap:
+        """The label values found in ``labels``, sorted (without the ``ignore`` value).
 
         Raises:
             ValueError: more than ``max_classes`` values, which means an instance image, not classes.
@@ -135,6 +138,7 @@ class LabelMap:
         vals: set[int] = set()
         for lab in labels:
             vals.update(int(v) for v in np.unique(lab))
+            vals -= {ignore} if ignore is not None else set()
             if len(vals) > max_classes:
                 raise ValueError(
                     f"The labels hold more than {max_classes} distinct values; that looks like an "
@@ -143,7 +147,7 @@ class LabelMap:
                 )
         if len(vals) < 2:
             vals |= {0, 1} if vals <= {0, 1} else {0}
-        return cls(sorted(vals))
+        return cls(sorted(vals), ignore=ignore)
 
     def to_classes(self, labels: np.ndarray, ignore: int = -1) -> np.ndarray:
         """int64 class indices; values the map does not know become ``ignore``."""
@@ -155,12 +159,13 @@ class LabelMap:
 
     @classmethod
     def of_card(cls, card: Any) -> LabelMap:
-        """The label map a :class:`~.card.ModelCard` describes (``label_values`` and ``unannotated_value``)."""
-        return cls(card.label_values, card.unannotated_value)
+        """The label map a :class:`~.card.ModelCard` describes (``label_values``, ``unannotated_value``
+        and ``ignore_value``)."""
+        return cls(card.label_values, card.unannotated_value, getattr(card, "ignore_value", None))
 
     def unknown_values(self, labels: np.ndarray) -> list[int]:
-        """Values in ``labels`` that are neither a class nor the "not annotated" value."""
-        return sorted({int(v) for v in np.unique(labels)} - set(self.values) - {self.unannotated})
+        """Values in ``labels`` that are neither a class nor the "not annotated" or "ignore" value."""
+        return sorted({int(v) for v in np.unique(labels)} - set(self.values) - {self.unannotated, self.ignore})
 
     def to_values(self, classes: np.ndarray) -> np.ndarray:
         """The user's values for class indices, in the smallest unsigned dtype that holds them."""

@@ -68,6 +68,8 @@ class TrainConfig:
         voxel_size: Physical size of a voxel ``(Z, Y, X)`` (or a pixel ``(Y, X)``) of the training images;
             ``None``: the model card's, else unknown (isotropic). Native 3D models crop thick slices
             thinly and pool them only in Y/X (see :func:`~.plan.plan`); the card keeps it.
+        ignore_value: A label value that is no class (e.g. 255 in VOC exports): its pixels are left
+            out of loss and metrics; kept in the card.
     """
 
     epochs: int = 100
@@ -89,6 +91,7 @@ class TrainConfig:
     calibrate: bool = True
     voxel_size: tuple[float, ...] | None = None
     average: bool = False
+    ignore_value: int | None = None
 
 
 #: Under a time budget, validation takes at most this share of the time (it is skipped at the end of

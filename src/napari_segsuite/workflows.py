@@ -24,7 +24,7 @@ from .training import TrainConfig, TrainResult, train
 
 log = logging.getLogger(__name__)
 
-__all__ = ["UNANNOTATED", "evaluate", "is_architecture", "model_for_training", "train_model"]
+__all__ = ["UNANNOTATED", "evaluate", "is_architecture", "model_for_training", "set_ignore_value", "train_model"]
 
 
 def is_architecture(spec: str) -> bool:
@@ -41,6 +41,7 @@ def model_for_training(
     instances: Sequence[np.ndarray] | None = None,
     things: Sequence[int] | None = None,
     voxel_size: Sequence[float] | None = None,
+    ignore_value: int | None = None,
     **build_kwargs: Any,
 ) -> SegModel:
     """The model ``train`` starts from.
@@ -61,8 +62,15 @@ def model_for_training(
         voxel_size: ``(Z, Y, X)`` voxel size of the images: a new native 3D model with a ``depth`` and an
             ``xy_only_levels`` argument pools thick slices only in Y/X (:func:`~.plan.anisotropic_levels`)
             unless ``build_kwargs`` says otherwise; the card keeps the voxel size.
+        ignore_value: A label value that is no class (e.g. 255 in VOC exports): left out of the
+            classes, the loss and the metrics, and kept in the card. A fine-tuned model keeps its
+            own unless one is given.
         build_kwargs: Builder arguments for a new model (e.g. ``base_filters=32``).
     """
+    if sparse and ignore_value == UNANNOTATED:
+        raise ValueError(
+            f"With sparse labels {UNANNOTATED} means 'not annotated' already; the ignore value must be another."
+        )
     if is_architecture(spec):
         arch = get_spec(spec)
         in_channels = 3 if infer_axes(np.shape(images[0]), rgb).rgb else 1
@@ -77,8 +85,16 @@ def model_for_training(
             depth = build.get("depth", arch.defaults.get("depth", params["depth"].default if "depth" in params else 0))
             build.setdefault("xy_only_levels", anisotropic_levels(voxel_size, int(depth)))
             build.setdefault("depth", depth)
+        ignore = {} if ignore_value is None else {"ignore_value": ignore_value}  # a task may not take one
         model = get_task(arch.kind).new_model(
-            arch, labels, in_channels=in_channels, sparse=sparse, instances=instances, things=things, build=build
+            arch,
+            labels,
+            in_channels=in_channels,
+            sparse=sparse,
+            instances=instances,
+            things=things,
+            build=build,
+            **ignore,
         )
         if voxel_size is not None:
             model.card.voxel_size = [float(v) for v in voxel_size]
@@ -93,8 +109,25 @@ def model_for_training(
     path = resolve_trained(spec)
     model = load_model(path)
     get_task(model.card.kind).prepare_finetune(model, sparse)
+    set_ignore_value(model, ignore_value)
     model.card.parent = {"name": model.name, "path": str(path), "metrics": model.card.metrics}
     return model
+
+
+def set_ignore_value(model: SegModel, value: int | None) -> None:
+    """Declare ``value`` the model's ignore value (left out of loss and metrics); ``None`` keeps the card's.
+
+    Raises:
+        ValueError: the model has a class for ``value``.
+    """
+    if value is None:
+        return
+    if value in model.card.label_values:
+        raise ValueError(
+            f"Model {model.name!r} has a class for label value {value} (its values are {model.card.label_values}); "
+            "it cannot be ignored. Train a new model with --ignore-value."
+        )
+    model.card.ignore_value = int(value)
 
 
 def train_model(
@@ -123,9 +156,12 @@ def train_model(
         instances=instances,
         things=things,
         voxel_size=config.voxel_size,
+        ignore_value=config.ignore_value,
         **(build or {}),
     )
     model.card.name = Path(out).name
+    if config.voxel_size is not None:  # else a fine-tuned model keeps its own
+        model.card.voxel_size = [float(v) for v in config.voxel_size]
     result = yield from train(
         model, images, labels, config, names=names, rgb=rgb, instances=instances, cancel=cancel, checkpoint=out
     )

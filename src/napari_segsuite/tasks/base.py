@@ -108,8 +108,13 @@ class Task(ABC):
         instances: Sequence[np.ndarray] | None,
         things: Sequence[int] | None,
         build: dict[str, Any],
+        ignore_value: int | None = None,
     ) -> SegModel:
-        """A new, randomly initialised model of ``spec`` whose classes fit the user's labels."""
+        """A new, randomly initialised model of ``spec`` whose classes fit the user's labels.
+
+        ``ignore_value`` (passed only when set): a label value that is no class; its pixels are
+        ``IGNORE`` in the targets (see :class:`~napari_segsuite.preprocess.LabelMap`) and it is kept
+        in the card's ``ignore_value``."""
 
     def prepare_finetune(self, model: SegModel, sparse: bool) -> None:
         """Adapt a trained model's card before fine-tuning (e.g. switch to sparse labels), or refuse.

@@ -358,6 +358,7 @@ class InstanceTask(Task):
         instances: Sequence[np.ndarray] | None,
         things: Sequence[int] | None,
         build: dict[str, Any],
+        ignore_value: int | None = None,
     ) -> SegModel:
         from ..model_files import new_model
         from ..models import available
@@ -365,6 +366,7 @@ class InstanceTask(Task):
 
         check_ids(labels if instances is None else instances)
         unannotated = UNANNOTATED if sparse else None
+        build = {**build, "ignore_value": ignore_value} if ignore_value is not None else build
         if not spec.objects:
             if instances is not None:
                 raise ValueError(
@@ -390,7 +392,7 @@ class InstanceTask(Task):
             )
         if sparse:
             raise ValueError("Sparse labels with a class per object are not supported yet; label whole images.")
-        values = sorted(set(LabelMap.from_labels(list(labels)).values) | {0})
+        values = sorted(set(LabelMap.from_labels(list(labels), ignore=ignore_value).values) | {0})
         return new_model(spec.name, label_values=values, in_channels=in_channels, **build)
 
     def targets(
@@ -410,16 +412,20 @@ class InstanceTask(Task):
         ids = np.asarray(lab if instances is None else instances).astype(np.int64)
         if cls_values is not None and strict:
             check_known(model, cls_values, name)
-        unlabelled = None
+        unlabelled = ignored = None
         if strict and model.card.unannotated_value is not None:  # training's sparse rule: 0 not annotated, 1 background
             unlabelled = ids == 0
             ids = np.where(ids >= 2, ids - 1, np.where(unlabelled, IGNORE, 0))
+        if model.card.ignore_value is not None:  # a declared ignore value: no object, no class, no loss
+            ignored = lab == model.card.ignore_value
+            ids = np.where(ignored, IGNORE, ids)
+            unlabelled = ignored if unlabelled is None else unlabelled | ignored
         if isinstance(model.module, ObjectModel):  # ids + a class per pixel of each object
             if cls_values is None:
-                cls = (ids > 0).astype(np.int64)
+                cls = np.where(ignored, IGNORE, ids > 0) if ignored is not None else (ids > 0).astype(np.int64)
             else:
                 cls = LabelMap.of_card(model.card).to_classes(cls_values)
-                cls = np.where(ids > 0, cls, np.where(cls == IGNORE, IGNORE, 0))
+                cls = np.where(ids > 0, cls, np.where((cls == IGNORE) | (ids == IGNORE), IGNORE, 0))
             return Targets(y=np.stack([ids, cls]), classes=cls, ids=ids)
         known = np.maximum(ids, 0)  # background / interior / boundary
         y = np.stack([targets(sl) for sl in known]) if per_slice else targets(known, spacing=model.card.voxel_size)

@@ -307,6 +307,7 @@ class PanopticTask(Task):
         instances: Sequence[np.ndarray] | None,
         things: Sequence[int] | None,
         build: dict[str, Any],
+        ignore_value: int | None = None,
     ) -> SegModel:
         import logging
 
@@ -315,7 +316,7 @@ class PanopticTask(Task):
 
         if sparse:
             raise ValueError("Sparse labels are not supported for panoptic models yet; label whole images.")
-        lmap = LabelMap.from_labels(list(labels))
+        lmap = LabelMap.from_labels(list(labels), ignore=ignore_value)
         if instances is not None:
             check_ids(instances)
         if things is None:  # the classes found under objects; without objects every class but 0
@@ -324,7 +325,7 @@ class PanopticTask(Task):
             for lab, inst in zip(labels, objs):
                 if inst is not None:
                     found |= {int(v) for v in np.unique(np.asarray(lab)[np.asarray(inst) > 0])}
-            things = sorted(found - {0}) or [v for v in lmap.values if v != 0]
+            things = sorted(found - {0, ignore_value}) or [v for v in lmap.values if v != 0]
             logging.getLogger(__name__).info("Thing classes (label values): %s; the others are stuff", things)
         missing = sorted(set(things) - set(lmap.values))
         if missing:
@@ -334,6 +335,7 @@ class PanopticTask(Task):
             label_values=lmap.values,
             in_channels=in_channels,
             thing_classes=[lmap.values.index(v) for v in things],
+            ignore_value=ignore_value,
             **build,
         )
 

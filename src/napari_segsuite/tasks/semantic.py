@@ -148,15 +148,16 @@ class ConfusionMetric:
         return out
 
 
-def label_values_for(labels: Sequence[np.ndarray], sparse: bool) -> list[int]:
-    """The class values of a new model from the user's labels (without 0 when labels are sparse).
+def label_values_for(labels: Sequence[np.ndarray], sparse: bool, ignore: int | None = None) -> list[int]:
+    """The class values of a new model from the user's labels (without 0 when labels are sparse,
+    without the ``ignore`` value).
 
     Raises:
         ValueError: sparse labels with fewer than two painted classes.
     """
     from ..preprocess import LabelMap
 
-    values = LabelMap.from_labels(list(labels)).values
+    values = LabelMap.from_labels(list(labels), ignore=ignore).values
     if sparse:
         values = [v for v in values if v != UNANNOTATED]
         if len(values) < 2:
@@ -184,14 +185,16 @@ class SemanticTask(Task):
         instances: Sequence[np.ndarray] | None,
         things: Sequence[int] | None,
         build: dict[str, Any],
+        ignore_value: int | None = None,
     ) -> SegModel:
         from ..model_files import new_model
 
         return new_model(
             spec.name,
-            label_values=label_values_for(labels, sparse),
+            label_values=label_values_for(labels, sparse, ignore_value),
             in_channels=in_channels,
             unannotated_value=UNANNOTATED if sparse else None,
+            ignore_value=ignore_value,
             **build,
         )
 

@@ -28,7 +28,8 @@ def add_result(
     when ``objects_suffix``: the object layer beside a class layer, as a panoptic model gives).
 
     Existing layers are never written to: a second run gives a second layer (napari makes the name
-    unique). Provenance goes to ``layer.metadata["segsuite"]`` (``role`` is ``"semantic"`` or
+    unique). The image's file geometry (``metadata["segsuite_source"]``, from this plugin's reader)
+    is copied for the writer. Provenance goes to ``layer.metadata["segsuite"]`` (``role`` is ``"semantic"`` or
     ``"instances"``; both layers of one panoptic run share ``run_id``); painting marks the layer as
     edited. ``features`` (``index``, ``class``, ``score`` per object) becomes the layer's features
     table, with the class names added.
@@ -50,6 +51,9 @@ def add_result(
             "edited": False,
         }
     }
+    source = getattr(image, "metadata", {}).get("segsuite_source")
+    if source:  # the scan's geometry: saving the labels as NIfTI puts them in its voxel grid
+        meta["segsuite_source"] = source
     suffix = " objects" if objects_suffix else ""
     layer = viewer.add_labels(
         labels,

@@ -146,7 +146,8 @@ class FinetuneWidget(Container):
             tooltip="Run the new model on the next image not yet in the set; correct it, "
             "add the pair, train again (continuing from the new model).",
         )
-        self.plot = TrainingPlot()
+        self.plot = TrainingPlot(theme=str(viewer.theme))
+        viewer.events.theme.connect(lambda _=None: self.plot.set_theme(str(viewer.theme)))
         self._cancel = threading.Event()
         self.last_result: Any = None
         self.last_path: str | None = None
@@ -255,8 +256,12 @@ class FinetuneWidget(Container):
         base_name = Path(self.base.value).name
         name = self.model_name.value.strip() or f"{pairs[0][0].name}-{base_name}"
         out = str(new_model_path(name, ts.project.models_dir if ts.project is not None else None))
+        scale = tuple(float(s) for s in pairs[0][0].scale[-min(pairs[0][0].ndim, 3) :])
         cfg = TrainConfig(
-            epochs=self.epochs.value, time_budget=self.minutes.value * 60 or None, freeze_encoder=self.freeze.value
+            epochs=self.epochs.value,
+            time_budget=self.minutes.value * 60 or None,
+            freeze_encoder=self.freeze.value,
+            voxel_size=scale if any(s != 1 for s in scale) else None,  # the layer's scale: into the card
         )
         self._cancel.clear()
 

@@ -9,19 +9,38 @@ from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
 
 
-class TrainingPlot(Container):
-    """Feed it :class:`~napari_segsuite.progress.Progress` reports with :meth:`add`; it redraws at most twice a second."""
+def theme_colours(name: str) -> dict[str, str]:
+    """Background, text and frame colours of napari's theme ``name`` (the dark theme's if unknown)."""
+    try:
+        from napari.utils.theme import get_theme
 
-    def __init__(self) -> None:
+        t = get_theme(name)
+        return {"bg": t.background.as_hex(), "fg": t.text.as_hex(), "frame": t.foreground.as_hex()}
+    except (KeyError, ValueError, ImportError, AttributeError):
+        return {"bg": "#262930", "fg": "#d0d0d0", "frame": "#555555"}
+
+
+class TrainingPlot(Container):
+    """Feed it :class:`~napari_segsuite.progress.Progress` reports with :meth:`add`; it redraws at most
+    twice a second. Its colours follow napari's theme (:meth:`set_theme`)."""
+
+    def __init__(self, theme: str = "dark") -> None:
         super().__init__(labels=False)
         self.metric_name = "mean IoU"  # the task's validation score: mean IoU, AP50 or PQ
-        self.figure = Figure(figsize=(4, 2.4), dpi=90, facecolor="#262930", layout="constrained")
+        self.colours = theme_colours(theme)
+        self.figure = Figure(figsize=(4, 2.4), dpi=90, facecolor=self.colours["bg"], layout="constrained")
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.canvas.setMinimumHeight(200)
         self.native.layout().addWidget(self.canvas)
         self.ax = self.figure.add_subplot(111)
         self.ax2 = self.ax.twinx()
         self.reset()
+
+    def set_theme(self, name: str) -> None:
+        """Redraw in the colours of napari's theme ``name`` (``"dark"``, ``"light"``, ...)."""
+        self.colours = theme_colours(name)
+        self.figure.set_facecolor(self.colours["bg"])
+        self.draw()
 
     def reset(self) -> None:
         self.steps: list[int] = []
@@ -50,13 +69,13 @@ class TrainingPlot(Container):
                 self.draw()
 
     def draw(self) -> None:
-        fg = "#d0d0d0"
+        fg, bg = self.colours["fg"], self.colours["bg"]
         for ax in (self.ax, self.ax2):
             ax.clear()
-            ax.set_facecolor("#262930")
+            ax.set_facecolor(bg)
             ax.tick_params(colors=fg, labelsize=7)
             for spine in ax.spines.values():
-                spine.set_color("#555")
+                spine.set_color(self.colours["frame"])
         if self.loss:
             self.ax.plot(self.steps, self.loss, color="#7aa6da", lw=0.8, alpha=0.6, label="train loss")
         if self.val_loss:
@@ -74,8 +93,6 @@ class TrainingPlot(Container):
         self.ax2.yaxis.tick_right()
         handles = self.ax.get_legend_handles_labels()[0] + self.ax2.get_legend_handles_labels()[0]
         if handles:
-            self.ax.legend(
-                handles=handles, fontsize=7, loc="upper right", facecolor="#262930", labelcolor=fg, framealpha=0.8
-            )
+            self.ax.legend(handles=handles, fontsize=7, loc="upper right", facecolor=bg, labelcolor=fg, framealpha=0.8)
         self.canvas.draw_idle()
         self._drawn = time.monotonic()
