@@ -59,12 +59,12 @@ def test_user_crop_is_kept():
 
 
 def test_thick_slice_rings_leave_thin_nuclei_an_interior():
-    inst = np.zeros((5, 20, 20), np.int32)
-    inst[1:4, 5:15, 5:15] = 1  # a nucleus 3 slices thick
+    inst = np.zeros((5, 24, 24), np.int32)
+    inst[1:4, 4:20, 4:20] = 1  # a nucleus 3 slices thick, 16 px wide
     iso = instance.targets(inst)
     thick = instance.targets(inst, spacing=(4.0, 1.0, 1.0))
     assert (iso == instance.INTERIOR).sum() == 0  # a 2-voxel ring in Z too leaves nothing inside
-    assert (thick[2] == instance.INTERIOR).sum() == 6 * 6  # in thick slices the ring is 2 px wide in Y/X only
+    assert (thick[2] == instance.INTERIOR).sum() == 12 * 12  # in thick slices the ring is 2 px wide in Y/X only
     assert (thick[1][inst[1] > 0] == instance.BOUNDARY).all()  # and one slice in Z
 
 
