@@ -96,7 +96,7 @@ class TrainConfig:
 
 #: Under a time budget, validation takes at most this share of the time (it is skipped at the end of
 #: an epoch until enough training time has passed since the last one).
-VAL_SHARE = 0.1
+VAL_SHARE = 0.05
 
 
 @dataclass
