@@ -54,6 +54,8 @@ class ModelCard(BaseModel):
             file's unit (micrometres for microscopy, millimetres for MRI); ``None``: not known.
         ignore_value: A label value excluded from loss and metrics (e.g. 255 in VOC exports);
             ``None``: every value is a class.
+        postprocessing: Post-processing settings the task chose on the validation images after
+            training (instance map models: ``interior_threshold``, ``seed_h``); empty: the defaults.
         threshold: Two-class semantic models: the class-1 probability from which a pixel is class 1,
             chosen on the validation images after training (``None``: the most probable class).
         parent: The model this one was fine-tuned from (``name``, ``path``, ``metrics``).
@@ -83,6 +85,7 @@ class ModelCard(BaseModel):
     voxel_size: list[float] | None = None
     ignore_value: int | None = None
     threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+    postprocessing: dict[str, float] = Field(default_factory=dict)
     parent: dict[str, Any] | None = None
     training: dict[str, Any] | None = None
     metrics: dict[str, Any] | None = None

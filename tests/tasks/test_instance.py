@@ -122,3 +122,24 @@ def test_unet3d_instance_learns_nuclei_volumes():
     result = drive(train(model, images, labels, cfg))
     m = drive(evaluate(result.model, [v["image"] for v in te], [v["instances"] for v in te], device="cpu"))
     assert m["ap50"] >= 0.6, m
+
+
+def test_calibration_tunes_postprocessing_on_validation_maps():
+    """A model whose interior probabilities sit at 0.45 finds nothing with the default 0.5 threshold; the
+    calibration picks a lower one from the validation maps, the card keeps it and segmenting uses it."""
+    from napari_segsuite.tasks import Targets, get_task
+
+    s = sd.nuclei_2d(seed=1, shape=(128, 128))
+    probs = _one_hot_probs(s["instances"])
+    probs[1] *= 0.45
+    probs[0] = np.where(s["instances"] > 0, 0.1, probs[0])
+    probs[2] = 1 - probs[0] - probs[1]
+    model = new_model("unet-instance", label_values=[0, 1, 2])
+    task = get_task("instance")
+    assert task.wants_calibration(model.card)
+    before = instance.metrics(task.postprocess(probs, model.card).instances, s["instances"])["ap50"]
+    truth = Targets(y=instance.targets(s["instances"]), ids=s["instances"].astype(np.int64))
+    chosen = task.calibrate([probs], [truth], model.card)
+    after = instance.metrics(task.postprocess(probs, model.card).instances, s["instances"])["ap50"]
+    assert chosen["interior_threshold"] < 0.45 and model.card.postprocessing == chosen
+    assert before < 0.1 and after >= 0.9, (before, after)
