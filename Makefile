@@ -29,11 +29,11 @@ lint: setup
 
 # What CI runs: everything a user would notice; tests marked `slow` (long learning curves, GPU) are left out.
 test: lint
-	HF_HUB_OFFLINE=1 xvfb-run -a -s "-screen 0 1600x1000x24" $(PY) -m pytest -q -ra
+	HF_HUB_OFFLINE=1 xvfb-run -a -s "-screen 0 1600x1000x24" $(PY) -m pytest -q -ra -n auto
 
 # Everything, the slow tests too.
 test-all: lint
-	HF_HUB_OFFLINE=1 xvfb-run -a -s "-screen 0 1600x1000x24" $(PY) -m pytest -q -ra -m ""
+	HF_HUB_OFFLINE=1 xvfb-run -a -s "-screen 0 1600x1000x24" $(PY) -m pytest -q -ra -n auto -m ""
 
 bench: setup
 	$(PY) bench/isbi.py
