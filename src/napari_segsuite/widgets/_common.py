@@ -40,6 +40,18 @@ def guard_triton() -> None:
 KNOWN_ERRORS = (ValueError, KeyError, FileNotFoundError, RuntimeError)
 
 
+def wrapped_label() -> Label:
+    """A Label whose text wraps, over the whole width of the dock (not squeezed to a narrow column)."""
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QSizePolicy
+
+    label = Label(value="")
+    label.native.setWordWrap(True)
+    label.native.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop)  # close under what is above
+    label.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+    return label
+
+
 def row(*widgets: Any) -> Container:
     """Widgets side by side, without margins of their own."""
     box = Container(widgets=list(widgets), layout="horizontal", labels=False)
@@ -54,8 +66,7 @@ class RunControls(Container):
         self.start_btn = PushButton(text=start_text)
         self.cancel_btn = PushButton(text="Cancel", enabled=False)
         self.bar = ProgressBar(value=0, min=0, max=1, visible=False)
-        self.status = Label(value="")
-        self.status.native.setWordWrap(True)  # a long error wraps instead of widening the dock
+        self.status = wrapped_label()  # a long error wraps instead of widening the dock
         super().__init__(
             widgets=[
                 row(self.start_btn, self.cancel_btn),

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import napari
-from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, LineEdit, PushButton, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, LineEdit, PushButton, SpinBox
 
 from ..card import ModelCard
 from ..checks import check_labels_vary
@@ -23,7 +23,7 @@ from ..tasks import score_of
 from ..training import TrainConfig
 from ..workflows import train_model
 from ._choices import _base_choices, _card_of, _class_image, _is_object_model, _takes, _task_of
-from ._common import RunControls, ask, check_fit, row, scroll_above
+from ._common import RunControls, ask, check_fit, row, scroll_above, wrapped_label
 from ._events import on_models_changed, store_events
 from ._layers import add_result, layer_array
 from .class_names import ClassNames
@@ -76,8 +76,7 @@ class FinetuneWidget(Container):
         self._viewer = viewer
         self.trainset = TrainingSet(viewer, on_status=lambda text: setattr(self.controls.status, "value", text))
         self.base = ComboBox(label="Start from", choices=_base_choices)
-        self.guide = Label(value="")
-        self.guide.native.setWordWrap(True)
+        self.guide = wrapped_label()
         self.things = LineEdit(
             label="Thing classes",
             value="",
@@ -111,8 +110,7 @@ class FinetuneWidget(Container):
         )
         self.ask = lambda question: ask(self.native, "Convert the images?", question)
         self.controls = RunControls("Train", self.run)
-        self.verdict = Label(value="")
-        self.verdict.native.setWordWrap(True)
+        self.verdict = wrapped_label()
         self.keep_parent_btn = PushButton(text="Keep parent (discard new)", visible=False)
         self.next_btn = PushButton(
             text="Segment next image",

@@ -8,14 +8,14 @@ from typing import Any
 
 import napari
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, Label, PushButton, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, Container, PushButton, SpinBox
 from napari.utils.notifications import show_error
 
 from ..checks import channel_conversion
 from ..inference import segment
 from ..model_files import load_model
 from ..store import StoredModel, delete_model, export_model, import_model, list_models, rename_model
-from ._common import RunControls, ask, check_fit, fit_note, scroll_above
+from ._common import RunControls, ask, check_fit, fit_note, wrapped_label
 from ._events import on_models_changed, store_events
 from ._layers import add_result, layer_array, layer_choices
 
@@ -52,8 +52,7 @@ class SegmentWidget(Container):
         self.model = ComboBox(label="Model", choices=_model_choices)
         self.model.native.setSizeAdjustPolicy(self.model.native.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.model.native.setMinimumContentsLength(24)
-        self.info = Label(value="")
-        self.info.native.setWordWrap(True)
+        self.info = wrapped_label()
         self.ask = lambda question: ask(self.native, "Convert the image?", question)
         self.tile = SpinBox(
             label="Tile (px)",
@@ -80,8 +79,12 @@ class SegmentWidget(Container):
         self.form = Container(
             widgets=[self.image, self.model, self.info, store_row, self.tile, self.device, self.current_slice]
         )
-        super().__init__(widgets=[self.controls], labels=False)
-        self.scroll = scroll_above(self, self.form, min_height=150, expand=False)
+        # short enough for any screen (about 300 px): no scroll area; the run controls sit under the form
+        super().__init__(widgets=[self.form, self.controls], labels=False)
+        from qtpy.QtWidgets import QSizePolicy
+
+        # no taller than it needs: the height left goes to the Fine-tune dock below it
+        self.native.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Maximum)
         self.image.changed.connect(lambda _=None: self._fit_picker())
         self.model.changed.connect(lambda _=None: self._show_info())
         self.rename_btn.changed.connect(lambda _=None: self._ask_rename())
@@ -92,10 +95,6 @@ class SegmentWidget(Container):
             ev.connect(lambda _=None: self.image.reset_choices())
         on_models_changed(self, self._on_models_changed)
         self._fit_picker()
-
-    def reset_choices(self, *_: Any) -> None:
-        super().reset_choices()
-        self.form.reset_choices()
 
     def _on_models_changed(self, path: str) -> None:
         self.model.reset_choices()
