@@ -9,7 +9,6 @@ from typing import Any
 import napari
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, PushButton, SpinBox
-from napari.utils.notifications import show_error
 
 from ..checks import channel_conversion
 from ..inference import segment
@@ -212,10 +211,10 @@ class SegmentWidget(Container):
 
     def _refuse_builtin(self, m: Any) -> bool:
         if m is None:
-            show_error("Pick a trained model first.")
+            self.controls.refuse("Pick a trained model first.")
             return True
         if m.builtin:
-            show_error(f"'{m.name}' ships with the plugin; it cannot be renamed or deleted.")
+            self.controls.refuse(f"'{m.name}' ships with the plugin; it cannot be renamed or deleted.")
             return True
         return False
 
@@ -226,7 +225,7 @@ class SegmentWidget(Container):
         try:
             path = rename_model(m.name, new_name)
         except (ValueError, FileNotFoundError) as err:
-            show_error(str(err))
+            self.controls.refuse(str(err))
             return None
         store_events.models_changed.emit(str(path))
         return path
@@ -243,7 +242,7 @@ class SegmentWidget(Container):
 
     def export_selected(self, dest: str | Path) -> Path | None:
         if self._selected() is None:
-            show_error("Pick a trained model first.")
+            self.controls.refuse("Pick a trained model first.")
             return None
         out = export_model(self.model.value, dest)
         self.controls.status.value = f"Exported to {out}"
@@ -253,7 +252,7 @@ class SegmentWidget(Container):
         try:
             path = import_model(file)
         except ValueError as err:
-            show_error(str(err))
+            self.controls.refuse(str(err))
             return None
         store_events.models_changed.emit(str(path))
         self.controls.status.value = f"Imported '{path.name}'."
@@ -280,7 +279,7 @@ class SegmentWidget(Container):
 
         m = self._selected()
         if m is None:
-            show_error("Pick a trained model first.")
+            self.controls.refuse("Pick a trained model first.")
             return
         dest, _ = QFileDialog.getSaveFileName(
             self.native, "Export model", f"{m.name}.segsuite.zip", "segsuite models (*.segsuite.zip)"
