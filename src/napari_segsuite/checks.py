@@ -156,13 +156,21 @@ def check_image_dims(spatial_dims: int, shape: tuple[int, ...], rgb: bool | None
         )
 
 
-def check_labels_vary(labels: Sequence[np.ndarray], names: Sequence[str], *, sparse: bool = False) -> None:
-    """Refuse labels that hold one value only (with ``sparse``: no two annotated values), before any
-    work: :func:`check_learnable` would refuse them after the model is built.
+def check_labels_vary(
+    labels: Sequence[np.ndarray],
+    names: Sequence[str],
+    *,
+    sparse: bool = False,
+    objects: Sequence[np.ndarray | None] | None = None,
+) -> None:
+    """Refuse labels that hold one value only (with ``sparse``: no two annotated values) and no object
+    in ``objects``, before any work: :func:`check_learnable` would refuse them after the model is built.
 
     Raises:
         ValueError: one sentence naming the layer (or layers) and the fix.
     """
+    if any(o is not None and bool((np.asarray(o) > 0).any()) for o in objects or ()):
+        return  # objects to find (their centres, outlines): something to learn
     seen: set[int] = set()
     for lab in labels:
         arr = np.asarray(lab)

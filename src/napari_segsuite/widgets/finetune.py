@@ -227,9 +227,17 @@ class FinetuneWidget(Container):
         images = [layer_array(p[0]) for p in pairs]
         labels = [layer_array(p[1]) for p in pairs]
         names = [ts.pair_label(p) for p in pairs]
-        try:
+        instances: list[Any] | None = None
+        task = _task_of(self.base.value)
+        if task.takes_objects:
+            instances = [None if p[2] is None else layer_array(p[2]) for p in pairs]
+        elif _is_object_model(self.base.value):  # a class per object, from the layers' features tables
+            classes = [_class_image(p[1], lab) for p, lab in zip(pairs, labels)]
+            if all(c is not None for c in classes):
+                instances, labels = labels, [c for c in classes if c is not None]
+        try:  # first what is wrong whatever the user says, then the conversion to ask about
             class_names = self.class_names.names()
-            check_labels_vary(labels, [p[1].name for p in pairs], sparse=self.sparse.value)
+            check_labels_vary(labels, [p[1].name for p in pairs], sparse=self.sparse.value, objects=instances)
             in_ch, dims = _takes(self.base.value)
             base_name = Path(self.base.value).name
             answers: dict[str, bool] = {}
@@ -239,14 +247,6 @@ class FinetuneWidget(Container):
             } - {""}
         except ValueError as err:
             return refuse(str(err))
-        instances: list[Any] | None = None
-        task = _task_of(self.base.value)
-        if task.takes_objects:
-            instances = [None if p[2] is None else layer_array(p[2]) for p in pairs]
-        elif _is_object_model(self.base.value):  # a class per object, from the layers' features tables
-            classes = [_class_image(p[1], lab) for p, lab in zip(pairs, labels)]
-            if all(c is not None for c in classes):
-                instances, labels = labels, [c for c in classes if c is not None]
         name = self.model_name.value.strip() or f"{pairs[0][0].name}-{base_name}"
         out = str(new_model_path(name, ts.project.models_dir if ts.project is not None else None))
         cfg = TrainConfig(
