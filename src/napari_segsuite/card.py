@@ -202,3 +202,44 @@ def _plain(o: Any) -> Any:
     if hasattr(o, "tolist"):
         return o.tolist()
     raise TypeError(f"{type(o).__name__} is not JSON serialisable")
+
+
+def parse_class_names(text: str) -> dict[int, str]:
+    """``"0: background, 1: nucleus"`` as ``{0: "background", 1: "nucleus"}`` (``=`` works as ``:``).
+
+    Raises:
+        ValueError: one sentence quoting the part that is not ``value: name``.
+    """
+    names: dict[int, str] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        value, sep, name = part.replace("=", ":").partition(":")
+        try:
+            if not sep or not name.strip():
+                raise ValueError
+            names[int(value)] = name.strip()
+        except ValueError:
+            raise ValueError(
+                f"Class names are 'value: name' pairs separated by commas (e.g. 0: background, 1: nucleus); "
+                f"{part!r} is not one."
+            ) from None
+    return names
+
+
+def class_names_text(card: ModelCard) -> str:
+    """A card's class names as ``"0: background, 1: nucleus"`` (what :func:`parse_class_names` reads)."""
+    return ", ".join(f"{v}: {n}" for v, n in zip(card.label_values, card.class_names))
+
+
+def rename_classes(card: ModelCard, names: dict[int, str]) -> None:
+    """Give the classes of ``card`` (by label value) the user's names; values not named keep theirs.
+
+    Raises:
+        ValueError: a value that is not one of the model's label values.
+    """
+    unknown = sorted(set(names) - set(card.label_values))
+    if unknown:
+        raise ValueError(
+            f"Class value{'s' if len(unknown) > 1 else ''} {', '.join(map(str, unknown))} not in the model "
+            f"'{card.display_name}' (its values: {', '.join(map(str, card.label_values))}); name only those."
+        )
+    card.class_names = [names.get(v, n) for v, n in zip(card.label_values, card.class_names)]

@@ -128,3 +128,67 @@ def check_learnable(samples: Sequence[Sample], names: Sequence[str] | None = Non
         f"Nothing to learn: the labels hold {what}. Paint at least two classes (e.g. background and the "
         "objects), or some objects, then train again. No model was written."
     )
+
+
+def channel_conversion(in_channels: int, shape: tuple[int, ...], rgb: bool | None) -> str | None:
+    """How an image of ``shape`` must be converted for a model of ``in_channels`` channels:
+    ``"RGB to grey"``, ``"grey to RGB"``, or ``None`` when it fits as it is (the engine's
+    :func:`~.preprocess.to_slices` does the conversion; front ends ask the user first)."""
+    from .preprocess import infer_axes
+
+    colour = infer_axes(tuple(shape), rgb).rgb
+    if in_channels == 1 and colour:
+        return "RGB to grey"
+    if in_channels > 1 and not colour:
+        return "grey to RGB"
+    return None
+
+
+def check_image_dims(spatial_dims: int, shape: tuple[int, ...], rgb: bool | None, model: str, image: str) -> None:
+    """Refuse a native 3D model on a 2D image (2D models run on volumes slice by slice).
+
+    Raises:
+        ValueError: one sentence naming the model, the image and the way out.
+    """
+    from .preprocess import infer_axes
+
+    if spatial_dims == 3 and not infer_axes(tuple(shape), rgb).volume:
+        raise ValueError(
+            f"'{model}' is a 3D model and '{image}' is a 2D image; pick a 2D model, or open a volume "
+            "(a 3D model segments whole volumes, not one slice)."
+        )
+
+
+def check_labels_vary(
+    labels: Sequence[np.ndarray],
+    names: Sequence[str],
+    *,
+    sparse: bool = False,
+    objects: Sequence[np.ndarray | None] | None = None,
+) -> None:
+    """Refuse labels that hold one value only (with ``sparse``: no two annotated values) and no object
+    in ``objects``, before any work: :func:`check_learnable` would refuse them after the model is built.
+
+    Raises:
+        ValueError: one sentence naming the layer (or layers) and the fix.
+    """
+    if any(o is not None and bool((np.asarray(o) > 0).any()) for o in objects or ()):
+        return  # objects to find (their centres, outlines): something to learn
+    seen: set[int] = set()
+    for lab in labels:
+        arr = np.asarray(lab)
+        if sparse:
+            arr = arr[arr != 0]
+        if arr.size:
+            lo, hi = int(arr.min()), int(arr.max())
+            seen |= {lo, hi}
+        if len(seen) >= 2:
+            return
+    which = ", ".join(f"'{n}'" for n in names)
+    if not seen:
+        held = "no annotated pixel (every pixel is 0, 'not annotated' with sparse labels)"
+    else:
+        held = f"only the value {seen.pop()}"
+    raise ValueError(
+        f"Labels {which} hold {held}: paint at least two classes (e.g. background and the objects) before training."
+    )

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from .card import rename_classes
 from .evaluation import evaluate
 from .model_files import SegModel, load_model, save_model
 from .models import available, get_spec
@@ -143,10 +144,12 @@ def train_model(
     instances: Sequence[np.ndarray] | None = None,
     things: Sequence[int] | None = None,
     build: dict[str, Any] | None = None,
+    class_names: dict[int, str] | None = None,
     cancel: Callable[[], bool] | None = None,
 ) -> Work[TrainResult]:
     """Pick the starting model, train it (checkpointing the best to ``out`` as it improves) and save it
-    to ``out``: the whole of ``segsuite train`` and of the Fine-tune widget's *Train*."""
+    to ``out``: the whole of ``segsuite train`` and of the Fine-tune widget's *Train*. ``class_names``
+    (label value -> name) names the new model's classes."""
     model = model_for_training(
         spec,
         images,
@@ -162,6 +165,8 @@ def train_model(
     model.card.name = Path(out).name
     if config.voxel_size is not None:  # else a fine-tuned model keeps its own
         model.card.voxel_size = [float(v) for v in config.voxel_size]
+    if class_names:
+        rename_classes(model.card, class_names)
     result = yield from train(
         model, images, labels, config, names=names, rgb=rgb, instances=instances, cancel=cancel, checkpoint=out
     )

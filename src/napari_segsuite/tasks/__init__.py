@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .base import IGNORE, UNANNOTATED, Metric, Segmentation, Targets, Task
+from .base import IGNORE, UNANNOTATED, Metric, Segmentation, Targets, Task, object_table
 
 if TYPE_CHECKING:
     from ..card import ModelCard
@@ -71,6 +71,7 @@ __all__ = [
     "Targets",
     "Task",
     "get_task",
+    "object_table",
     "register_task",
     "score_of",
     "task_names",

@@ -54,6 +54,32 @@ class Segmentation:
         return main
 
 
+def object_table(ids: np.ndarray, features: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """One row per object of ``ids`` (a napari Labels layer's ``features``): ``index`` (the id),
+    ``area`` (pixels or voxels), ``centroid-0``, ``centroid-1`` (, ``centroid-2``) in array
+    coordinates, and the model's ``class`` and ``score`` per object where ``features`` has them
+    (objects the model gave no row get class -1 and score NaN)."""
+    from scipy import ndimage as ndi
+
+    ids = np.asarray(ids)
+    index = np.unique(ids)
+    index = index[index > 0]
+    table: dict[str, np.ndarray] = {"index": index.astype(np.int64)}
+    table["area"] = np.bincount(ids.ravel(), minlength=int(index.max(initial=0)) + 1)[index].astype(np.int64)
+    centres = np.asarray(ndi.center_of_mass(ids > 0, ids, index), np.float64).reshape(len(index), ids.ndim)
+    for axis in range(ids.ndim):
+        table[f"centroid-{axis}"] = centres[:, axis]
+    if features is not None and "index" in features:
+        row = {int(i): k for k, i in enumerate(np.asarray(features["index"]).tolist())}
+        where = np.array([row.get(int(i), -1) for i in index], np.int64)
+        for key, fill in (("class", -1), ("score", np.nan)):
+            if key in features:
+                col = np.asarray(features[key])
+                vals = col[np.clip(where, 0, None)] if len(col) else np.full(len(index), fill)
+                table[key] = np.where(where >= 0, vals, fill) if len(index) else col[:0]
+    return table
+
+
 @dataclass
 class Targets:
     """What a task makes of one image's labels.

@@ -1,4 +1,5 @@
-"""What both dock widgets share: the progress row, the worker wiring and error reporting."""
+"""What both dock widgets share: the progress row, the worker wiring, error reporting, and the
+layout that keeps a dock within a laptop screen."""
 
 from __future__ import annotations
 
@@ -39,6 +40,25 @@ def guard_triton() -> None:
 KNOWN_ERRORS = (ValueError, KeyError, FileNotFoundError, RuntimeError)
 
 
+def wrapped_label() -> Label:
+    """A Label whose text wraps, over the whole width of the dock (not squeezed to a narrow column)."""
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QSizePolicy
+
+    label = Label(value="")
+    label.native.setWordWrap(True)
+    label.native.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop)  # close under what is above
+    label.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+    return label
+
+
+def row(*widgets: Any) -> Container:
+    """Widgets side by side, without margins of their own."""
+    box = Container(widgets=list(widgets), layout="horizontal", labels=False)
+    box.margins = (0, 0, 0, 0)
+    return box
+
+
 class RunControls(Container):
     """A start button, a Cancel button, a progress bar and a status line, driving one worker at a time."""
 
@@ -46,17 +66,20 @@ class RunControls(Container):
         self.start_btn = PushButton(text=start_text)
         self.cancel_btn = PushButton(text="Cancel", enabled=False)
         self.bar = ProgressBar(value=0, min=0, max=1, visible=False)
-        self.status = Label(value="")
+        self.status = wrapped_label()  # a long error wraps instead of widening the dock
         super().__init__(
             widgets=[
-                Container(widgets=[self.start_btn, self.cancel_btn], layout="horizontal", labels=False),
+                row(self.start_btn, self.cancel_btn),
                 self.bar,
                 self.status,
             ],
             labels=False,
         )
+        self.margins = (0, 0, 0, 0)
         self.worker: Any = None
         self._t0 = time.monotonic()
+        self._stop_note = ""
+        self._unwatch: Callable[[], None] | None = None
         self.start_btn.changed.connect(lambda _=None: on_start())
 
     def launch(
@@ -73,11 +96,12 @@ class RunControls(Container):
         worker.yielded.connect(on_yield)
         worker.returned.connect(on_done)
         worker.errored.connect(self._on_error)
-        worker.aborted.connect(lambda: self.status.__setattr__("value", "Cancelled."))
+        worker.aborted.connect(lambda: self.status.__setattr__("value", self._stop_note or "Cancelled."))
         worker.finished.connect(self._on_finished)
         self.cancel_btn.changed.disconnect()
         self.cancel_btn.changed.connect(lambda _=None: self._cancel(on_cancel))
         self.worker = worker
+        self._stop_note = ""
         self._t0 = time.monotonic()
         self.start_btn.enabled, self.cancel_btn.enabled = False, True
         self.bar.visible, self.bar.value = True, 0
@@ -93,6 +117,30 @@ class RunControls(Container):
             secs = elapsed / step * (total - step)
             left = f" · ~{secs / 60:.0f} min left" if secs >= 90 else f" · ~{secs:.0f} s left"
         self.status.value = note + left
+
+    def refuse(self, message: str) -> None:
+        """A check failed before any run: say so in the status line and in a pop-up; returns ``None``."""
+        self.status.value = message
+        show_error(message)
+
+    def stop(self, note: str) -> None:
+        """Stop the running worker (at its next step) and leave ``note`` in the status line."""
+        self._stop_note = note
+        self.status.value = note
+        self.cancel_btn.enabled = False
+        if self.worker is not None:
+            self.worker.quit()
+
+    def watch(self, viewer: Any, layers: list[Any], on_removed: Callable[[Any], None]) -> None:
+        """Call ``on_removed(layer)`` when one of ``layers`` leaves ``viewer`` while the current run lasts."""
+        ids = {id(la) for la in layers if la is not None}
+
+        def removed(event: Any) -> None:
+            if id(event.value) in ids and self.worker is not None:
+                on_removed(event.value)
+
+        viewer.layers.events.removed.connect(removed)
+        self._unwatch = lambda: viewer.layers.events.removed.disconnect(removed)
 
     def _cancel(self, on_cancel: Callable[[], None] | None) -> None:
         self.status.value = "Cancelling..."
@@ -115,3 +163,94 @@ class RunControls(Container):
         self.start_btn.enabled, self.cancel_btn.enabled = True, False
         self.bar.visible = False
         self.worker = None
+        if self._unwatch is not None:
+            self._unwatch()
+            self._unwatch = None
+
+
+def ask(parent: Any, title: str, question: str) -> bool:
+    """A Yes/No question in a dialog over ``parent`` (the widgets' default ``ask``; tests replace it)."""
+    from qtpy.QtWidgets import QMessageBox
+
+    return QMessageBox.question(parent, title, question) == QMessageBox.StandardButton.Yes
+
+
+def scroll_above(outer: Container, body: Container, min_height: int = 120, expand: bool = True) -> Any:
+    """Put ``body`` in a scroll area at the top of ``outer``, above what ``outer`` holds (its run
+    controls), so the dock's minimum height is that of the controls plus ``min_height``: the form
+    scrolls on a small screen and the button, progress, status and Cancel stay in view.
+
+    ``expand``: the dock takes the height its neighbours leave (else it keeps the form's height).
+    """
+    from qtpy.QtCore import QSize, Qt
+    from qtpy.QtWidgets import QFrame, QScrollArea, QSizePolicy
+
+    class _Area(QScrollArea):
+        def minimumSizeHint(self) -> QSize:  # as wide as the form needs: it scrolls up and down only
+            sb = self.verticalScrollBar()
+            bar = sb.sizeHint().width() if sb is not None else 16
+            return QSize(body.native.minimumSizeHint().width() + bar, min_height)
+
+        def sizeHint(self) -> QSize:  # the whole form where the screen has room (at most 560 px)
+            return QSize(self.minimumSizeHint().width(), min(body.native.sizeHint().height() + 4, 560))
+
+    area = _Area()
+    area.setWidgetResizable(True)
+    area.setFrameShape(QFrame.Shape.NoFrame)
+    area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    area.setWidget(body.native)
+    outer.native.layout().insertWidget(0, area, 1)
+    grow = QSizePolicy.Policy.Expanding if expand else QSizePolicy.Policy.Maximum
+    outer.native.setSizePolicy(QSizePolicy.Policy.Preferred, grow)
+    body.native.layout().addStretch()  # the form stays packed at the top of a taller area
+    return area
+
+
+def _kind(conv: str) -> tuple[str, str]:
+    """(what the image is, what the model takes) for a conversion ``"RGB to grey"`` / ``"grey to RGB"``."""
+    have, want = conv.split(" to ")
+    return have, want
+
+
+def fit_note(model: str, image: str, conv: str | None) -> str:
+    """One sentence on an image whose channels do not match the model ('' when they do)."""
+    if conv is None:
+        return ""
+    have, want = _kind(conv)
+    return (
+        f"'{model}' takes {want} images and '{image}' is {have}: it will be converted to {want} (you are asked first)."
+    )
+
+
+def check_fit(
+    model: str,
+    in_channels: int | None,
+    spatial_dims: int,
+    image: str,
+    shape: tuple[int, ...],
+    rgb: bool,
+    ask_user: Callable[[str], bool],
+) -> str:
+    """What the engine would refuse or get wrong with this image, checked before any run.
+
+    Returns:
+        ``""`` when the image fits the model; a note (``"converted 'x' from RGB to grey ..."``) when
+        its channels did not and the user agreed to convert it.
+
+    Raises:
+        ValueError: one sentence: a 3D model on a 2D image, or a conversion the user declined.
+    """
+    from ..checks import channel_conversion, check_image_dims
+
+    check_image_dims(spatial_dims, shape, rgb, model, image)
+    conv = None if in_channels is None else channel_conversion(in_channels, shape, rgb)
+    if conv is None:
+        return ""
+    have, want = _kind(conv)
+    how = "the mean of R, G and B" if want == "grey" else "the grey value in all three channels"
+    if not ask_user(f"'{image}' is {have} but '{model}' was trained on {want} images: convert it to {want} ({how})?"):
+        raise ValueError(
+            f"Nothing started: '{model}' takes {want} images and '{image}' is {have}; pick a model trained on "
+            f"{have} images, or agree to convert."
+        )
+    return f"converted '{image}' from {conv} for '{model}'"

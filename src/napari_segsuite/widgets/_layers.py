@@ -10,6 +10,7 @@ import napari
 import numpy as np
 
 from ..card import ModelCard
+from ..tasks import object_table
 
 
 def add_result(
@@ -31,8 +32,9 @@ def add_result(
     unique). The image's file geometry (``metadata["segsuite_source"]``, from this plugin's reader)
     is copied for the writer. Provenance goes to ``layer.metadata["segsuite"]`` (``role`` is ``"semantic"`` or
     ``"instances"``; both layers of one panoptic run share ``run_id``); painting marks the layer as
-    edited. ``features`` (``index``, ``class``, ``score`` per object) becomes the layer's features
-    table, with the class names added.
+    edited. An object layer (``role="instances"``) gets a features table: each object's ``index``,
+    ``area`` and centroid, and where the model gives them (``features``) its ``class``, ``score`` and
+    the class's name.
     """
     name = card.display_name
     meta = {
@@ -62,19 +64,20 @@ def add_result(
         translate=image.translate,
         metadata=meta,
     )
-    if features is not None:
-        layer.features = _features_table(features, card)
+    if role == "instances":
+        layer.features = _features_table(object_table(labels, features), card)
     layer.events.paint.connect(lambda _=None: _mark_edited(layer))
     return layer
 
 
 def _features_table(features: dict[str, np.ndarray], card: ModelCard) -> Any:
-    """napari's features table: one row per object id (``index``), with class value, class name and score."""
+    """napari's features table: one row per object id (``index``), with the class's name where there is a class."""
     import pandas as pd
 
     names = dict(zip(card.label_values, card.class_names))
     table = pd.DataFrame({k: np.asarray(v) for k, v in features.items()})
-    table["class_name"] = [names.get(int(c), str(c)) for c in table["class"]]
+    if "class" in table:
+        table["class_name"] = [names.get(int(c), "") for c in table["class"]]
     return table
 
 

@@ -11,21 +11,22 @@ from pathlib import Path
 from typing import Any
 
 import napari
-import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, LineEdit, PushButton, SpinBox
-from napari.utils.notifications import show_error
+from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, LineEdit, PushButton, SpinBox
 
 from ..card import ModelCard
+from ..checks import check_labels_vary
 from ..inference import segment
 from ..model_files import load_model
 from ..models import available, get_spec
-from ..store import delete_model, list_models, new_model_path
-from ..tasks import Task, get_task, score_of
+from ..store import delete_model, new_model_path
+from ..tasks import score_of
 from ..training import TrainConfig
 from ..workflows import train_model
-from ._common import RunControls
+from ._choices import _base_choices, _card_of, _class_image, _is_object_model, _takes, _task_of
+from ._common import RunControls, ask, check_fit, row, scroll_above, wrapped_label
 from ._events import on_models_changed, store_events
 from ._layers import add_result, layer_array
+from .class_names import ClassNames
 from .plot import TrainingPlot
 from .training_set import TrainingSet
 
@@ -49,6 +50,7 @@ def _finetune_work(
     sparse: bool = False,
     instances: list[Any] | None = None,
     things: list[int] | None = None,
+    class_names: dict[int, str] | None = None,
 ) -> Any:
     result = yield from train_model(
         spec,
@@ -61,51 +63,10 @@ def _finetune_work(
         sparse=sparse,
         instances=instances,
         things=things,
+        class_names=class_names,
         cancel=cancel.is_set,
     )
     return out, result
-
-
-def _base_choices(_w: Any = None) -> list[tuple[str, str]]:
-    archs = [(f"{s.name} (new, random weights)", s.name) for s in available()]
-    return archs + [(m.label, str(m.path)) for m in list_models()]
-
-
-def _card_of(base: str) -> ModelCard | None:
-    return next((m.card for m in list_models() if str(m.path) == base), None)
-
-
-def _task_of(base: str) -> Task:
-    """The task of a base choice (an architecture name or a trained model's folder)."""
-    if base in {s.name for s in available()}:
-        return get_task(get_spec(base).kind)
-    card = _card_of(base)
-    return get_task(card.kind if card is not None else "semantic")
-
-
-def _is_object_model(base: str) -> bool:
-    """Whether the base is an object model (Mask R-CNN, SOLO, DeepMask), which can learn a class per object."""
-    card = _card_of(base)
-    arch = base if card is None else card.architecture
-    try:
-        return get_spec(arch).objects
-    except KeyError:
-        return False
-
-
-def _class_image(layer: napari.layers.Labels, ids: np.ndarray) -> np.ndarray | None:
-    """Class values per pixel from an instance layer's ``features`` (``index`` -> ``class``), or ``None``
-    when the layer has no class table or only one class. Objects the user painted with a new id take
-    the most common class."""
-    table = getattr(layer, "features", None)
-    if table is None or "class" not in table or "index" not in table or table["class"].nunique() < 2:
-        return None
-    cls = dict(zip(table["index"].astype(int), table["class"].astype(int)))
-    common = int(table["class"].mode().iloc[0])
-    lut = np.zeros(int(ids.max()) + 1, np.int64)
-    for i in range(1, len(lut)):
-        lut[i] = cls.get(i, common)
-    return lut[ids]
 
 
 class FinetuneWidget(Container):
@@ -115,8 +76,7 @@ class FinetuneWidget(Container):
         self._viewer = viewer
         self.trainset = TrainingSet(viewer, on_status=lambda text: setattr(self.controls.status, "value", text))
         self.base = ComboBox(label="Start from", choices=_base_choices)
-        self.guide = Label(value="")
-        self.guide.native.setWordWrap(True)
+        self.guide = wrapped_label()
         self.things = LineEdit(
             label="Thing classes",
             value="",
@@ -124,8 +84,16 @@ class FinetuneWidget(Container):
             tooltip="Panoptic models: label values of the countable classes, e.g. 2, 3. "
             "Empty: the classes under objects, else every class but 0 (stuff: the rest).",
         )
-        self.sparse = CheckBox(text="Sparse labels: 0 = not annotated (paint background as a class)", value=False)
-        self.freeze = CheckBox(text="Freeze encoder (train the decoder only: very few images)", value=False)
+        self.sparse = CheckBox(
+            text="Sparse labels: 0 = not annotated",
+            value=False,
+            tooltip="Label value 0 means 'not annotated' and is ignored; paint background as a class of its own.",
+        )
+        self.freeze = CheckBox(
+            text="Freeze encoder (very few images)",
+            value=False,
+            tooltip="Train the decoder only: for fine-tuning on very few images.",
+        )
         self.epochs = SpinBox(label="Epochs", value=30, min=1, max=10000)
         self.minutes = FloatSpinBox(
             label="Time limit (min)",
@@ -136,9 +104,13 @@ class FinetuneWidget(Container):
             tooltip="0 = no limit. Training stops here and keeps the best model.",
         )
         self.model_name = LineEdit(label="New model name", value="")
+        self.class_names = ClassNames(
+            say=lambda text: setattr(self.controls.status, "value", text),
+            refuse=lambda text: self.controls.refuse(text),
+        )
+        self.ask = lambda question: ask(self.native, "Convert the images?", question)
         self.controls = RunControls("Train", self.run)
-        self.verdict = Label(value="")
-        self.verdict.native.setWordWrap(True)
+        self.verdict = wrapped_label()
         self.keep_parent_btn = PushButton(text="Keep parent (discard new)", visible=False)
         self.next_btn = PushButton(
             text="Segment next image",
@@ -151,23 +123,32 @@ class FinetuneWidget(Container):
         self._cancel = threading.Event()
         self.last_result: Any = None
         self.last_path: str | None = None
-        super().__init__(
+        self.form = Container(
             widgets=[
                 self.trainset,
                 self.base,
                 self.guide,
                 self.things,
+                self.class_names,
                 self.sparse,
                 self.freeze,
                 self.epochs,
                 self.minutes,
                 self.model_name,
-                self.controls,
-                self.verdict,
-                Container(widgets=[self.keep_parent_btn, self.next_btn], layout="horizontal", labels=False),
                 self.plot,
             ]
         )
+        # the form scrolls; what a run needs (Train, Cancel, progress, status, verdict) stays below it
+        super().__init__(
+            widgets=[
+                self.controls,
+                self.verdict,
+                row(self.keep_parent_btn, self.next_btn),
+            ],
+            labels=False,
+        )
+        self.scroll = scroll_above(self, self.form, min_height=140)
+        self.class_names.save_btn.changed.connect(lambda _=None: self.class_names.save())
         self.keep_parent_btn.changed.connect(lambda _=None: self.keep_parent())
         self.next_btn.changed.connect(lambda _=None: self.segment_next())
         self.next_worker: Any = None
@@ -176,7 +157,9 @@ class FinetuneWidget(Container):
         self.base.changed.connect(lambda _=None: self._show_guide())
         self.base.changed.connect(lambda _=None: self._offer_freeze())
         self.base.changed.connect(lambda _=None: setattr(self.things, "visible", self._is_new_panoptic()))
+        self.base.changed.connect(lambda _=None: self.class_names.show_for(self.base.value))
         self._show_guide()
+        self.class_names.show_for(self.base.value)
         self._offer_freeze()
         on_models_changed(self, self._on_models_changed)
 
@@ -220,28 +203,28 @@ class FinetuneWidget(Container):
     def _on_models_changed(self, _path: str) -> None:
         self.base.reset_choices()
 
+    def reset_choices(self, *_: Any) -> None:
+        super().reset_choices()
+        self.form.reset_choices()
+
     # --- training ---
     def run(self) -> Any:
         """Start training; returns the worker (or ``None`` when the input is not usable)."""
-        ts = self.trainset
+        ts, refuse = self.trainset, self.controls.refuse
         pairs = ts.chosen()
         if not pairs:
-            show_error(ts._check_pair(*ts._current()) or "Add an image/labels pair to the training set.")
-            return None
+            return refuse(ts._check_pair(*ts._current()) or "Add an image/labels pair to the training set.")
         rgbs = {bool(p[0].rgb) for p in pairs}
         if len(rgbs) > 1:
-            show_error("Mix of RGB and grayscale images: train on one kind at a time.")
-            return None
+            return refuse("Mix of RGB and grayscale images: train on one kind at a time.")
         if self.base.value is None:
-            show_error("Pick a model to start from.")
-            return None
+            return refuse("Pick a model to start from.")
         try:
             self._thing_values()
         except ValueError:
-            show_error(
+            return refuse(
                 f"Thing classes must be label values separated by commas (e.g. 2, 3), not {self.things.value!r}."
             )
-            return None
         images = [layer_array(p[0]) for p in pairs]
         labels = [layer_array(p[1]) for p in pairs]
         names = [ts.pair_label(p) for p in pairs]
@@ -253,7 +236,18 @@ class FinetuneWidget(Container):
             classes = [_class_image(p[1], lab) for p, lab in zip(pairs, labels)]
             if all(c is not None for c in classes):
                 instances, labels = labels, [c for c in classes if c is not None]
-        base_name = Path(self.base.value).name
+        try:  # first what is wrong whatever the user says, then the conversion to ask about
+            class_names = self.class_names.names()
+            check_labels_vary(labels, [p[1].name for p in pairs], sparse=self.sparse.value, objects=instances)
+            in_ch, dims = _takes(self.base.value)
+            base_name = Path(self.base.value).name
+            answers: dict[str, bool] = {}
+            notes = {
+                check_fit(base_name, in_ch, dims, p[0].name, img.shape, bool(p[0].rgb), self._ask_once(answers))
+                for p, img in zip(pairs, images)
+            } - {""}
+        except ValueError as err:
+            return refuse(str(err))
         name = self.model_name.value.strip() or f"{pairs[0][0].name}-{base_name}"
         out = str(new_model_path(name, ts.project.models_dir if ts.project is not None else None))
         scale = tuple(float(s) for s in pairs[0][0].scale[-min(pairs[0][0].ndim, 3) :])
@@ -278,7 +272,8 @@ class FinetuneWidget(Container):
             sc = score_of(res.model.card)
             why = STOP_REASONS.get(res.stopped, res.stopped)
             score = f" · val {sc[0]} {sc[1]:.3f}" if sc else ""
-            self.controls.status.value = f"Saved '{Path(path).name}'{score}"
+            said = "".join(f"; {n}" for n in sorted(notes) + removed)
+            self.controls.status.value = f"Saved '{Path(path).name}'{score}{said}"
             self.controls.status.tooltip = f"{path} ({why})"
             self._show_verdict(res.model.card)
             if ts.project is not None:
@@ -288,7 +283,17 @@ class FinetuneWidget(Container):
                 self.base.value = path  # the next round continues from the new model
             self.next_btn.enabled = True
 
-        return self.controls.launch(
+        removed: list[str] = []
+
+        def on_removed(layer: Any) -> None:
+            removed.append(
+                f"layer '{layer.name}' was removed during training: it learnt from the copy taken at the start"
+            )
+            self.verdict.value = removed[-1][0].upper() + removed[-1][1:] + "."
+
+        self.controls.watch(self._viewer, [la for p in pairs for la in p], on_removed)
+        self.scroll.ensureWidgetVisible(self.plot.native)  # the live plot in view while it trains
+        worker = self.controls.launch(
             _finetune_work,
             self.base.value,
             images,
@@ -301,10 +306,24 @@ class FinetuneWidget(Container):
             self.sparse.value,
             instances,
             self._thing_values(),
+            class_names,
             on_yield=on_yield,
             on_done=done,
             on_cancel=self._cancel.set,
         )
+        if notes:
+            self.controls.status.value = f"Training: {'; '.join(sorted(notes))}."
+        return worker
+
+    def _ask_once(self, answers: dict[str, bool]) -> Any:
+        """``self.ask``, asked once for all the images of one run."""
+
+        def ask_user(question: str) -> bool:
+            if "answer" not in answers:
+                answers["answer"] = self.ask(question)
+            return answers["answer"]
+
+        return ask_user
 
     # --- after training: did it get better, and the next round ---
     def _show_verdict(self, card: ModelCard) -> None:
@@ -340,13 +359,19 @@ class FinetuneWidget(Container):
     def segment_next(self) -> Any:
         """Segment the next image not yet in the training set with the model just trained."""
         if self.last_path is None:
-            show_error("Train a model first.")
-            return None
+            return self.controls.refuse("Train a model first.")
         ts = self.trainset
         image = ts.next_image()
         if image is None:
-            show_error("No image left that is not already in the training set; open the next image first.")
-            return None
+            return self.controls.refuse(
+                "No image left that is not already in the training set; open the next image first."
+            )
+        in_ch, dims = _takes(self.last_path)
+        data = layer_array(image)
+        try:
+            check_fit(Path(self.last_path).name, in_ch, dims, image.name, data.shape, bool(image.rgb), self.ask)
+        except ValueError as err:
+            return self.controls.refuse(str(err))
         if ts._pairs == [] and ts.image.value is not None and ts.labels_layer.value is not None:
             ts.add_pair()  # the pair just trained on stays in the set
         path = self.last_path
@@ -358,6 +383,9 @@ class FinetuneWidget(Container):
 
         def done(result: tuple) -> None:
             seg, card = result
+            if image not in self._viewer.layers:
+                self.controls.status.value = f"Image layer '{image.name}' was removed during the run: no result added."
+                return
             layer = add_result(
                 self._viewer,
                 seg.labels,
@@ -372,9 +400,14 @@ class FinetuneWidget(Container):
             ts.labels_layer.value = layer
             self.controls.status.value = f"Correct '{layer.name}', then Add pair and Train again."
 
+        self.controls.watch(
+            self._viewer,
+            [image],
+            lambda la: self.controls.stop(f"Stopped: image layer '{la.name}' was removed during the run; no result."),
+        )
         self.next_worker = self.controls.launch(
             work,
-            layer_array(image),
+            data,
             bool(image.rgb),
             on_yield=lambda p: self.controls.show_progress(p.step, p.total, p.note),
             on_done=done,

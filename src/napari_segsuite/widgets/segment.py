@@ -9,16 +9,28 @@ from typing import Any
 import napari
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, PushButton, SpinBox
-from napari.utils.notifications import show_error
 
+from ..checks import channel_conversion
 from ..inference import segment
 from ..model_files import load_model
-from ..store import delete_model, export_model, import_model, list_models, rename_model
-from ._common import RunControls
+from ..store import StoredModel, delete_model, export_model, import_model, list_models, rename_model
+from ._common import RunControls, ask, check_fit, fit_note, wrapped_label
 from ._events import on_models_changed, store_events
 from ._layers import add_result, layer_array, layer_choices
 
 DEVICES = ["auto", "cpu", "cuda", "mps"]
+
+
+def _model_choices(_w: Any = None) -> list[tuple[str, str]]:
+    """The picker: each trained model's line, with its class names."""
+    return [(f"{m.label} · {', '.join(m.card.class_names)}", str(m.path)) for m in list_models()]
+
+
+def _fits(m: StoredModel, image: Any) -> bool:
+    """Whether ``m`` takes ``image`` as it is (channels and dimensions)."""
+    shape, rgb = tuple(image.data[0].shape if image.multiscale else image.data.shape), bool(image.rgb)
+    volume = len(shape) - int(rgb) == 3
+    return channel_conversion(m.card.in_channels, shape, rgb) is None and (m.card.spatial_dims == 2 or volume)
 
 
 def _segment_work(path: str, data: Any, rgb: bool, tile: int, device: str) -> Any:
@@ -36,7 +48,11 @@ class SegmentWidget(Container):
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         self._viewer = viewer
         self.image = ComboBox(label="Image", choices=lambda _w: layer_choices(viewer, napari.layers.Image))
-        self.model = ComboBox(label="Model", choices=lambda _w: [(m.label, str(m.path)) for m in list_models()])
+        self.model = ComboBox(label="Model", choices=_model_choices)
+        self.model.native.setSizeAdjustPolicy(self.model.native.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.model.native.setMinimumContentsLength(24)
+        self.info = wrapped_label()
+        self.ask = lambda question: ask(self.native, "Convert the image?", question)
         self.tile = SpinBox(
             label="Tile (px)",
             value=512,
@@ -59,9 +75,17 @@ class SegmentWidget(Container):
             layout="horizontal",
             labels=False,
         )
-        super().__init__(
-            widgets=[self.image, self.model, store_row, self.tile, self.device, self.current_slice, self.controls]
+        self.form = Container(
+            widgets=[self.image, self.model, self.info, store_row, self.tile, self.device, self.current_slice]
         )
+        # short enough for any screen (about 300 px): no scroll area; the run controls sit under the form
+        super().__init__(widgets=[self.form, self.controls], labels=False)
+        from qtpy.QtWidgets import QSizePolicy
+
+        # no taller than it needs: the height left goes to the Fine-tune dock below it
+        self.native.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Maximum)
+        self.image.changed.connect(lambda _=None: self._fit_picker())
+        self.model.changed.connect(lambda _=None: self._show_info())
         self.rename_btn.changed.connect(lambda _=None: self._ask_rename())
         self.delete_btn.changed.connect(lambda _=None: self.delete_selected(confirm=self._confirm))
         self.export_btn.changed.connect(lambda _=None: self._ask_export())
@@ -69,31 +93,73 @@ class SegmentWidget(Container):
         for ev in (viewer.layers.events.inserted, viewer.layers.events.removed):
             ev.connect(lambda _=None: self.image.reset_choices())
         on_models_changed(self, self._on_models_changed)
+        self._fit_picker()
 
     def _on_models_changed(self, path: str) -> None:
         self.model.reset_choices()
         if path in list(self.model.choices):
             self.model.value = path
+        self._show_info()
+
+    def _fit_picker(self) -> None:
+        """Keep a model that takes the chosen image as it is (an RGB model for an RGB image, ...)."""
+        image, m = self.image.value, self._selected()
+        if image is not None and m is not None and not _fits(m, image):
+            better = next((o for o in list_models() if _fits(o, image)), None)
+            if better is not None:
+                self.model.value = str(better.path)
+        self._show_info()
+
+    def _show_info(self) -> None:
+        """Under the picker: the model's classes, and what does not fit the chosen image."""
+        m, image = self._selected(), self.image.value
+        if m is None:
+            self.info.value = ""
+            return
+        card = m.card
+        line = f"Classes: {', '.join(card.class_names)}; takes {'RGB' if card.in_channels > 1 else 'grey'} "
+        line += "volumes (3D)." if card.spatial_dims == 3 else "images."
+        if image is not None:
+            shape = tuple(image.data[0].shape if image.multiscale else image.data.shape)
+            conv = channel_conversion(card.in_channels, shape, bool(image.rgb))
+            if conv is not None:
+                line += " " + fit_note(m.name, image.name, conv)
+            elif not _fits(m, image):
+                line += f" '{image.name}' is 2D: pick a 2D model."
+        self.info.value = line
 
     def run(self) -> Any:
         """Start segmenting; returns the worker (or ``None`` when the input is not usable)."""
-        image = self.image.value
+        image, m = self.image.value, self._selected()
         if image is None:
-            show_error("Open an image first: there is no image layer to segment.")
-            return None
-        if self.model.value is None:
-            show_error("No trained model yet: train one in the Fine-tune widget or with 'segsuite train'.")
-            return None
+            return self.controls.refuse("Open an image first: there is no image layer to segment.")
+        if m is None:
+            return self.controls.refuse(
+                "No trained model yet: train one in the Fine-tune widget or with 'segsuite train'."
+            )
         data = layer_array(image)
         spatial_ndim = data.ndim - (1 if image.rgb else 0)
         z = None
         if self.current_slice.value and spatial_ndim == 3:
+            if m.card.spatial_dims == 3:
+                return self.controls.refuse(
+                    f"'{m.name}' is a 3D model: it segments the whole volume; untick 'Only the current slice'."
+                )
             z = int(self._viewer.dims.current_step[0])
             data = data[z]
-        params = {"tile": self.tile.value, "device": self.device.value, "slice": z}
+        try:
+            note = check_fit(
+                m.name, m.card.in_channels, m.card.spatial_dims, image.name, data.shape, bool(image.rgb), self.ask
+            )
+        except ValueError as err:
+            return self.controls.refuse(str(err))
+        params = {"tile": self.tile.value, "device": self.device.value, "slice": z, "converted": note or None}
 
         def done(result: tuple) -> None:
             seg, card = result
+            if image not in self._viewer.layers:
+                self.controls.status.value = f"Image layer '{image.name}' was removed during the run: no result added."
+                return
             run_id = uuid.uuid4().hex[:12]
             names = []
             for role, labels in (("semantic", seg.semantic), ("instances", seg.instances)):
@@ -116,9 +182,15 @@ class SegmentWidget(Container):
                     objects_suffix=role == "instances" and seg.semantic is not None,
                 )
                 names.append(f"'{layer.name}'")
-            self.controls.status.value = f"Done: new layer{'s' if len(names) > 1 else ''} {' and '.join(names)}."
+            said = f" ({note})" if note else ""
+            self.controls.status.value = f"Done: new layer{'s' if len(names) > 1 else ''} {' and '.join(names)}{said}."
 
-        return self.controls.launch(
+        self.controls.watch(
+            self._viewer,
+            [image],
+            lambda la: self.controls.stop(f"Stopped: image layer '{la.name}' was removed during the run; no result."),
+        )
+        worker = self.controls.launch(
             _segment_work,
             self.model.value,
             data,
@@ -128,6 +200,9 @@ class SegmentWidget(Container):
             on_yield=lambda p: self.controls.show_progress(p.step, p.total, p.note),
             on_done=done,
         )
+        if note:
+            self.controls.status.value = f"Segmenting: {note}."
+        return worker
 
     # --- the model store: rename, delete, export, import ---
     def _selected(self) -> Any:
@@ -136,10 +211,10 @@ class SegmentWidget(Container):
 
     def _refuse_builtin(self, m: Any) -> bool:
         if m is None:
-            show_error("Pick a trained model first.")
+            self.controls.refuse("Pick a trained model first.")
             return True
         if m.builtin:
-            show_error(f"'{m.name}' ships with the plugin; it cannot be renamed or deleted.")
+            self.controls.refuse(f"'{m.name}' ships with the plugin; it cannot be renamed or deleted.")
             return True
         return False
 
@@ -150,7 +225,7 @@ class SegmentWidget(Container):
         try:
             path = rename_model(m.name, new_name)
         except (ValueError, FileNotFoundError) as err:
-            show_error(str(err))
+            self.controls.refuse(str(err))
             return None
         store_events.models_changed.emit(str(path))
         return path
@@ -167,7 +242,7 @@ class SegmentWidget(Container):
 
     def export_selected(self, dest: str | Path) -> Path | None:
         if self._selected() is None:
-            show_error("Pick a trained model first.")
+            self.controls.refuse("Pick a trained model first.")
             return None
         out = export_model(self.model.value, dest)
         self.controls.status.value = f"Exported to {out}"
@@ -177,7 +252,7 @@ class SegmentWidget(Container):
         try:
             path = import_model(file)
         except ValueError as err:
-            show_error(str(err))
+            self.controls.refuse(str(err))
             return None
         store_events.models_changed.emit(str(path))
         self.controls.status.value = f"Imported '{path.name}'."
@@ -204,7 +279,7 @@ class SegmentWidget(Container):
 
         m = self._selected()
         if m is None:
-            show_error("Pick a trained model first.")
+            self.controls.refuse("Pick a trained model first.")
             return
         dest, _ = QFileDialog.getSaveFileName(
             self.native, "Export model", f"{m.name}.segsuite.zip", "segsuite models (*.segsuite.zip)"

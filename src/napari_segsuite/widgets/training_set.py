@@ -89,6 +89,11 @@ class TrainingSet(Container):
         for ev in (viewer.layers.events.inserted, viewer.layers.events.removed):
             ev.connect(lambda _=None: self._on_layers_changed())
 
+    def _refuse(self, message: str) -> None:
+        """In a pop-up and in the dock's status line."""
+        show_error(message)
+        self._on_status(message)
+
     def chosen(self) -> list[Pair]:
         """The pairs in the set, or the pair picked above when the set is empty (``[]`` if none is usable)."""
         if self._pairs:
@@ -131,7 +136,7 @@ class TrainingSet(Container):
         image, labels, objects = self._current()
         problem = self._check_pair(image, labels, objects)
         if problem:
-            show_error(problem)
+            self._refuse(problem)
             return False
         if any(p[0] is image and p[1] is labels for p in self._pairs):
             return True
@@ -187,12 +192,12 @@ class TrainingSet(Container):
         """Open (or create) a project folder: its saved pairs come back as layers in the set, pairs in the
         set now are saved into it, and from then on every edit of their labels is saved (within a second)."""
         if not folder or str(folder) in ("", "."):
-            show_error("Choose a folder for the project first.")
+            self._refuse("Choose a folder for the project first.")
             return None
         try:
             project = Project(folder)
         except ValueError as err:
-            show_error(str(err))
+            self._refuse(str(err))
             return None
         self.project = project
         store.EXTRA_DIRS[:] = [project.models_dir]
@@ -247,7 +252,7 @@ class TrainingSet(Container):
         try:
             pairs = match_pairs(images, labels)
         except FileNotFoundError as err:
-            show_error(str(err))
+            self._refuse(str(err))
             return 0
         n = 0
         for img_path, lab_path in pairs:
