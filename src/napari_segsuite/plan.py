@@ -12,7 +12,7 @@ import numpy as np
 
 from .card import ModelCard
 from .model_files import SegModel
-from .samples import Sample, pad_to
+from .samples import Sample
 
 if TYPE_CHECKING:
     from .training import TrainConfig
@@ -64,30 +64,35 @@ def anisotropic_levels(voxel_size: Sequence[float] | None, depth: int) -> int:
 
 
 def plan(model: SegModel, train_samples: Sequence[Sample], cfg: TrainConfig, device: str = "cpu") -> TrainPlan:
-    """The crop, batch, epoch length and learning rate for ``model`` on ``train_samples``.
+    """The crop, batch, epoch length and learning rate for ``model`` on ``train_samples``
+    (:func:`plan_for` on the samples' spatial shapes)."""
+    return plan_for(model.card, [s.x.shape[1:] for s in train_samples], cfg, device)
+
+
+def plan_for(card: ModelCard, shapes: Sequence[tuple[int, ...]], cfg: TrainConfig, device: str = "cpu") -> TrainPlan:
+    """The plan for a model of ``card`` on training images of spatial ``shapes`` (``(Y, X)`` per 2D
+    sample, ``(Z, Y, X)`` per volume of a native 3D model): what a front end shows before training.
 
     Native 3D models get a crop whose Z depth follows the voxel size (about the same physical extent
     as in Y/X, so thick slices give thin crops) and whose voxels fit :data:`VOXELS_PER_STEP`, so a
     CPU step takes seconds, not a minute; the crop never exceeds the volume.
     """
-    card = model.card
     div = max(1, card.divisible_by)
     spec_training = _training_defaults(card)
-    peak_lr = cfg.lr or spec_training.get("lr", 2e-3)
-    largest = max(max(s.x.shape[-2:]) for s in train_samples)
+    peak_lr = float(cfg.lr or spec_training.get("lr", 2e-3))
     if card.spatial_dims == 3:
-        return _plan_3d(card, train_samples, cfg, spec_training, float(peak_lr), device)
+        return _plan_3d(card, shapes, cfg, spec_training, peak_lr, device)
     patch_size = cfg.patch_size or spec_training.get("patch_size", 256)
-    p = min(patch_size, largest)
+    p = min(patch_size, max(max(sh[-2:]) for sh in shapes))
     p = max(div, -(-p // div) * div)
     patch: tuple[int, ...] = (p, p)
     batch_size = max(2, cfg.batch_size)  # batch norm in pooling branches (PSPNet, DeepLab) needs two samples
-    return TrainPlan(patch, batch_size, _steps_per_epoch(cfg, train_samples, patch, batch_size), float(peak_lr), 512)
+    return TrainPlan(patch, batch_size, _steps_per_epoch(cfg, shapes, patch, batch_size), peak_lr, 512)
 
 
 def _plan_3d(
     card: ModelCard,
-    train_samples: Sequence[Sample],
+    shapes: Sequence[tuple[int, ...]],
     cfg: TrainConfig,
     spec_training: dict[str, Any],
     peak_lr: float,
@@ -98,8 +103,8 @@ def _plan_3d(
     levels = int(_build_arg(card, "depth", 4))
     xy_only = int(_build_arg(card, "xy_only_levels", 0))
     mult_xy, mult_z = 2**levels, 2 ** max(0, levels - xy_only)
-    depth_max = max(s.x.shape[1] for s in train_samples)
-    side_max = max(max(s.x.shape[-2:]) for s in train_samples)
+    depth_max = max(sh[0] for sh in shapes)
+    side_max = max(max(sh[-2:]) for sh in shapes)
     budget = VOXELS_PER_STEP["gpu" if device not in ("cpu", "mps") else "cpu"]
     batch_size = 2  # batch norm needs two samples
     p = cfg.patch_size or spec_training.get("patch_size") or 128
@@ -114,15 +119,43 @@ def _plan_3d(
     if not cfg.patch_size and not cfg.patch_size_z:
         batch_size = int(np.clip(budget // (pz * p * p), 2, max(2, cfg.batch_size)))
     val_tile = (min(_round_up(depth_max, mult_z), max(2 * pz, 16)), max(p, 128), max(p, 128))
-    return TrainPlan(patch, batch_size, _steps_per_epoch(cfg, train_samples, patch, batch_size), peak_lr, val_tile)
+    return TrainPlan(patch, batch_size, _steps_per_epoch(cfg, shapes, patch, batch_size), peak_lr, val_tile)
+
+
+def preview(base: str, shapes: Sequence[tuple[int, ...]], cfg: TrainConfig, device: str = "cpu") -> TrainPlan:
+    """The plan training would choose for ``base`` (an architecture name or a trained model's folder)
+    on images of spatial ``shapes``, without building the model or reading the images: about four
+    fifths of the images train (the rest validate), so the epoch length is approximate."""
+    from .model_files import read_card
+    from .models import get_spec
+
+    try:
+        spec = get_spec(base)
+        card = ModelCard(
+            name="preview",
+            architecture=spec.name,
+            kind=spec.kind,
+            num_classes=2,
+            label_values=[0, 1],
+            class_names=["a", "b"],
+            divisible_by=spec.divisible_by,
+            spatial_dims=spec.spatial_dims,
+            build=dict(spec.defaults),
+        )
+    except KeyError:
+        card = read_card(base)
+    if card.spatial_dims == 2:  # volumes train slice by slice
+        shapes = [sl for sh in shapes for sl in ([sh[-2:]] * (sh[0] if len(sh) == 3 else 1))]
+    keep = max(1, round(len(shapes) * (1 - cfg.val_fraction))) if len(shapes) > 1 else 1
+    return plan_for(card, shapes[:keep], cfg, device)
 
 
 def _round_up(n: int, m: int) -> int:
     return max(m, -(-int(n) // m) * m)
 
 
-def _steps_per_epoch(cfg: TrainConfig, train_samples: Sequence[Sample], patch: tuple[int, ...], batch: int) -> int:
-    train_px = sum(pad_to(s, patch).y.size for s in train_samples)
+def _steps_per_epoch(cfg: TrainConfig, shapes: Sequence[tuple[int, ...]], patch: tuple[int, ...], batch: int) -> int:
+    train_px = sum(int(np.prod([max(n, c) for n, c in zip(sh[-len(patch) :], patch)])) for sh in shapes)
     return cfg.steps_per_epoch or int(np.clip(math.ceil(train_px / (batch * np.prod(patch))), 10, 100))
 
 

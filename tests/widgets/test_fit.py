@@ -289,3 +289,20 @@ def test_class_names_from_the_finetune_widget_in_picker_and_features(make_napari
     table = viewer.layers["scene · pan objects"].features
     assert list(table["class_name"]) == ["cell", "rod"] and list(table["area"]) == [100, 60]
     assert list(table["centroid-0"]) == [9.5, 34.5]
+
+
+def test_finetune_shows_the_training_plan_before_train(make_napari_viewer, qtbot):
+    """The crop, batch, epoch length and learning rate training would pick are on the dock before Train is
+    pressed, from the engine's own plan, and follow the model and the limits the user picks."""
+    from napari_segsuite.plan import preview
+    from napari_segsuite.training import TrainConfig
+
+    viewer, [(_, fin)] = _laptop_viewer(make_napari_viewer, qtbot, "Fine-tune")
+    fin.base.value = "unet"
+    shape = viewer.layers[0].data.shape
+    expected = preview("unet", [shape], TrainConfig(epochs=fin.epochs.value)).describe()
+    assert expected in fin.plan_note.value
+    fin.minutes.value = 2.0
+    assert "2 min" in fin.plan_note.value
+    fin.base.value = "maskrcnn"
+    assert "128" in fin.plan_note.value and expected not in fin.plan_note.value  # object models crop 128 px

@@ -65,3 +65,30 @@ def _takes(base: str) -> tuple[int | None, int]:
         return None, get_spec(base).spatial_dims
     except KeyError:
         return None, 2
+
+
+def plan_text(base: str | None, images: list[Any], epochs: int, minutes: float) -> str:
+    """One line on what *Train* will do with ``base`` on the image layers ``images``: crop, batch, steps
+    per epoch, learning rate and the limit (the engine's own plan, from the layers' shapes only)."""
+    from ..plan import preview
+    from ..training import TrainConfig
+
+    if base is None or not images:
+        return ""
+    shapes = [tuple(int(n) for n in (layer.data.shape[:-1] if layer.rgb else layer.data.shape)) for layer in images]
+    cfg = TrainConfig(epochs=epochs, time_budget=minutes * 60 or None)
+    try:
+        tp = preview(base, shapes, cfg)
+    except (KeyError, ValueError, OSError):
+        return ""
+    limit = f"{epochs} epochs" + (f" or {minutes:g} min, whichever comes first" if minutes else "")
+    return f"Plan: {tp.describe()}; stops after {limit} (or 20 epochs without improvement)."
+
+
+def guide_text(base: str | None) -> str:
+    """One line on what the chosen model is good for (the registry's description)."""
+    if base is None:
+        return ""
+    if base in {s.name for s in available()}:
+        return get_spec(base).description
+    return "Fine-tune this trained model (its classes stay)."

@@ -22,7 +22,7 @@ from ..store import delete_model, new_model_path
 from ..tasks import score_of
 from ..training import TrainConfig
 from ..workflows import train_model
-from ._choices import _base_choices, _card_of, _class_image, _is_object_model, _takes, _task_of
+from ._choices import _base_choices, _card_of, _class_image, _is_object_model, _takes, _task_of, guide_text, plan_text
 from ._common import RunControls, ask, check_fit, row, scroll_above, wrapped_label
 from ._events import on_models_changed, store_events
 from ._layers import add_result, layer_array
@@ -111,6 +111,7 @@ class FinetuneWidget(Container):
         self.ask = lambda question: ask(self.native, "Convert the images?", question)
         self.controls = RunControls("Train", self.run)
         self.verdict = wrapped_label()
+        self.plan_note = wrapped_label()  # the training plan, before Train is pressed
         self.keep_parent_btn = PushButton(text="Keep parent (discard new)", visible=False)
         self.next_btn = PushButton(
             text="Segment next image",
@@ -135,6 +136,7 @@ class FinetuneWidget(Container):
                 self.epochs,
                 self.minutes,
                 self.model_name,
+                self.plan_note,
                 self.plot,
             ]
         )
@@ -158,7 +160,10 @@ class FinetuneWidget(Container):
         self.base.changed.connect(lambda _=None: self._offer_freeze())
         self.base.changed.connect(lambda _=None: setattr(self.things, "visible", self._is_new_panoptic()))
         self.base.changed.connect(lambda _=None: self.class_names.show_for(self.base.value))
+        for w in (self.base, self.epochs, self.minutes, self.trainset.pairs, self.trainset.image):
+            w.changed.connect(lambda _=None: self._show_plan())
         self._show_guide()
+        self._show_plan()
         self.class_names.show_for(self.base.value)
         self._offer_freeze()
         on_models_changed(self, self._on_models_changed)
@@ -187,18 +192,11 @@ class FinetuneWidget(Container):
         return [int(v) for v in text.replace(" ", "").split(",") if v] or None
 
     def _show_guide(self) -> None:
-        """One line on what the chosen model is good for (the registry's description)."""
-        value = self.base.value
-        if value is None:
-            self.guide.value = ""
-            return
-        try:
-            arch = value if value in {s.name for s in available()} else None
-            self.guide.value = (
-                get_spec(arch).description if arch else "Fine-tune this trained model (its classes stay)."
-            )
-        except KeyError:
-            self.guide.value = ""
+        self.guide.value = guide_text(self.base.value)
+
+    def _show_plan(self) -> None:
+        images = [p[0] for p in self.trainset.chosen()] or [v for v in [self.trainset.image.value] if v is not None]
+        self.plan_note.value = plan_text(self.base.value, images, self.epochs.value, self.minutes.value)
 
     def _on_models_changed(self, _path: str) -> None:
         self.base.reset_choices()
