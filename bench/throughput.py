@@ -26,7 +26,7 @@ from PIL import Image
 from scipy import ndimage as ndi
 
 from napari_segsuite.progress import drive
-from napari_segsuite.samples import prepare_samples
+from napari_segsuite.samples import pad_to, prepare_samples
 from napari_segsuite.tasks import IGNORE
 from napari_segsuite.training import TrainConfig, plan, train
 from napari_segsuite.workflows import model_for_training
@@ -52,6 +52,7 @@ def bare_loop(model_name: str, images: list[np.ndarray], labels: list[np.ndarray
     cfg = TrainConfig()
     samples = prepare_samples(model, images, labels)
     p = plan(model, samples, cfg)
+    samples = [pad_to(s, p.patch) for s in samples]  # as the product pads a volume thinner than the crop
     xs = [s.x for s in samples]
     ys = [s.truth.y for s in samples]
     module = model.module.train()
