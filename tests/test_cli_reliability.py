@@ -156,6 +156,8 @@ def _train_case(case, d):
         ("negative patience", ["--patience", "-1"], "patience must be 0"),
         ("negative seed", ["--seed", "-1"], "seed must be 0 or more"),
         ("path in an encoder name", ["--model", "pspnet", "--encoder", "tu-hf-hub:someone/x"], "never paths"),
+        ("negative depth", ["--arg", "depth=-1"], "'unet' cannot be built with"),  # was an IndexError
+        ("a huge network", ["--arg", "base_filters=100000"], "parameters, more than"),  # would exhaust memory
     ],
 )
 def test_train_refuses_bad_inputs_in_one_line_and_writes_nothing(tmp_path, capsys, case, extra, needle):

@@ -143,6 +143,8 @@ class ModelCard(BaseModel):
         vs = self.voxel_size
         if vs is not None and (len(vs) not in (2, 3) or not all(0 < v < 1e6 for v in vs)):
             raise ValueError("voxel_size must hold 2 or 3 positive sizes (Y, X) or (Z, Y, X)")
+        if self.ignore_value is not None and self.ignore_value in self.label_values:
+            raise ValueError(f"ignore_value {self.ignore_value} is the label value of a class; it cannot be ignored")
         bad = [c for c in self.thing_classes if not 0 <= c < self.num_classes]
         if bad:
             raise ValueError(f"thing_classes {bad} are not class indices 0..{self.num_classes - 1}")

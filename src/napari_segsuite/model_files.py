@@ -77,25 +77,42 @@ def _build_module(card: ModelCard, source: str) -> nn.Module:
             what = f"is a {want}D model" if field == "spatial_dims" else f"takes inputs in multiples of {want} pixel(s)"
             raise CardError(f"{source}: field {field!r}: {card.architecture!r} {what}, not {got}.")
 
-    def build() -> nn.Module:
-        return spec.builder(num_classes=card.num_classes, in_channels=card.in_channels, **card.build)
+    return _build_checked(spec, card.num_classes, card.in_channels, card.build, f"{source}: field 'build': ", CardError)
 
+
+def _build_checked(
+    spec: Any, num_classes: int, in_channels: int, kwargs: dict[str, Any], where: str, error: type[ValueError]
+) -> nn.Module:
+    """``spec``'s network built with ``kwargs``, first on torch's ``meta`` device (nothing allocated, no
+    weights fetched) to refuse a network of more than :data:`MAX_PARAMETERS` parameters.
+
+    Raises:
+        ValueError: (``error``, its message after ``where``) too large, or the builder refused its arguments.
+        OSError, KeyError: new models only: a weights file that is not there, an encoder smp does not know.
+    """
+
+    def build(**extra: Any) -> nn.Module:
+        return spec.builder(num_classes=num_classes, in_channels=in_channels, **{**kwargs, **extra})
+
+    args = ", ".join(f"{k}={v!r}" for k, v in kwargs.items() if k != "weights") or "its defaults"
     try:
         with torch.device("meta"):
-            n = sum(p.numel() for p in build().parameters())
+            n = sum(p.numel() for p in build(**({"weights": None} if "weights" in kwargs else {})).parameters())
         if n > MAX_PARAMETERS:
-            raise CardError(
-                f"{source}: field 'build': these arguments make a network of {n:,} parameters, more than the "
-                f"{MAX_PARAMETERS:,} a model may have."
+            raise error(
+                f"{where}{args} make a {spec.name} network of {n:,} parameters, more than the {MAX_PARAMETERS:,} "
+                "a model may have."
             )
         return build()
-    except CardError:
+    except error:
         raise
+    except (OSError, KeyError):
+        if error is CardError:
+            raise error(f"{where}{spec.name!r} cannot be built with {args}.") from None
+        raise  # their own messages name the file or the encoder
     except Exception as err:  # a builder refusing its arguments, whatever the error type
         why = " ".join(str(err).split())[:300] or type(err).__name__
-        raise CardError(
-            f"{source}: field 'build': {card.architecture!r} cannot be built with {card.build}: {why}"
-        ) from None
+        raise error(f"{where}{spec.name!r} cannot be built with {args}: {why}") from None
 
 
 def new_model(
@@ -122,7 +139,8 @@ def new_model(
         build_kwargs: Builder arguments (``weights`` is used to build and not kept in the card).
 
     Raises:
-        ValueError: the architecture does not take one of ``build_kwargs``.
+        ValueError: the architecture does not take one of ``build_kwargs``, refuses their values, or
+            they make a network of more than :data:`MAX_PARAMETERS` parameters.
     """
     spec = get_spec(architecture)
     kwargs = {**spec.defaults, **build_kwargs}
@@ -149,7 +167,7 @@ def new_model(
         thing_classes=[int(c) for c in thing_classes or []],
         ignore_value=ignore_value,
     )
-    module = spec.builder(num_classes=len(label_values), in_channels=in_channels, **kwargs)
+    module = _build_checked(spec, len(label_values), in_channels, kwargs, "", ValueError)
     return SegModel(module, card)
 
 

@@ -58,12 +58,13 @@ def _card(tmp_path):
         ({"spatial_dims": 4}, "spatial_dims"),
         ({"build": {"depth": {"__class__": "os.system"}}}, "build"),
         ({"format": 99}, "format"),
+        ({"ignore_value": 1}, "card"),
     ],
 )
 def test_a_bad_card_gives_one_error_naming_the_field(tmp_path, change, field):
     path, data = _card(tmp_path)
     (path / "model.json").write_text(json.dumps({**data, **change}))
-    with pytest.raises(CardError, match=f"'{field}'" if field != "card" else "label_values"):
+    with pytest.raises(CardError, match=f"'{field}'" if field != "card" else "label_values|ignore_value"):
         load_model(path)
 
 
