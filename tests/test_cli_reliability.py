@@ -67,6 +67,8 @@ def _segment_case(case, d, model):
     write_labels(img / "a.tif", _image()["image"])
     if case == "tile 0":
         return img, model, ["--tile", "0"], "--tile"
+    if case == "output inside a file":
+        return img, model, ["--output", img / "a.tif" / "out"], "which is a file, not a folder"
     if case == "unknown device":
         return img, model, ["--device", "gpu"], "Unknown device 'gpu'"
     if case == "a GPU this machine lacks":
@@ -101,6 +103,7 @@ def _segment_case(case, d, model):
         "two channels",
         "not an image file",
         "tile 0",
+        "output inside a file",
         "unknown device",
         "a GPU this machine lacks",
         "missing weights",
@@ -158,13 +161,14 @@ def _train_case(case, d):
         ("path in an encoder name", ["--model", "pspnet", "--encoder", "tu-hf-hub:someone/x"], "never paths"),
         ("negative depth", ["--arg", "depth=-1"], "'unet' cannot be built with"),  # was an IndexError
         ("a huge network", ["--arg", "base_filters=100000"], "parameters, more than"),  # would exhaust memory
+        ("out inside a file", ["--out", "IMG/n0.tif/model"], "which is a file, not a folder"),  # failed after an epoch
     ],
 )
 def test_train_refuses_bad_inputs_in_one_line_and_writes_nothing(tmp_path, capsys, case, extra, needle):
     img, lab = _train_case(case, tmp_path)
     before = _snapshot(tmp_path)
     argv = ["train", "--model", "unet", "--images", img, "--labels", lab, "--out", tmp_path / "m", "--epochs", "1"]
-    code, _, err = run(capsys, *argv, *extra)
+    code, _, err = run(capsys, *argv, *[a.replace("IMG", str(img)) for a in extra])
     assert code == 2, err
     assert needle in err and err.count("\n") == 1 and "Traceback" not in err, err
     assert not (tmp_path / "m").exists() and _snapshot(tmp_path) == before

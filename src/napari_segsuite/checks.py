@@ -65,7 +65,24 @@ def check_output_folder(output: str | Path) -> Path:
             f"--output {str(output)!r} is an existing file; give a folder for the label images "
             "(it is created if needed)."
         )
+    _no_file_above(out, "--output")
     return out
+
+
+def _no_file_above(path: Path, flag: str) -> None:
+    """Refuse a path that would be created inside an existing file (``img.tif/out``).
+
+    Raises:
+        ValueError: names the file.
+    """
+    for parent in path.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(
+                    f"{flag} {str(path)!r} lies inside {str(parent)!r}, which is a file, not a folder; choose "
+                    "another path (nothing was written)."
+                )
+            return
 
 
 def check_outputs(inputs: Iterable[str | Path], outputs: Iterable[str | Path], *, overwrite: bool = False) -> None:
@@ -227,6 +244,7 @@ def check_model_out(path: str | Path, *, overwrite: bool = False) -> Path:
             ``overwrite`` is not set.
     """
     p = check_model_destination(path)  # never anything that is not a model
+    _no_file_above(p, "--out")
     if p.is_dir() and not any(p.iterdir()):
         return p  # an empty folder made beforehand
     if p.exists() and not overwrite:

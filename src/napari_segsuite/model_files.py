@@ -94,7 +94,7 @@ def _build_checked(
     def build(**extra: Any) -> nn.Module:
         return spec.builder(num_classes=num_classes, in_channels=in_channels, **{**kwargs, **extra})
 
-    args = ", ".join(f"{k}={v!r}" for k, v in kwargs.items() if k != "weights") or "its defaults"
+    args = ", ".join(f"{k}={v!r}" for k, v in kwargs.items()) or "its defaults"
     try:
         with torch.device("meta"):
             n = sum(p.numel() for p in build(**({"weights": None} if "weights" in kwargs else {})).parameters())
