@@ -69,6 +69,9 @@ def _segment_case(case, d, model):
         return img, model, ["--tile", "0"], "--tile"
     if case == "output inside a file":
         return img, model, ["--output", img / "a.tif" / "out"], "which is a file, not a folder"
+    if case == "a folder where the output goes":
+        (d / "res" / "a.tif").mkdir(parents=True)
+        return img, model, ["--output", d / "res", "--overwrite"], "is a folder where a result file would go"
     if case == "unknown device":
         return img, model, ["--device", "gpu"], "Unknown device 'gpu'"
     if case == "a GPU this machine lacks":
@@ -104,6 +107,7 @@ def _segment_case(case, d, model):
         "not an image file",
         "tile 0",
         "output inside a file",
+        "a folder where the output goes",
         "unknown device",
         "a GPU this machine lacks",
         "missing weights",

@@ -3,6 +3,14 @@
 Each check raises ``ValueError`` with one sentence naming the file or value, what is wrong and the
 fix; none of them writes anything. The rule they enforce: an output never lands on an input, and
 nothing that exists is replaced unless the user said ``overwrite``.
+
+- Arrays (a layer's data, a file read): :func:`check_image_array`, :func:`check_label_array` (shape
+  and dtype only for lazy arrays: a dask or zarr array is never read);
+  :func:`~.samples.check_shapes` runs them over image/label pairs.
+- Numbers: :func:`check_train_config`, :func:`check_tile`.
+- Paths: :func:`check_output_folder`, :func:`check_outputs`, :func:`check_output_collisions`,
+  :func:`segment_outputs` (all of ``segment``'s), :func:`check_model_out`.
+- Labels: :func:`check_learnable`.
 """
 
 from __future__ import annotations
@@ -97,6 +105,11 @@ def check_outputs(inputs: Iterable[str | Path], outputs: Iterable[str | Path], *
         if clash is not None:
             raise ValueError(
                 f"Writing {str(out)!r} would replace the input image {str(clash)!r}; choose another --output "
+                "folder (nothing was written)."
+            )
+        if out.is_dir():
+            raise ValueError(
+                f"{str(out)!r} is a folder where a result file would go; move it, or choose another --output "
                 "folder (nothing was written)."
             )
         if out.exists() and not overwrite:
