@@ -20,7 +20,11 @@ from napari_segsuite.progress import drive
 from napari_segsuite.samples import check_shapes
 from napari_segsuite.training import TrainConfig
 
-FAST = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+#: Few, small examples (CI time) drawn the same way on every run (CI never fails by chance; explore
+#: locally with more examples and ``derandomize=False``).
+FAST = settings(
+    max_examples=30, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
 SUFFIXES = [".tif", ".png", ".jpg", ".bmp", ".npy", ".nii", ".nii.gz", ".ome.tif"]
 MAGIC = [b"", b"II*\x00", b"MM\x00*", b"\x89PNG\r\n\x1a\n", b"\x93NUMPY\x01\x00", b"\xff\xd8\xff\xe0", b"BM"]
 
@@ -165,7 +169,7 @@ def tiny_models():
     }
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(FAST, max_examples=40)
 @given(any_images(), st.sampled_from(["unet", "unet-instance"]), st.integers(16, 40))
 def test_predict_gives_labels_of_the_image_shape_or_a_value_error(tiny_models, image, arch, tile):
     model = tiny_models[arch]
