@@ -55,6 +55,10 @@ def _segment_case(case, d, model):
         write_labels(img / "b.tif", _image(1, (64, 64))["image"])
         _truncate(img / "b.tif")
         return img, model, [], "Cannot read 'b.tif'"
+    if case == "all-NaN image after a good one":
+        write_labels(img / "a.tif", _image()["image"])
+        np.save(img / "b.npy", np.full((16, 16), np.nan, np.float32))
+        return img, model, [], "'b.npy' holds no finite value"
     if case == "4D image":
         np.save(img / "a.npy", np.zeros((2, 3, 16, 16), np.float32))
         return img, model, [], "'a.npy' of shape (2, 3, 16, 16) is not supported"
@@ -102,6 +106,7 @@ def _segment_case(case, d, model):
         "text named .tif",
         "truncated PNG",
         "truncated TIFF in the middle of a folder",
+        "all-NaN image after a good one",
         "4D image",
         "two channels",
         "not an image file",

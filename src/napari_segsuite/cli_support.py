@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 #: Images read by ``segment``'s check pass are kept for the run up to this many bytes (else read again).
 KEEP_BYTES = 1 << 30
 
@@ -131,6 +133,10 @@ def read_for_segment(files: list[Path], model: Any) -> dict[Path, Any]:
             raise ValueError(
                 f"Image {f.name!r} is in colour but model {model.name!r} takes {c} channels; give it images "
                 f"of {c} channels."
+            )
+        if info.data.dtype.kind == "f" and not np.isfinite(info.data).any():
+            raise ValueError(
+                f"Image {f.name!r} holds no finite value (all NaN or infinite); there is nothing to segment."
             )
         total += info.data.nbytes
         kept[f] = info if total <= KEEP_BYTES else None
