@@ -9,6 +9,7 @@ import queue
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable
 
 import numpy as np
@@ -99,43 +100,89 @@ def crop_batch(
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
+#: Seconds a prefetch thread waits with its batch ready and nobody taking it before it ends (a
+#: training generator left unfinished would otherwise keep it forever); a later batch restarts it.
+IDLE_SECONDS = 300.0
+
+
+def _make_batches(
+    make: Callable[[], Batch],
+    out: queue.Queue[Batch | BaseException],
+    stop: threading.Event,
+    pending: list[Batch | BaseException],
+    idle: float,
+) -> None:
+    """The prefetch thread's loop. It holds no reference to its :class:`Prefetch`, so dropping that
+    object (its finaliser sets ``stop``) ends the thread."""
+    while not stop.is_set():
+        if pending:
+            item = pending.pop()
+        else:
+            try:
+                item = make()
+            except BaseException as err:  # handed to the training thread, which raises it
+                item = err
+        give_up = time.monotonic() + idle
+        while True:
+            if stop.is_set():
+                return
+            try:
+                out.put(item, timeout=0.1)
+                break
+            except queue.Full:
+                if time.monotonic() > give_up:
+                    pending.append(item)  # the next thread hands it out first: the order stays
+                    return
+        if isinstance(item, BaseException):
+            return
+
+
 class Prefetch:
     """Batches made by ``make`` in a background thread, ``depth`` ahead of the training step.
 
     ``make`` is called from one thread only, one batch after another, so a seeded ``make`` gives
     the same batches in the same order as calling it directly. With ``enabled=False`` :meth:`next`
     calls ``make`` itself. An error in ``make`` is raised by :meth:`next`.
+
+    The thread ends on :meth:`close`, when the object is garbage-collected, and when no batch has
+    been taken for ``idle`` seconds (default :data:`IDLE_SECONDS`); :meth:`next` starts it again.
     """
 
-    def __init__(self, make: Callable[[], Batch], depth: int = 2, *, enabled: bool = True) -> None:
+    def __init__(
+        self, make: Callable[[], Batch], depth: int = 2, *, enabled: bool = True, idle: float | None = None
+    ) -> None:
         self._make = make
         self._enabled = enabled
+        self._idle = IDLE_SECONDS if idle is None else idle
         self._queue: queue.Queue[Batch | BaseException] = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
+        self._pending: list[Batch | BaseException] = []
         self._thread: threading.Thread | None = None
         if enabled:
-            self._thread = threading.Thread(target=self._run, name="segsuite-batches", daemon=True)
-            self._thread.start()
+            self._finalizer = weakref.finalize(self, self._stop.set)  # dropped unclosed: the thread still ends
+            self._start()
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                item: Batch | BaseException = self._make()
-            except BaseException as err:  # handed to the training thread, which raises it
-                item = err
-            while not self._stop.is_set():
-                try:
-                    self._queue.put(item, timeout=0.1)
-                    break
-                except queue.Full:
-                    continue
-            if isinstance(item, BaseException):
-                return
+    def _start(self) -> None:
+        self._thread = threading.Thread(
+            target=_make_batches,
+            args=(self._make, self._queue, self._stop, self._pending, self._idle),
+            name="segsuite-batches",
+            daemon=True,
+        )
+        self._thread.start()
 
     def next(self) -> Batch:
         if not self._enabled:
             return self._make()
-        item = self._queue.get()
+        while True:
+            try:
+                item = self._queue.get(timeout=0.5)
+                break
+            except queue.Empty:
+                if self._stop.is_set():
+                    raise RuntimeError("This batch source was closed.") from None
+                if self._thread is None or not self._thread.is_alive():
+                    self._start()  # it ended while idle
         if isinstance(item, BaseException):
             raise item
         return item
@@ -149,3 +196,4 @@ class Prefetch:
                 with contextlib.suppress(queue.Empty):
                     self._queue.get(timeout=0.05)
             self._thread.join(timeout=1)
+        self._pending.clear()

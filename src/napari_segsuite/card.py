@@ -24,7 +24,12 @@ FORMAT_VERSION = 2
 #: Largest sizes a card may declare; beyond them a card would make the program exhaust memory.
 MAX_CLASSES = 1024
 MAX_CHANNELS = 16
+#: Largest number and longest list a builder argument may hold (no architecture needs more).
+MAX_BUILD_INT, MAX_BUILD_LIST = 1_000_000, 64
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
+#: A text builder argument is a name (``"interp"``, ``"resnet34"``, ``"tu-convnext_tiny.fb_in1k"``), never a
+#: path or an address: a card never makes the program read anything outside its own folder.
+_WORD = re.compile(r"^[A-Za-z0-9_+-][A-Za-z0-9_.+-]*$")
 
 
 class CardError(ValueError):
@@ -103,10 +108,31 @@ class ModelCard(BaseModel):
     @classmethod
     def _plain_build(cls, v: dict[str, Any]) -> dict[str, Any]:
         for key, value in v.items():
-            if not isinstance(value, (int, float, str, bool, list, tuple, type(None))):
-                raise ValueError(f"argument {key!r} holds a {type(value).__name__}; only numbers, text and lists")
             if key == "weights":
                 raise ValueError("'weights' is not kept in a card: the weights are the model's own file")
+            for item in value if isinstance(value, (list, tuple)) else [value]:
+                _check_build_value(key, item)
+            if isinstance(value, (list, tuple)) and len(value) > MAX_BUILD_LIST:
+                raise ValueError(f"argument {key!r} holds {len(value)} values, more than {MAX_BUILD_LIST}")
+        return v
+
+    @field_validator("normalization")
+    @classmethod
+    def _normalization(cls, v: dict[str, Any]) -> dict[str, Any]:
+        kind = v.get("kind")
+        if kind not in ("percentile", "none"):
+            raise ValueError(f"kind {kind!r} is not a normalisation: use 'percentile' (with low and high) or 'none'")
+        extra = sorted(set(v) - ({"kind", "low", "high"} if kind == "percentile" else {"kind"}))
+        if extra:
+            raise ValueError(f"unknown key(s) {', '.join(map(repr, extra))} for kind {kind!r}")
+        if kind == "none":
+            return v
+        for key in ("low", "high"):
+            x = v.get(key)
+            if isinstance(x, bool) or not isinstance(x, (int, float)) or not 0 <= x <= 100:
+                raise ValueError(f"{key} must be a percentile from 0 to 100, got {x!r}")
+        if not v["low"] < v["high"]:
+            raise ValueError(f"low ({v['low']}) must be below high ({v['high']})")
         return v
 
     @model_validator(mode="after")
@@ -120,6 +146,8 @@ class ModelCard(BaseModel):
         vs = self.voxel_size
         if vs is not None and (len(vs) not in (2, 3) or not all(0 < v < 1e6 for v in vs)):
             raise ValueError("voxel_size must hold 2 or 3 positive sizes (Y, X) or (Z, Y, X)")
+        if self.ignore_value is not None and self.ignore_value in self.label_values:
+            raise ValueError(f"ignore_value {self.ignore_value} is the label value of a class; it cannot be ignored")
         bad = [c for c in self.thing_classes if not 0 <= c < self.num_classes]
         if bad:
             raise ValueError(f"thing_classes {bad} are not class indices 0..{self.num_classes - 1}")
@@ -136,12 +164,17 @@ class ModelCard(BaseModel):
         if not isinstance(data, dict):
             raise CardError(f"{source}: not a model card (a JSON object was expected).")
         data = migrate(data, source)
+        if "thing_classes" not in data and _takes_objects(data.get("kind")):
+            raise CardError(
+                f"{source}: field 'thing_classes': missing; a {data.get('kind')} model's card lists the class "
+                "indices of its countable classes (e.g. [1]), [] for none. Add it, or train the model again."
+            )
         try:
             return cls.model_validate(data)
         except ValidationError as err:
             e = err.errors()[0]
             field = ".".join(str(p) for p in e["loc"]) or "card"
-            msg = "unknown field" if e["type"] == "extra_forbidden" else e["msg"]
+            msg = "unknown field" if e["type"] == "extra_forbidden" else e["msg"].removeprefix("Value error, ")
             raise CardError(f"{source}: field {field!r}: {msg}.") from None
 
     def to_json(self) -> dict[str, Any]:
@@ -185,6 +218,23 @@ def migrate(data: dict[str, Any], source: str = "model card") -> dict[str, Any]:
         data.pop("path", None)
         data["format"] = 2
     return data
+
+
+def _check_build_value(key: str, x: Any) -> None:
+    """One builder argument value (or list item): a number of sane size, a name, or ``None``."""
+    if isinstance(x, bool) or x is None:
+        return
+    if isinstance(x, int):
+        if abs(x) > MAX_BUILD_INT:
+            raise ValueError(f"argument {key!r} is {x}, beyond the {MAX_BUILD_INT:,} any architecture takes")
+    elif isinstance(x, float):
+        if not (x == x and abs(x) <= MAX_BUILD_INT):  # NaN and infinities too
+            raise ValueError(f"argument {key!r} is {x}, not a usable number")
+    elif isinstance(x, str):
+        if not _WORD.match(x) or ".." in x or len(x) > 128:
+            raise ValueError(f"argument {key!r} is {x!r}: builder arguments are names, never paths or addresses")
+    else:
+        raise ValueError(f"argument {key!r} holds a {type(x).__name__}; only numbers, text and lists")
 
 
 def _takes_objects(kind: Any) -> bool:

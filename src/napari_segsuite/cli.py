@@ -11,93 +11,13 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+
+from .cli_support import build_args, run_with_bar, things
+from .cli_support import load_instances as _load_instances
+from .cli_support import load_pairs as _load_pairs
 
 log = logging.getLogger("napari_segsuite")
-
-
-def _bar(desc: str):
-    from tqdm import tqdm
-
-    bar = tqdm(desc=desc, file=sys.stderr, leave=False, dynamic_ncols=True, disable=None)
-
-    def update(p: Any) -> None:
-        bar.total = p.total
-        bar.n = p.step
-        bar.set_postfix_str(p.note, refresh=False)
-        bar.refresh()
-        if "val_loss" in p.metrics:  # one line per epoch, also in logs of non-interactive jobs
-            tqdm.write(p.note, file=sys.stderr)
-
-    return bar, update
-
-
-def _run(work: Any, desc: str) -> Any:
-    from .progress import drive
-
-    bar, update = _bar(desc)
-    try:
-        return drive(work, update)
-    finally:
-        bar.close()
-
-
-def _load_pairs(images: str, labels: str) -> tuple[list, list, list[str], list]:
-    """Images, labels, names and voxel sizes (``None`` where the file gives none) of matched pairs."""
-    from .io import match_pairs, read_image_info, read_labels
-
-    pairs = match_pairs(images, labels)
-    infos = [read_image_info(i) for i, _ in pairs]
-    return (
-        [i.data for i in infos],
-        [read_labels(lab, image=img) for img, lab in pairs],
-        [i.name for i, _ in pairs],
-        [i.voxel_size for i in infos],
-    )
-
-
-def _load_instances(images: str, instances: str | None) -> list | None:
-    """Object-id images matched to ``images`` by name (``--instances``), or ``None``."""
-    if not instances:
-        return None
-    from .io import match_pairs, read_labels
-
-    return [read_labels(lab, image=img) for img, lab in match_pairs(images, instances)]
-
-
-def _things(text: str | None) -> list[int] | None:
-    if not text:
-        return None
-    try:
-        return [int(v) for v in text.replace(" ", "").split(",") if v]
-    except ValueError:
-        raise ValueError(
-            f"--things takes label values separated by commas (e.g. --things 2,3), got {text!r}."
-        ) from None
-
-
-def _value(text: str) -> Any:
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return {"true": True, "false": False, "none": None}.get(text.lower(), text)
-
-
-def _build_args(args: argparse.Namespace) -> dict[str, Any]:
-    """Builder arguments from --encoder, --weights and --arg KEY=VALUE (new models only)."""
-    build: dict[str, Any] = {}
-    for item in args.arg or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--arg takes KEY=VALUE (e.g. --arg upsample=interp), got {item!r}.")
-        build[key.strip()] = _value(value.strip())
-    if args.encoder:
-        build["encoder_name"] = args.encoder
-    if args.weights:
-        build["weights"] = args.weights
-    return build
+_run = run_with_bar
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -113,7 +33,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         print(f"deleted {delete_model(args.delete)}")
         return 0
     if args.export:
-        print(export_model(*args.export))
+        print(export_model(*args.export, overwrite=args.overwrite))
         return 0
     if args.import_file:
         print(import_model(args.import_file))
@@ -141,25 +61,22 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_sample(args: argparse.Namespace) -> int:
     from .sample_data import write_samples
 
-    made = write_samples(args.out, n_images=args.n, seed=args.seed)
+    made = write_samples(args.out, n_images=args.n, seed=args.seed, overwrite=args.overwrite)
     for kind, folder in made.items():
         print(f"{kind}: {folder}")
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .checks import check_model_out
+    from .checks import check_model_out, check_train_config
+    from .inference import pick_device
+    from .io_formats import voxel_size_for
+    from .preprocess import infer_axes
     from .tasks import score_of
     from .training import TrainConfig
     from .workflows import train_model
 
     out = check_model_out(args.out, overwrite=args.overwrite)  # before an hour of training, not after
-    images, labels, names, sizes = _load_pairs(args.images, args.labels)
-    build = _build_args(args)
-    instances = _load_instances(args.images, args.instances)
-    from .io_formats import voxel_size_for
-    from .preprocess import infer_axes
-
     cfg = TrainConfig(
         epochs=args.epochs,
         time_budget=args.time_budget,
@@ -170,9 +87,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         device=args.device,
         seed=args.seed,
         freeze_encoder=args.freeze_encoder,
-        voxel_size=voxel_size_for(args.voxel_size, sizes, names, volume=infer_axes(images[0].shape).volume),
         ignore_value=args.ignore_value,
     )
+    check_train_config(cfg)  # the numbers first: before reading any image
+    pick_device(args.device)
+    build = build_args(args)
+    images, labels, names, sizes = _load_pairs(args.images, args.labels)
+    instances = _load_instances(args.images, args.instances)
+    cfg.voxel_size = voxel_size_for(args.voxel_size, sizes, names, volume=infer_axes(images[0].shape).volume)
     result = _run(
         train_model(
             args.model,
@@ -183,7 +105,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             names=names,
             sparse=args.sparse,
             instances=instances,
-            things=_things(args.things),
+            things=things(args.things),
             build=build,
         ),
         "train",
@@ -198,42 +120,47 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
-    from .checks import check_output_folder, check_outputs
-    from .inference import segment
+    from .checks import check_tile, segment_outputs
+    from .cli_support import read_for_segment
+    from .inference import pick_device, segment
     from .io import list_images, read_image_info, write_labels, write_objects_table
-    from .io_formats import output_names
     from .model_files import load_model
     from .store import resolve_trained
 
+    check_tile(args.tile)
+    pick_device(args.device)
     model = load_model(resolve_trained(args.model))
-    out = check_output_folder(args.output)
     files = list_images(args.input)
-    planned = {f: output_names(f, out) for f in files}  # labels, objects image, objects table
-    check_outputs(
-        files, [p for names in planned.values() for p in names], overwrite=args.overwrite
-    )  # before any work: nothing of the user's is replaced
+    planned = segment_outputs(model, files, args.output, overwrite=args.overwrite)  # nothing of the user's replaced
+    infos = read_for_segment(files, model)  # every input read and checked before the first output
     for f in files:
-        info = read_image_info(f)
+        info = infos.pop(f) or read_image_info(f)
         seg = _run(segment(model, info.data, tile=args.tile, device=args.device), f.name)
-        print(write_labels(planned[f][0], seg.labels, like=info))
-        if seg.semantic is not None and seg.instances is not None:  # panoptic: the objects beside the classes
-            print(write_labels(planned[f][1], seg.instances, like=info))
-        if seg.features is not None:
-            print(write_objects_table(planned[f][2], seg.features))
+        labels_path, ids_path, table_path = planned[f]
+        print(write_labels(labels_path, seg.labels, like=info))
+        if ids_path is not None and seg.semantic is not None and seg.instances is not None:
+            print(write_labels(ids_path, seg.instances, like=info))  # panoptic: the objects beside the classes
+        if table_path is not None and seg.features is not None:
+            print(write_objects_table(table_path, seg.features))
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .checks import check_tile
     from .evaluation import evaluate
+    from .inference import pick_device
     from .model_files import load_model
     from .store import resolve_trained
     from .workflows import set_ignore_value
 
+    check_tile(args.tile)
+    pick_device(args.device)
     model = load_model(resolve_trained(args.model))
     set_ignore_value(model, args.ignore_value)
-    images, labels, _, _ = _load_pairs(args.images, args.labels)
+    images, labels, names, _ = _load_pairs(args.images, args.labels)
     instances = _load_instances(args.images, args.instances)
-    metrics = _run(evaluate(model, images, labels, instances=instances, device=args.device, tile=args.tile), "evaluate")
+    work = evaluate(model, images, labels, instances=instances, device=args.device, tile=args.tile, names=names)
+    metrics = _run(work, "evaluate")
     if args.json:
         print(json.dumps(metrics))
     else:
@@ -260,12 +187,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--yes", action="store_true", help="confirm --delete")
     s.add_argument("--export", nargs=2, metavar=("NAME", "FILE"), help="write a model to one .segsuite.zip file")
     s.add_argument("--import", dest="import_file", metavar="FILE", help="add an exported model to the store")
+    s.add_argument("--overwrite", action="store_true", help="let --export replace an existing file")
     s.set_defaults(func=cmd_models)
 
     s = sub.add_parser("sample", help="write the generated sample images and labels")
     s.add_argument("--out", required=True, help="folder to write into")
     s.add_argument("--n", type=int, default=8, help="2D images per kind (default 8)")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--overwrite", action="store_true", help="replace sample files already in --out")
     s.set_defaults(func=cmd_sample)
 
     s = sub.add_parser("train", help="train an architecture from scratch or fine-tune a trained model")
@@ -392,10 +321,31 @@ def main(argv: list[str] | None = None) -> int:
             f"segsuite {args.command}: interrupted (a model being trained keeps its best checkpoint).", file=sys.stderr
         )
         return 130
-    except (ValueError, KeyError, FileNotFoundError, RuntimeError) as err:
+    except (ValueError, KeyError, OSError, RuntimeError) as err:  # FileNotFoundError, PermissionError, ...
         msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
-        print(f"segsuite {args.command}: error: {msg}", file=sys.stderr)
+        print(f"segsuite {args.command}: error: {_one_line(msg)}", file=sys.stderr)
         return 2
+    except MemoryError:
+        print(
+            f"segsuite {args.command}: error: out of memory; use smaller images, a smaller --tile or "
+            "--batch-size, or a machine with more memory.",
+            file=sys.stderr,
+        )
+        return 1
+    except Exception as err:  # a bug: one line, the traceback with --verbose
+        if args.verbose:
+            raise
+        print(
+            f"segsuite {args.command}: internal error: {type(err).__name__}: {_one_line(str(err))} "
+            "(run with --verbose for the traceback, and please report it).",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def _one_line(msg: str) -> str:
+    """An error message on one line (libraries' messages may span several)."""
+    return " ".join(msg.split()) if "\n" in msg else msg
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .checks import check_tile
 from .inference import predict_maps, segment, segment_slice
 from .model_files import SegModel
 from .models.base import ObjectModel
@@ -86,11 +87,13 @@ def evaluate(
     rgb: bool | None = None,
     device: str = "auto",
     tile: int = 512,
+    names: Sequence[str] | None = None,
 ) -> Work[dict[str, Any]]:
     """Segment each image as a user would and score it against its labels (the user's values).
 
     ``labels`` and ``instances`` mean what they mean for training (:meth:`~.tasks.Task.targets`).
-    Label values the model has no class for are left out of the scores (and logged).
+    Label values the model has no class for are left out of the scores (and logged). ``names`` (the
+    files') name the images in error messages.
 
     Returns:
         The task's metrics as users read them (:meth:`~.tasks.Task.report`; semantic: ``mean_iou``,
@@ -98,7 +101,8 @@ def evaluate(
     """
     card = model.card
     task = get_task(card.kind)
-    names = [f"image {i + 1}" for i in range(len(images))]
+    names = list(names) if names is not None else [f"image {i + 1}" for i in range(len(images))]
+    check_tile(tile)
     check_shapes(images, labels, instances, names, rgb)
     lmap = LabelMap(card.label_values)
     metric = task.metric(card)

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .checks import check_image_array, check_tile
 from .model_files import SegModel
 from .models.base import ObjectModel
 from .preprocess import LabelMap, infer_axes, normalize, to_slices
@@ -24,17 +25,28 @@ log = logging.getLogger(__name__)
 
 
 def pick_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` picks CUDA, then Apple MPS, then the CPU; anything else is passed to ``torch.device``."""
+    """``"auto"`` picks CUDA, then Apple MPS, then the CPU; anything else is passed to ``torch.device``.
+
+    Raises:
+        ValueError: not a device name, or a device this machine does not have (the message says which it has).
+    """
     if isinstance(device, torch.device):
         return device
+    mps = getattr(torch.backends, "mps", None)
+    has_mps = mps is not None and mps.is_available()
     if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        if mps is not None and mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(device)
+        return torch.device("mps") if has_mps else torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise ValueError(f"Unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps.") from None
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if (dev.type == "cuda" and (dev.index or 0) >= gpus) or (dev.type == "mps" and not has_mps):
+        have = f"{gpus} CUDA GPU(s)" if gpus else "no CUDA GPU" + (", but MPS" if has_mps else "")
+        raise ValueError(f"Device {device!r} is not available here ({have}); use auto or cpu.")
+    return dev
 
 
 def predict_maps(
@@ -148,13 +160,24 @@ def segment(
     Yields:
         :class:`Progress` once per batch of tiles.
 
+    Raises:
+        ValueError: an image that cannot be segmented (no pixels, not numbers, too many axes or values,
+            no finite value; see :func:`~.checks.check_image_array`) or a tile edge out of range.
+
     Returns:
         A :class:`Segmentation` in the user's label values. Instance ids are unique in the whole image
         or volume: dense outputs are blended across tiles before objects form, object models' tiles are
         stitched (:func:`predict_objects`), and a volume's 2D objects are linked across slices.
     """
     card = model.card
-    axes = infer_axes(np.shape(image), rgb)
+    check_tile(tile)
+    axes = check_image_array(image, "The image", rgb=rgb)
+    if axes.rgb and card.in_channels == 1:
+        log.warning(
+            "Model %r takes grey images; this colour image is segmented in grey (its channels averaged). "
+            "For colour, train a model on colour images.",
+            model.name,
+        )
     dev = pick_device(device)
     model.module.to(dev).eval()
     lmap = LabelMap(card.label_values)
@@ -270,7 +293,7 @@ def segment_at(
     if not hasattr(module, "mask_at"):
         pointable = "deepmask"
         raise ValueError(f"Model {model.name!r} cannot segment from a click; train a {pointable} model for that.")
-    axes = infer_axes(np.shape(image), rgb)
+    axes = check_image_array(image, "The image", rgb=rgb)
     spatial = axes.spatial_shape(np.shape(image))
     z = int(point[0]) if axes.volume else None
     plane = np.asarray(image[z]) if axes.volume else np.asarray(image)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import glob
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +16,12 @@ import numpy as np
 
 from ._fs import atomic_write
 from .io_formats import (
+    MAX_PIXELS,
     NIFTI_SUFFIXES,
     OME_TIFF_SUFFIXES,
     VENDOR_SUFFIXES,
     ImageInfo,
+    ImageReadError,
     full_suffix,
     is_nifti,
     read_bioio,
@@ -45,6 +49,7 @@ LABEL_NAME_SUFFIXES = ("_labels", "_label", "_masks", "_mask", "_seg", "_gt", "_
 __all__ = [
     "IMAGE_SUFFIXES",
     "ImageInfo",
+    "ImageReadError",
     "full_suffix",
     "label_path",
     "list_images",
@@ -69,24 +74,55 @@ def read_image_info(path: str | Path) -> ImageInfo:
     the optional ``bioio`` extra. Axes of length 1 are dropped.
 
     Raises:
-        ValueError: a vendor format whose reader is not installed (the message says what to install).
+        FileNotFoundError: there is no such file.
+        ImageReadError: (a ``ValueError``) the file is not an image of its kind, is damaged or
+            truncated, holds no numbers, declares more than :data:`~.io_formats.MAX_PIXELS` values, or
+            is a vendor format whose reader is not installed (the message says what to install).
     """
     path = Path(path)
     suffix = full_suffix(path)
-    if suffix in NIFTI_SUFFIXES:
-        return read_nifti(path)
-    if suffix in VENDOR_SUFFIXES:
-        return read_bioio(path)
-    if suffix in (".tif", ".tiff", *OME_TIFF_SUFFIXES):
-        info = read_tiff(path)
-    elif suffix == ".npy":
-        info = ImageInfo(np.load(path, allow_pickle=False), source=str(path))
-    else:
-        import imageio.v3 as iio
+    with _reading(path):
+        if suffix in NIFTI_SUFFIXES:
+            info = read_nifti(path)
+        elif suffix in VENDOR_SUFFIXES:
+            info = read_bioio(path)
+        elif suffix in (".tif", ".tiff", *OME_TIFF_SUFFIXES):
+            info = read_tiff(path)
+        elif suffix == ".npy":
+            mapped = _checked(path, np.load(path, allow_pickle=False, mmap_mode="r"))  # the header, not the data yet
+            info = ImageInfo(np.array(mapped), source=str(path))
+        else:
+            import imageio.v3 as iio
 
-        info = ImageInfo(iio.imread(path), source=str(path))
-    info.data = _drop_singletons(info.data)
+            info = ImageInfo(iio.imread(path), source=str(path))
+        info.data = _checked(path, _drop_singletons(np.asarray(info.data)))
     return info
+
+
+@contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """Turn whatever a format library raises on a damaged file into one :class:`ImageReadError` naming it."""
+    try:
+        yield
+    except (ImageReadError, FileNotFoundError):
+        raise
+    except PermissionError:
+        raise ImageReadError(f"Cannot read {path.name!r}: no permission to read it; check its permissions.") from None
+    except Exception as err:  # each library has its own error types (OSError, zlib.error, TiffFileError, ...)
+        why = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise ImageReadError(
+            f"Cannot read {path.name!r} as a {full_suffix(path) or 'image'} file ({why}); it may be damaged, "
+            "truncated or not an image: export or copy it again, or move it out of the folder."
+        ) from None
+
+
+def _checked(path: Path, arr: np.ndarray) -> np.ndarray:
+    """``arr`` if it holds numbers and at most :data:`MAX_PIXELS` values."""
+    if arr.dtype.kind not in "biuf":
+        raise ImageReadError(f"{path.name!r} holds {arr.dtype} values, not pixel values; save it as numbers.")
+    if arr.size > MAX_PIXELS:
+        raise ImageReadError(f"{path.name!r} holds {arr.size:,} values, more than this program reads into memory.")
+    return arr
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -105,7 +141,10 @@ def read_labels(path: str | Path, image: str | Path | None = None) -> np.ndarray
     NIfTI label volumes come in the orientation :func:`read_image_info` gives their scans.
 
     Raises:
-        ValueError: a colour label image whose channels differ (colours are not classes).
+        FileNotFoundError: there is no such file.
+        ImageReadError: (a ``ValueError``) the file cannot be read (see :func:`read_image_info`), or
+            holds colours whose channels differ (colours are not classes), NaN or fractional values.
+        ValueError: a polygon file that cannot be read or does not fit (:func:`~.annotations.read_polygons`).
     """
     path = Path(path)
     if path.suffix.lower() == ".json":
@@ -115,8 +154,8 @@ def read_labels(path: str | Path, image: str | Path | None = None) -> np.ndarray
     if path.suffix.lower() in (".png", ".bmp", ".gif"):
         from PIL import Image
 
-        with Image.open(path) as im:
-            arr = np.asarray(im)
+        with _reading(path), Image.open(path) as im:
+            arr = _checked(path, np.asarray(im))
     else:
         arr = read_image(path)
     arr = _drop_singletons(arr)
@@ -125,13 +164,17 @@ def read_labels(path: str | Path, image: str | Path | None = None) -> np.ndarray
         if (rgb == rgb[..., :1]).all():
             arr = rgb[..., 0]
         elif arr.shape[0] > 4:  # a colour-coded mask, not a short (Z, Y, X) volume
-            raise ValueError(
+            raise ImageReadError(
                 f"Label image {path.name!r} is in colour with different channels; save the labels as one "
                 "channel of integer values (class ids or object ids)."
             )
-    if np.issubdtype(arr.dtype, np.floating):
+    if arr.dtype.kind == "b":
+        arr = arr.astype(np.uint8)
+    elif arr.dtype.kind == "f":
+        if not np.isfinite(arr).all():
+            raise ImageReadError(f"Label image {path.name!r} holds NaN or infinite values; labels must be integers.")
         if not np.all(np.mod(arr, 1) == 0):
-            raise ValueError(f"Label image {path.name!r} holds fractional values; labels must be integers.")
+            raise ImageReadError(f"Label image {path.name!r} holds fractional values; labels must be integers.")
         arr = arr.astype(np.int64)
     return arr
 
@@ -211,11 +254,17 @@ def list_images(spec: str | Path, suffixes: tuple[str, ...] = IMAGE_SUFFIXES) ->
 
     Raises:
         FileNotFoundError: nothing matches; the message says what was looked for.
+        ImageReadError: ``spec`` is a file of another kind.
     """
     p = Path(spec)
     if p.is_dir():
-        files = [f for f in p.iterdir() if full_suffix(f) in suffixes and not f.name.startswith(".")]
+        files = [f for f in p.iterdir() if full_suffix(f) in suffixes and not f.name.startswith(".") and f.is_file()]
     elif p.is_file():
+        if full_suffix(p) not in suffixes:
+            raise ImageReadError(
+                f"{p.name!r} is not a file of a kind this program reads ({', '.join(suffixes)}); give an image "
+                "file, a folder or a glob pattern."
+            )
         files = [p]
     else:
         files = [Path(f) for f in glob.glob(str(spec)) if full_suffix(f) in suffixes]

@@ -34,6 +34,12 @@ VENDOR_SUFFIXES = (".czi", ".nd2", ".lif", ".ims", ".oib", ".oir", ".dv")
 #: Extensions of two parts: ``Path.suffix`` would give only the last (``"x.nii.gz"`` -> ``".gz"``).
 _DOUBLE_SUFFIXES = (".nii.gz", *OME_TIFF_SUFFIXES)
 _INSTALL_HINT = "pip install 'napari-segsuite[formats]'"
+#: Largest image a file may declare (values, all channels): a damaged header asking for more is refused.
+MAX_PIXELS = 2**31
+
+
+class ImageReadError(ValueError):
+    """A file that cannot be read as an image or labels; the message names the file and what to do."""
 
 
 def full_suffix(path: str | Path) -> str:
@@ -135,11 +141,12 @@ def read_nifti(path: str | Path) -> ImageInfo:
     from nibabel import orientations as nio
 
     img: Any = nib.load(str(path))
+    _not_too_large(path, img.shape)
     arr = np.asanyarray(img.dataobj)
     while arr.ndim > 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
     if arr.ndim > 4:
-        raise ValueError(f"{Path(path).name!r} has {arr.ndim} axes; give one volume (3 axes, or 4 with channels).")
+        raise ImageReadError(f"{Path(path).name!r} has {arr.ndim} axes; give one volume (3 axes, or 4 with channels).")
     arr = arr.reshape(arr.shape + (1,) * (3 - arr.ndim))  # a 2D file: one slice
     affine = np.asarray(img.affine, np.float64)
     ornt = nio.io_orientation(affine)
@@ -211,12 +218,22 @@ def write_nifti(tmp: Path, labels: np.ndarray, like: ImageInfo | None, voxel_siz
 # --- TIFF metadata ------------------------------------------------------------------------------
 
 
+def _not_too_large(path: str | Path, shape: tuple[int, ...]) -> None:
+    """Refuse a file whose header declares more than :data:`MAX_PIXELS` values, before reading it."""
+    if float(np.prod(shape, dtype=np.float64)) > MAX_PIXELS:
+        raise ImageReadError(
+            f"{Path(path).name!r} declares {'x'.join(map(str, shape))} values, more than this program reads "
+            "into memory; crop or split the image first."
+        )
+
+
 def read_tiff(path: str | Path) -> ImageInfo:
     """A TIFF's first series, with pixel sizes from OME-XML or ImageJ metadata when present."""
     import tifffile
 
     with tifffile.TiffFile(path) as tf:
         series = tf.series[0]
+        _not_too_large(path, series.shape)
         data = series.asarray()
         axes = series.axes.upper()
         sizes: dict[str, float] = {}
@@ -293,14 +310,14 @@ def read_bioio(path: str | Path) -> ImageInfo:
     try:
         from bioio import BioImage
     except ImportError:
-        raise ValueError(
+        raise ImageReadError(
             f"Reading {full_suffix(path)} files needs the optional formats extra: {_INSTALL_HINT} "
             "and the bioio reader of the format (e.g. bioio-czi, bioio-nd2, bioio-lif)."
         ) from None
     try:
         img = BioImage(str(path))
     except Exception as err:  # bioio names a missing plugin with its own exception types
-        raise ValueError(
+        raise ImageReadError(
             f"bioio cannot read {Path(path).name!r} ({err}); install the bioio reader of the format "
             "(e.g. pip install bioio-czi)."
         ) from None

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -23,6 +24,11 @@ from .models import get_spec
 from .preprocess import DEFAULT_NORMALIZATION
 
 WEIGHTS_FILE, CARD_FILE = "model.safetensors", "model.json"
+#: Most parameters a card may ask a network to have (4 GB of float32 weights; the largest registered
+#: architectures with the largest encoders have well under a tenth of it).
+MAX_PARAMETERS = 1_000_000_000
+#: Largest ``model.json`` read (training histories make cards of a few hundred kB).
+MAX_CARD_BYTES = 64 << 20
 
 
 @dataclass
@@ -43,7 +49,13 @@ class SegModel:
 
 
 def _build_module(card: ModelCard, source: str) -> nn.Module:
-    """The card's architecture built with its arguments, refusing arguments the builder does not take."""
+    """The card's architecture built with its arguments, after checking the card against the registry's
+    spec of it (task, input multiple, 2D or 3D, the arguments the builder takes) and the size of the
+    network the arguments ask for (built first on torch's ``meta`` device, which allocates nothing).
+
+    Raises:
+        CardError: naming the field that does not fit.
+    """
     try:
         spec = get_spec(card.architecture)
     except KeyError as err:
@@ -57,10 +69,50 @@ def _build_module(card: ModelCard, source: str) -> nn.Module:
         )
     if spec.kind != card.kind:
         raise CardError(f"{source}: field 'kind': {card.architecture!r} is a {spec.kind} model, not {card.kind}.")
+    for field, want, got in (
+        ("spatial_dims", spec.spatial_dims, card.spatial_dims),
+        ("divisible_by", spec.divisible_by, card.divisible_by),
+    ):
+        if want != got:
+            what = f"is a {want}D model" if field == "spatial_dims" else f"takes inputs in multiples of {want} pixel(s)"
+            raise CardError(f"{source}: field {field!r}: {card.architecture!r} {what}, not {got}.")
+
+    return _build_checked(spec, card.num_classes, card.in_channels, card.build, f"{source}: field 'build': ", CardError)
+
+
+def _build_checked(
+    spec: Any, num_classes: int, in_channels: int, kwargs: dict[str, Any], where: str, error: type[ValueError]
+) -> nn.Module:
+    """``spec``'s network built with ``kwargs``, first on torch's ``meta`` device (nothing allocated, no
+    weights fetched) to refuse a network of more than :data:`MAX_PARAMETERS` parameters.
+
+    Raises:
+        ValueError: (``error``, its message after ``where``) too large, or the builder refused its arguments.
+        OSError, KeyError: new models only: a weights file that is not there, an encoder smp does not know.
+    """
+
+    def build(**extra: Any) -> nn.Module:
+        return spec.builder(num_classes=num_classes, in_channels=in_channels, **{**kwargs, **extra})
+
+    args = ", ".join(f"{k}={v!r}" for k, v in kwargs.items()) or "its defaults"
     try:
-        return spec.builder(num_classes=card.num_classes, in_channels=card.in_channels, **card.build)
-    except (TypeError, ValueError) as err:
-        raise CardError(f"{source}: field 'build': {err}") from None
+        with torch.device("meta"):
+            n = sum(p.numel() for p in build(**({"weights": None} if "weights" in kwargs else {})).parameters())
+        if n > MAX_PARAMETERS:
+            raise error(
+                f"{where}{args} make a {spec.name} network of {n:,} parameters, more than the {MAX_PARAMETERS:,} "
+                "a model may have."
+            )
+        return build()
+    except error:
+        raise
+    except (OSError, KeyError):
+        if error is CardError:
+            raise error(f"{where}{spec.name!r} cannot be built with {args}.") from None
+        raise  # their own messages name the file or the encoder
+    except Exception as err:  # a builder refusing its arguments, whatever the error type
+        why = " ".join(str(err).split())[:300] or type(err).__name__
+        raise error(f"{where}{spec.name!r} cannot be built with {args}: {why}") from None
 
 
 def new_model(
@@ -87,7 +139,8 @@ def new_model(
         build_kwargs: Builder arguments (``weights`` is used to build and not kept in the card).
 
     Raises:
-        ValueError: the architecture does not take one of ``build_kwargs``.
+        ValueError: the architecture does not take one of ``build_kwargs``, refuses their values, or
+            they make a network of more than :data:`MAX_PARAMETERS` parameters.
     """
     spec = get_spec(architecture)
     kwargs = {**spec.defaults, **build_kwargs}
@@ -98,8 +151,7 @@ def new_model(
             f"Model {architecture!r} does not take {', '.join(wrong)}; it takes "
             f"{', '.join(sorted(accepted - {'num_classes', 'in_channels'}))}."
         )
-    module = spec.builder(num_classes=len(label_values), in_channels=in_channels, **kwargs)
-    card = ModelCard(
+    card = _card_of(  # first: what a card could not keep is refused before anything is built
         name=architecture,
         architecture=architecture,
         kind=spec.kind,
@@ -115,7 +167,18 @@ def new_model(
         thing_classes=[int(c) for c in thing_classes or []],
         ignore_value=ignore_value,
     )
+    module = _build_checked(spec, len(label_values), in_channels, kwargs, "", ValueError)
     return SegModel(module, card)
+
+
+def _card_of(**fields: Any) -> ModelCard:
+    """A new model's card; an argument the card cannot keep (e.g. a path as an encoder name) is named."""
+    try:
+        return ModelCard(**fields)
+    except ValidationError as err:
+        e = err.errors()[0]
+        where = ".".join(str(p) for p in e["loc"]) or "card"
+        raise ValueError(f"This model cannot be made: {where}: {e['msg'].removeprefix('Value error, ')}.") from None
 
 
 def check_model_destination(path: str | Path) -> Path:
@@ -185,8 +248,10 @@ def read_card(folder: str | Path) -> ModelCard:
     """
     f = Path(folder) / CARD_FILE
     try:
+        if f.stat().st_size > MAX_CARD_BYTES:
+            raise OSError(f"{f.stat().st_size:,} bytes, too large for a model card")
         data = json.loads(f.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as err:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
         raise CardError(f"{str(f)!r} is not a readable model card: {err}") from None
     return ModelCard.from_json(data, source=str(f))
 
@@ -211,7 +276,12 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> SegModel
     try:
         module.load_state_dict(load_file(str(folder / WEIGHTS_FILE), device="cpu"))
     except Exception as err:  # safetensors raises its own error types for a corrupt file
-        raise ValueError(f"The weights at {str(path)!r} do not fit architecture {card.architecture!r}: {err}") from None
+        why = " ".join(str(err).split())[:300].rstrip(".")
+        raise ValueError(
+            f"The weights at {str(folder / WEIGHTS_FILE)!r} are damaged or do not fit the card (architecture "
+            f"{card.architecture!r}, {card.in_channels} channel(s), {card.num_classes} classes): {why}. Copy or "
+            "export the model folder again, unchanged."
+        ) from None
     module.to(device).eval()
     card.path = str(folder)
     return SegModel(module, card)

@@ -81,12 +81,17 @@ def normalize(slices: np.ndarray, spec: dict[str, Any] | None = None) -> np.ndar
     Args:
         slices: ``(S, C, H, W)`` float32.
         spec: ``{"kind": "percentile", "low": 1.0, "high": 99.8}`` (the default) or ``{"kind": "none"}``.
+
+    Raises:
+        ValueError: no pixels, no finite value, or an unknown ``spec``.
     """
     spec = spec or DEFAULT_NORMALIZATION
     if spec.get("kind") == "none":
         return slices
     if spec.get("kind") != "percentile":
         raise ValueError(f"Unknown normalisation {spec!r}; use kind 'percentile' or 'none'.")
+    if slices.size == 0:
+        raise ValueError(f"The image has no pixels (shape {slices.shape}); there is nothing to segment.")
     finite = np.isfinite(slices)
     if not finite.any():
         raise ValueError("The image holds no finite value (all NaN or infinite); there is nothing to segment.")
@@ -107,6 +112,8 @@ def normalize(slices: np.ndarray, spec: dict[str, Any] | None = None) -> np.ndar
         out[:, c] = (ch - lo) / scale
     if partial:
         out[~finite] = 0.0
+    if not np.isfinite(out).all():  # values near the float32 limits overflow when shifted
+        np.nan_to_num(out, copy=False, nan=0.0, posinf=1e6, neginf=-1e6)
     return out
 
 
@@ -145,8 +152,9 @@ class LabelMap:
                     "instance image (one id per object), not classes. Give a semantic model one class "
                     "value per pixel (e.g. 0 background, 1 foreground)."
                 )
-        if len(vals) < 2:
-            vals |= {0, 1} if vals <= {0, 1} else {0}
+        for v in (0, 1, 2):  # one value or none: background and one class (never the ignore value)
+            if len(vals) < 2 and v != ignore:
+                vals.add(v)
         return cls(sorted(vals), ignore=ignore)
 
     def to_classes(self, labels: np.ndarray, ignore: int = -1) -> np.ndarray:
@@ -168,6 +176,8 @@ class LabelMap:
         return sorted({int(v) for v in np.unique(labels)} - set(self.values) - {self.unannotated, self.ignore})
 
     def to_values(self, classes: np.ndarray) -> np.ndarray:
-        """The user's values for class indices, in the smallest unsigned dtype that holds them."""
-        dtype = np.uint8 if max(self.values) < 256 else np.uint16 if max(self.values) < 65536 else np.int64
+        """The user's values for class indices, in the smallest unsigned dtype that holds them (int64
+        where a value is negative)."""
+        lo, hi = min(self.values), max(self.values)
+        dtype = (np.uint8 if hi < 256 else np.uint16 if hi < 65536 else np.int64) if lo >= 0 else np.int64
         return np.asarray(self.values, dtype=dtype)[classes]

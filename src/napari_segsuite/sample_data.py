@@ -195,7 +195,10 @@ def shapes_multiclass(seed: int = 0, shape: tuple[int, int] = (96, 96)) -> dict[
     return {"image": img.astype(np.float32), "semantic": sem}
 
 
-def write_samples(out: str | Path, n_images: int = 8, seed: int = 0) -> dict[str, Path]:
+_SUBS = ("images", "semantic", "instances")
+
+
+def write_samples(out: str | Path, n_images: int = 8, seed: int = 0, *, overwrite: bool = False) -> dict[str, Path]:
     """Write every sample kind as TIFF files under ``out``, ready for ``segsuite train``.
 
     Layout: ``out/<kind>/{images,semantic,instances}/<kind>_NNN.tif`` for kinds ``nuclei2d``
@@ -203,25 +206,39 @@ def write_samples(out: str | Path, n_images: int = 8, seed: int = 0) -> dict[str
 
     Returns:
         The folder of each kind.
+
+    Raises:
+        ValueError: ``n_images`` is under 1, ``out`` is a file, or (without ``overwrite``) one of the
+            files exists already; checked before anything is written.
     """
     import tifffile
 
     out = Path(out)
-    made: dict[str, Path] = {}
+    if n_images < 1:
+        raise ValueError(f"--n must be at least 1 image (got {n_images}).")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {str(out)!r} is an existing file; give a folder (it is created if needed).")
     plan: list[tuple[str, Any, int]] = [
         ("nuclei2d", nuclei_2d, n_images),
         ("nuclei3d", nuclei_3d, 2),
         ("scene_rgb", rgb_scene, n_images),
     ]
+    files = [out / k / sub / f"{k}_{i:03d}.tif" for k, _, n in plan for i in range(n) for sub in _SUBS]
+    there = [f for f in files if f.exists() or f.parent.is_file()]
+    if there and not overwrite:
+        raise ValueError(
+            f"{str(there[0])!r} exists already ({len(there)} sample file(s) in all); choose another --out "
+            "folder, or add --overwrite to replace them (nothing was written)."
+        )
+    made: dict[str, Path] = {}
     for kind, fn, count in plan:
-        for sub in ("images", "semantic", "instances"):
+        for sub in _SUBS:
             (out / kind / sub).mkdir(parents=True, exist_ok=True)
         for i in range(count):
             s = fn(seed=seed + i)
             name = f"{kind}_{i:03d}.tif"
-            tifffile.imwrite(out / kind / "images" / name, s["image"])
-            tifffile.imwrite(out / kind / "semantic" / name, s["semantic"])
-            tifffile.imwrite(out / kind / "instances" / name, s["instances"])
+            for sub in _SUBS:
+                tifffile.imwrite(out / kind / sub / name, s["image" if sub == "images" else sub])
         made[kind] = out / kind
     return made
 

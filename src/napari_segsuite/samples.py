@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .checks import check_image_array, check_label_array
 from .model_files import SegModel
 from .preprocess import infer_axes, normalize, to_slices
 from .tasks import IGNORE, Targets, get_task
@@ -61,7 +62,8 @@ def check_shapes(
     """Refuse image/label pairs whose counts or shapes differ.
 
     Raises:
-        ValueError: names the image and both shapes.
+        ValueError: names the image and what is wrong (see :func:`~.checks.check_image_array` and
+            :func:`~.checks.check_label_array`).
     """
     if len(images) != len(labels):
         raise ValueError(f"Got {len(images)} images but {len(labels)} label images; give one label image per image.")
@@ -70,14 +72,11 @@ def check_shapes(
     if not images:
         raise ValueError("No training images were given.")
     for i, (img, lab, name) in enumerate(zip(images, labels, names)):
-        want = infer_axes(np.shape(img), rgb).spatial_shape(np.shape(img))
+        want = check_image_array(img, f"Image {name!r}", rgb=rgb).spatial_shape(tuple(np.shape(img)))
         inst = None if instances is None else instances[i]
         for what, arr in (("Labels", lab), ("Instance labels", inst)):
-            if arr is not None and tuple(np.shape(arr)) != want:
-                raise ValueError(
-                    f"{what} of {name!r} are {'x'.join(map(str, np.shape(arr)))} but the image is "
-                    f"{'x'.join(map(str, want))}; pick the labels that belong to this image."
-                )
+            if arr is not None:
+                check_label_array(arr, want, name, what)
 
 
 def prepare_samples(

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ._fs import atomic_write
 from .card import CardError, ModelCard
-from .model_files import CARD_FILE, WEIGHTS_FILE, is_model_path, read_card, write_card
+from .model_files import CARD_FILE, MAX_CARD_BYTES, WEIGHTS_FILE, is_model_path, read_card, write_card
 from .tasks import score_of
 
 BUILTIN_DIR = Path(__file__).parent / "builtin"
@@ -165,15 +165,31 @@ def delete_model(name: str) -> Path:
     return m.path
 
 
-def export_model(spec: str, dest: str | Path) -> Path:
+def export_model(spec: str, dest: str | Path, *, overwrite: bool = False) -> Path:
     """Write a stored model (a name or a folder) as one ``.segsuite.zip`` file: its card and safetensors
-    weights, nothing executable. Returns the file written."""
+    weights, nothing executable. Returns the file written.
+
+    Raises:
+        ValueError: ``dest`` exists and ``overwrite`` is not set, or it is inside the model's own folder.
+    """
     import zipfile
+
+    from .checks import _same
 
     folder = resolve_trained(spec)
     dest = Path(dest)
     if dest.is_dir():
         dest = dest / f"{folder.name}.segsuite.zip"
+    if _same(dest.parent, folder) or any(_same(dest, folder / f) for f in (CARD_FILE, WEIGHTS_FILE)):
+        raise ValueError(
+            f"Exporting to {str(dest)!r} would write into the model's own folder; choose a file outside "
+            f"{str(folder)!r} (nothing was written)."
+        )
+    if dest.exists() and not overwrite:
+        raise ValueError(
+            f"{str(dest)!r} exists already; choose another file name, or add --overwrite to replace it "
+            "(nothing was written)."
+        )
     with atomic_write(dest) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as z:
         z.write(folder / CARD_FILE, CARD_FILE)
         z.write(folder / WEIGHTS_FILE, WEIGHTS_FILE)
@@ -202,8 +218,10 @@ def import_model(file: str | Path, name: str | None = None) -> Path:
             if not {CARD_FILE, WEIGHTS_FILE} <= members:
                 raise ValueError(f"{file.name!r} is not an exported model: it lacks {CARD_FILE} or {WEIGHTS_FILE}.")
             try:
+                if z.getinfo(CARD_FILE).file_size > MAX_CARD_BYTES:
+                    raise ValueError(f"{CARD_FILE} is too large for a model card")
                 card = ModelCard.from_json(json.loads(z.read(CARD_FILE)), source=f"{file.name}: {CARD_FILE}")
-            except ValueError as err:  # not JSON, or not a valid card
+            except (ValueError, RecursionError) as err:  # not JSON, or not a valid card
                 raise ValueError(f"{file.name!r} does not hold a usable model card: {err}") from None
             stem = name or card.name or file.name.split(".")[0]
             target = new_model_path(stem)

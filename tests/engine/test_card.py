@@ -58,12 +58,13 @@ def _card(tmp_path):
         ({"spatial_dims": 4}, "spatial_dims"),
         ({"build": {"depth": {"__class__": "os.system"}}}, "build"),
         ({"format": 99}, "format"),
+        ({"ignore_value": 1}, "card"),
     ],
 )
 def test_a_bad_card_gives_one_error_naming_the_field(tmp_path, change, field):
     path, data = _card(tmp_path)
     (path / "model.json").write_text(json.dumps({**data, **change}))
-    with pytest.raises(CardError, match=f"'{field}'" if field != "card" else "label_values"):
+    with pytest.raises(CardError, match=f"'{field}'" if field != "card" else "label_values|ignore_value"):
         load_model(path)
 
 
@@ -88,3 +89,58 @@ def test_card_round_trip_keeps_every_field(tmp_path):
     m.card.metrics = {"pq": 0.5, "score": 0.5}
     again = ModelCard.from_json(json.loads(json.dumps(m.card.to_json())))
     assert again == m.card and again.thing_classes == [2] and np.isclose(again.metrics["pq"], 0.5)
+
+
+@pytest.mark.parametrize(
+    "change, field, needle",
+    [
+        ({"spatial_dims": 3}, "spatial_dims", "is a 2D model, not 3"),  # used to build, then fail in conv2d
+        ({"divisible_by": 7}, "divisible_by", "multiples of 1"),
+        ({"normalization": {"kind": "percentile", "low": "abc", "high": 99}}, "normalization", "low must be"),
+        ({"normalization": {"kind": "percentile", "low": 99, "high": 1}}, "normalization", "must be below high"),
+        ({"normalization": {"kind": "percentile", "low": True, "high": 99}}, "normalization", "low must be"),
+        ({"normalization": {"kind": "percentile"}}, "normalization", "low must be"),
+        ({"normalization": {"kind": "zscore"}}, "normalization", "'zscore' is not a normalisation"),
+        ({"normalization": {"kind": "none", "low": 1}}, "normalization", "unknown key"),
+        ({"build": {"depth": -1}}, "build", "cannot be built"),  # was an IndexError
+        ({"build": {"base_filters": 100_000}}, "build", "parameters, more than"),  # would exhaust memory
+        ({"build": {"depth": 60}}, "build", "cannot be built"),
+        ({"build": {"base_filters": 10**9}}, "build", "beyond the"),
+        ({"build": {"upsample": "../../etc/passwd"}}, "build", "never paths"),
+        ({"build": {"upsample": "/tmp/x"}}, "build", "never paths"),
+        ({"build": {"upsample": "hf-hub:org/model"}}, "build", "never paths"),
+        ({"build": {"depth": float("nan")}}, "build", "not a usable number"),
+        ({"build": {"depth": list(range(100))}}, "build", "more than 64"),
+    ],
+)
+def test_a_card_that_does_not_fit_its_architecture_is_refused_naming_the_field(tmp_path, change, field, needle):
+    path, data = _card(tmp_path)
+    if "build" in change:
+        change = {"build": {**data["build"], **change["build"]}}
+    (path / "model.json").write_text(json.dumps({**data, **change}))
+    with pytest.raises(CardError, match=f"field '{field}'") as err:
+        load_model(path)
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_format_2_panoptic_card_without_thing_classes_is_refused():
+    """It used to become stuff-only silently; [] (no thing class) stays a choice a card can state."""
+    data = migrate(json.loads((FIXTURES / "panoptic-v1.json").read_text()))
+    assert data["format"] == 2 and data["thing_classes"] == [2, 3]
+    del data["thing_classes"]
+    with pytest.raises(CardError, match="field 'thing_classes': missing"):
+        ModelCard.from_json(data)
+    assert ModelCard.from_json({**data, "thing_classes": []}).thing_classes == []
+    semantic = json.loads((FIXTURES / "unet-v1" / "model.json").read_text())
+    assert ModelCard.from_json({**semantic, "format": 2}).thing_classes == []  # not a panoptic card: not needed
+
+
+def test_a_card_json_nested_too_deep_or_too_large_is_a_card_error(tmp_path, monkeypatch):
+    path, _ = _card(tmp_path)
+    (path / "model.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(CardError, match="not a readable model card"):
+        load_model(path)
+    monkeypatch.setattr("napari_segsuite.model_files.MAX_CARD_BYTES", 10)
+    (path / "model.json").write_text(json.dumps({"name": "x" * 20}))
+    with pytest.raises(CardError, match="too large"):
+        load_model(path)

@@ -1,0 +1,143 @@
+"""What the ``segsuite`` commands share: progress bars, reading the user's files and arguments, and
+the checks each command makes before any work starts (:mod:`.checks` holds those the widgets share).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: Images read by ``segment``'s check pass are kept for the run up to this many bytes (else read again).
+KEEP_BYTES = 1 << 30
+
+
+def _bar(desc: str):
+    from tqdm import tqdm
+
+    bar = tqdm(desc=desc, file=sys.stderr, leave=False, dynamic_ncols=True, disable=None)
+
+    def update(p: Any) -> None:
+        bar.total = p.total
+        bar.n = p.step
+        bar.set_postfix_str(p.note, refresh=False)
+        bar.refresh()
+        if "val_loss" in p.metrics:  # one line per epoch, also in logs of non-interactive jobs
+            tqdm.write(p.note, file=sys.stderr)
+
+    return bar, update
+
+
+def run_with_bar(work: Any, desc: str) -> Any:
+    """Drive an engine generator to its result with a progress bar on stderr."""
+    from .progress import drive
+
+    bar, update = _bar(desc)
+    try:
+        return drive(work, update)
+    finally:
+        bar.close()
+
+
+def load_pairs(images: str, labels: str) -> tuple[list, list, list[str], list]:
+    """Images, labels, names and voxel sizes (``None`` where the file gives none) of matched pairs,
+    each image checked (pixels, numbers, axes) and its labels checked against it, all before any work.
+
+    Raises:
+        ValueError: the first problem, naming the file.
+    """
+    from .io import match_pairs, read_image_info, read_labels
+    from .samples import check_shapes
+
+    pairs = match_pairs(images, labels)
+    infos = [read_image_info(i) for i, _ in pairs]
+    out = (
+        [i.data for i in infos],
+        [read_labels(lab, image=img) for img, lab in pairs],
+        [i.name for i, _ in pairs],
+        [i.voxel_size for i in infos],
+    )
+    check_shapes(out[0], out[1], None, out[2], None)
+    return out
+
+
+def load_instances(images: str, instances: str | None) -> list | None:
+    """Object-id images matched to ``images`` by name (``--instances``), or ``None``."""
+    if not instances:
+        return None
+    from .io import match_pairs, read_labels
+
+    return [read_labels(lab, image=img) for img, lab in match_pairs(images, instances)]
+
+
+def things(text: str | None) -> list[int] | None:
+    """``--things 2,3`` as label values."""
+    if not text:
+        return None
+    try:
+        return [int(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise ValueError(
+            f"--things takes label values separated by commas (e.g. --things 2,3), got {text!r}."
+        ) from None
+
+
+def _value(text: str) -> Any:
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False, "none": None}.get(text.lower(), text)
+
+
+def build_args(args: argparse.Namespace) -> dict[str, Any]:
+    """Builder arguments from --encoder, --weights and --arg KEY=VALUE (new models only)."""
+    build: dict[str, Any] = {}
+    for item in args.arg or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--arg takes KEY=VALUE (e.g. --arg upsample=interp), got {item!r}.")
+        build[key.strip()] = _value(value.strip())
+    if args.encoder:
+        build["encoder_name"] = args.encoder
+    if args.weights:
+        build["weights"] = args.weights
+    return build
+
+
+def read_for_segment(files: list[Path], model: Any) -> dict[Path, Any]:
+    """Read and check every input before anything is written, so that a damaged or unsuitable image
+    in the middle of a folder stops the run before its first output, not half way.
+
+    Returns:
+        Each file's :class:`~.io_formats.ImageInfo`, or ``None`` where it is read again when its
+        turn comes (beyond :data:`KEEP_BYTES` in all).
+
+    Raises:
+        ValueError: the first file that cannot be read or segmented by ``model``, named.
+    """
+    from .checks import check_image_array
+    from .io import read_image_info
+
+    kept: dict[Path, Any] = {}
+    total = 0
+    for f in files:
+        info = read_image_info(f)
+        axes = check_image_array(info.data, f"Image {f.name!r}")
+        c = model.card.in_channels
+        if axes.rgb and c not in (1, 3):
+            raise ValueError(
+                f"Image {f.name!r} is in colour but model {model.name!r} takes {c} channels; give it images "
+                f"of {c} channels."
+            )
+        if info.data.dtype.kind == "f" and not np.isfinite(info.data).any():
+            raise ValueError(
+                f"Image {f.name!r} holds no finite value (all NaN or infinite); there is nothing to segment."
+            )
+        total += info.data.nbytes
+        kept[f] = info if total <= KEEP_BYTES else None
+    return kept
