@@ -29,7 +29,7 @@ lint: setup
 
 # What CI runs: everything a user would notice; tests marked `slow` (long learning curves, GPU) are left out.
 test: lint
-	HF_HUB_OFFLINE=1 xvfb-run -a -s "-screen 0 1600x1000x24" $(PY) -m pytest -q -ra -n auto
+	HF_HUB_OFFLINE=1 xvfb-run -a -s "-screen 0 1600x1000x24" $(PY) -m pytest -q -ra -n auto --durations=25
 
 # Everything, the slow tests too.
 test-all: lint
