@@ -81,11 +81,11 @@ def case(name: str) -> dict[str, Any]:
     raise SystemExit(f"unknown case {name!r}")
 
 
-def run(name: str, seconds: float, seed: int) -> dict[str, Any]:
+def run(name: str, seconds: float, seed: int, average: bool = False) -> dict[str, Any]:
     c = case(name)
     (ti, tl), (vi, vl) = c["train"], c["test"]
     model = model_for_training(c["model"], ti, tl, voxel_size=c["voxel"])
-    cfg = TrainConfig(time_budget=seconds, epochs=100_000, seed=seed, voxel_size=c["voxel"])
+    cfg = TrainConfig(time_budget=seconds, epochs=100_000, seed=seed, voxel_size=c["voxel"], average=average)
     t0 = time.monotonic()
     res = drive(train(model, ti, tl, cfg))
     t_train = time.monotonic() - t0
@@ -112,17 +112,18 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=120)
     ap.add_argument("--cases", default="isbi,isbi-cells,isbi-3d,nuclei-3d")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--average", action="store_true", help="train with TrainConfig.average (weight EMA)")
     ap.add_argument("--json", action="store_true", help="one JSON line per case instead of the table")
     args = ap.parse_args()
     if not (ISBI / "image").is_dir():
         print(f"ISBI data not found at {ISBI}", file=sys.stderr)
         return 1
     if not args.json:
-        print(f"{args.seconds:.0f} s of training per case, seed {args.seed}")
+        print(f"{args.seconds:.0f} s of training per case, seed {args.seed}, weight averaging {args.average}")
         print("| case | model | batch x crop | steps | stopped | held-out score | validation score | eval s |")
         print("|---|---|---|---|---|---|---|---|")
     for name in args.cases.split(","):
-        r = run(name, args.seconds, args.seed)
+        r = run(name, args.seconds, args.seed, args.average)
         if args.json:
             print(json.dumps(r), flush=True)
         else:
