@@ -100,8 +100,8 @@ def _plan_3d(
 ) -> TrainPlan:
     voxel = cfg.voxel_size or card.voxel_size
     ratio = float(voxel[0]) / float(min(voxel[1:])) if voxel is not None and len(voxel) == 3 else 1.0
-    levels = int(_build_arg(card, "depth", 4))
-    xy_only = int(_build_arg(card, "xy_only_levels", 0))
+    levels = int(builder_arg(card.architecture, card.build, "depth", 4))
+    xy_only = int(builder_arg(card.architecture, card.build, "xy_only_levels", 0))
     mult_xy, mult_z = 2**levels, 2 ** max(0, levels - xy_only)
     depth_max = max(sh[0] for sh in shapes)
     side_max = max(max(sh[-2:]) for sh in shapes)
@@ -169,16 +169,17 @@ def _training_defaults(card: ModelCard) -> dict[str, Any]:
         return {}
 
 
-def _build_arg(card: ModelCard, name: str, default: Any) -> Any:
-    """A builder argument of the card's model: the card's own, else the registry's or builder's default."""
-    if name in card.build:
-        return card.build[name]
+def builder_arg(architecture: str, build: dict[str, Any], name: str, default: Any) -> Any:
+    """A builder argument of a model: ``build``'s own, else the registry's default of ``architecture``,
+    else the builder's signature default, else ``default``."""
+    if name in build:
+        return build[name]
     import inspect
 
     from .models import get_spec
 
     try:
-        spec = get_spec(card.architecture)
+        spec = get_spec(architecture)
     except KeyError:
         return default
     if name in spec.defaults:

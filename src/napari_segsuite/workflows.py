@@ -17,7 +17,7 @@ from .card import rename_classes
 from .evaluation import evaluate
 from .model_files import SegModel, load_model, save_model
 from .models import available, get_spec
-from .plan import anisotropic_levels, voxel_size_from_objects
+from .plan import anisotropic_levels, builder_arg, voxel_size_from_objects
 from .preprocess import infer_axes
 from .progress import Work
 from .tasks import UNANNOTATED, get_task
@@ -81,9 +81,9 @@ def model_for_training(
             voxel_size = voxel_size_from_objects(ids)
             if voxel_size is not None:
                 log.info("No voxel size given; the objects suggest slices %.1fx thicker than pixels", voxel_size[0])
-        params = inspect.signature(arch.builder).parameters
-        if arch.spatial_dims == 3 and voxel_size is not None and "xy_only_levels" in params:
-            depth = build.get("depth", arch.defaults.get("depth", params["depth"].default if "depth" in params else 0))
+        takes_levels = "xy_only_levels" in inspect.signature(arch.builder).parameters
+        if arch.spatial_dims == 3 and voxel_size is not None and takes_levels:
+            depth = builder_arg(arch.name, build, "depth", 0)
             build.setdefault("xy_only_levels", anisotropic_levels(voxel_size, int(depth)))
             build.setdefault("depth", depth)
         ignore = {} if ignore_value is None else {"ignore_value": ignore_value}  # a task may not take one
@@ -162,9 +162,7 @@ def train_model(
         ignore_value=config.ignore_value,
         **(build or {}),
     )
-    model.card.name = Path(out).name
-    if config.voxel_size is not None:  # else a fine-tuned model keeps its own
-        model.card.voxel_size = [float(v) for v in config.voxel_size]
+    model.card.name = Path(out).name  # train() puts config.voxel_size into the card; else the model keeps its own
     if class_names:
         rename_classes(model.card, class_names)
     result = yield from train(
