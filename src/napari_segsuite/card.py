@@ -63,6 +63,8 @@ class ModelCard(BaseModel):
             training (instance map models: ``interior_threshold``, ``seed_h``); empty: the defaults.
         threshold: Two-class semantic models: the class-1 probability from which a pixel is class 1,
             chosen on the validation images after training (``None``: the most probable class).
+        tta: Segment with test-time augmentation (maps averaged over mirrorings), chosen on the
+            validation images after training where it scored better.
         parent: The model this one was fine-tuned from (``name``, ``path``, ``metrics``).
         training: Training summary (samples, steps, seconds, history, settings).
         metrics: Validation metrics of the kept model (the task's, plus ``score`` and ``loss``).
@@ -91,6 +93,7 @@ class ModelCard(BaseModel):
     ignore_value: int | None = None
     threshold: float | None = Field(default=None, ge=0.0, le=1.0)
     postprocessing: dict[str, float] = Field(default_factory=dict)
+    tta: bool = False
     parent: dict[str, Any] | None = None
     training: dict[str, Any] | None = None
     metrics: dict[str, Any] | None = None

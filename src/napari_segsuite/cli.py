@@ -135,7 +135,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     infos = read_for_segment(files, model)  # every input read and checked before the first output
     for f in files:
         info = infos.pop(f) or read_image_info(f)
-        seg = _run(segment(model, info.data, tile=args.tile, device=args.device), f.name)
+        seg = _run(segment(model, info.data, tile=args.tile, device=args.device, tta=args.tta), f.name)
         labels_path, ids_path, table_path = planned[f]
         print(write_labels(labels_path, seg.labels, like=info))
         if ids_path is not None and seg.semantic is not None and seg.instances is not None:
@@ -159,7 +159,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     set_ignore_value(model, args.ignore_value)
     images, labels, names, _ = _load_pairs(args.images, args.labels)
     instances = _load_instances(args.images, args.instances)
-    work = evaluate(model, images, labels, instances=instances, device=args.device, tile=args.tile, names=names)
+    work = evaluate(
+        model, images, labels, instances=instances, device=args.device, tile=args.tile, names=names, tta=args.tta
+    )
     metrics = _run(work, "evaluate")
     if args.json:
         print(json.dumps(metrics))
@@ -173,6 +175,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     return run_demo(out=Path(args.out), headless=args.headless)
+
+
+def _tta_flag(s: argparse.ArgumentParser) -> None:
+    s.add_argument(
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="average the maps over mirrored copies (4x the work); default: as chosen at training (the card's tta)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -281,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder for the label images (same file names; NIfTI as NAME_labels.nii.gz in the scan's voxel grid)",
     )
     s.add_argument("--tile", type=int, default=512, help="sliding-window tile edge in pixels")
+    _tta_flag(s)
     s.add_argument("--device", default="auto")
     s.add_argument(
         "--overwrite",
@@ -299,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
     s.add_argument("--tile", type=int, default=512)
+    _tta_flag(s)
     s.add_argument("--device", default="auto")
     s.set_defaults(func=cmd_evaluate)
 

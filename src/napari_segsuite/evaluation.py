@@ -30,14 +30,19 @@ def nll(maps: np.ndarray, classes: np.ndarray | None, k: int) -> float | None:
 
 
 def sample_maps(
-    model: SegModel, samples: list[Sample], device: torch.device, amp: bool, tile: int | tuple[int, ...] = 512
+    model: SegModel,
+    samples: list[Sample],
+    device: torch.device,
+    amp: bool,
+    tile: int | tuple[int, ...] = 512,
+    tta: bool = False,
 ) -> list[np.ndarray] | None:
     """The task's blended maps of each sample (``None`` for object models, which have no maps)."""
     if isinstance(model.module, ObjectModel):
         return None
     was_training = model.module.training
     model.module.eval()
-    maps = [drive(predict_maps(model, s.x, tile=tile, device=device, amp=amp)) for s in samples]
+    maps = [drive(predict_maps(model, s.x, tile=tile, device=device, amp=amp, tta=tta)) for s in samples]
     model.module.train(was_training)
     return maps
 
@@ -78,6 +83,49 @@ def evaluate_samples(
     return out
 
 
+#: Test-time augmentation costs four passes: it is kept only where it scores at least this much
+#: better on the validation images.
+TTA_MIN_GAIN = 0.002
+
+
+def calibrate_inference(
+    model: SegModel,
+    samples: list[Sample],
+    device: torch.device,
+    amp: bool,
+    tile: int | tuple[int, ...] = 512,
+) -> dict[str, Any] | None:
+    """After training: choose how the model segments, on held-out ``samples``, and write it into its card.
+
+    For map models, both ways of predicting (as is, and with test-time augmentation) are tried with
+    the task's post-processing tuned on each (:meth:`~.tasks.Task.calibrate`: a threshold, watershed
+    settings); test-time augmentation is kept where it wins by :data:`TTA_MIN_GAIN`.
+
+    Returns:
+        The metrics of the chosen way (as :func:`evaluate_samples`), or ``None`` for object models.
+    """
+    card = model.card
+    task = get_task(card.kind)
+    if isinstance(model.module, ObjectModel):
+        return None
+    truths = [s.truth for s in samples]
+    tried: list[tuple[float, bool, Any, dict[str, Any]]] = []
+    for tta in (False, True):
+        maps = sample_maps(model, samples, device, amp, tile, tta=tta)
+        assert maps is not None
+        trial = card.model_copy(deep=True)
+        if task.wants_calibration(trial):
+            task.calibrate(maps, truths, trial)
+        metrics = evaluate_samples(SegModel(model.module, trial), samples, device, amp, tile, maps=maps)
+        tried.append((float(metrics["score"]), tta, trial, metrics))
+    (plain_score, _, plain, plain_metrics), (tta_score, _, mirrored, tta_metrics) = tried
+    use_tta = tta_score >= plain_score + TTA_MIN_GAIN
+    chosen, metrics = (mirrored, tta_metrics) if use_tta else (plain, plain_metrics)
+    card.threshold, card.postprocessing, card.tta = chosen.threshold, dict(chosen.postprocessing), use_tta
+    metrics["tta_gain"] = tta_score - plain_score
+    return metrics
+
+
 def evaluate(
     model: SegModel,
     images: Sequence[np.ndarray],
@@ -88,12 +136,13 @@ def evaluate(
     device: str = "auto",
     tile: int = 512,
     names: Sequence[str] | None = None,
+    tta: bool | None = None,
 ) -> Work[dict[str, Any]]:
     """Segment each image as a user would and score it against its labels (the user's values).
 
     ``labels`` and ``instances`` mean what they mean for training (:meth:`~.tasks.Task.targets`).
     Label values the model has no class for are left out of the scores (and logged). ``names`` (the
-    files') name the images in error messages.
+    files') name the images in error messages. ``tta``: test-time augmentation (``None``: as the card says).
 
     Returns:
         The task's metrics as users read them (:meth:`~.tasks.Task.report`; semantic: ``mean_iou``,
@@ -111,7 +160,7 @@ def evaluate(
         def note(p: Progress, i: int = i) -> Progress:
             return Progress(i, len(images), f"image {i + 1}/{len(images)}: {p.note}")
 
-        seg = yield from map_progress(segment(model, img, rgb=rgb, device=device, tile=tile), note)
+        seg = yield from map_progress(segment(model, img, rgb=rgb, device=device, tile=tile, tta=tta), note)
         truth = task.targets(
             model,
             np.asarray(lab),

@@ -58,8 +58,12 @@ def predict_maps(
     batch_size: int = 4,
     device: torch.device | None = None,
     amp: bool = True,
+    tta: bool = False,
 ) -> Work[np.ndarray]:
-    """The task's blended maps of a map model over one normalised ``(C, *spatial)`` image or volume."""
+    """The task's blended maps of a map model over one normalised ``(C, *spatial)`` image or volume.
+
+    ``tta``: test-time augmentation, the maps averaged over the image as it is and mirrored in Y, in X
+    and in both (four passes; :data:`MIRRORS`)."""
     card = model.card
     task = get_task(card.kind)
     return (
@@ -74,8 +78,15 @@ def predict_maps(
             device=device,
             amp=amp,
             activate=lambda out: task.activate(out, card),
+            flips=MIRRORS if tta else ((),),
+            unmirror=lambda maps, dims: task.unmirror(maps, dims, card),
         )
     )
+
+
+#: The mirrorings test-time augmentation averages over: none, Y, X, both (the tensors' last two axes;
+#: Z is left alone, its spacing often differs).
+MIRRORS: tuple[tuple[int, ...], ...] = ((), (-2,), (-1,), (-2, -1))
 
 
 def segment_slice(
@@ -87,6 +98,7 @@ def segment_slice(
     batch_size: int = 4,
     device: torch.device | None = None,
     amp: bool = True,
+    tta: bool = False,
 ) -> Work[Segmentation]:
     """Segment one normalised ``(C, H, W)`` image (or ``(C, D, H, W)`` volume for native 3D models),
     in class indices (not label values) and object ids: object models are stitched, map models'
@@ -103,7 +115,9 @@ def segment_slice(
             device=device,
         )
         return Segmentation(instances=ids, features=feats)
-    maps = yield from predict_maps(model, x, tile=tile, overlap=overlap, batch_size=batch_size, device=device, amp=amp)
+    maps = yield from predict_maps(
+        model, x, tile=tile, overlap=overlap, batch_size=batch_size, device=device, amp=amp, tta=tta
+    )
     return get_task(model.card.kind).postprocess(maps, model.card)
 
 
@@ -145,6 +159,7 @@ def segment(
     batch_size: int = 4,
     device: str | torch.device = "auto",
     amp: bool = True,
+    tta: bool | None = None,
 ) -> Work[Segmentation]:
     """Segment a 2D image or a 3D volume with any model (2D models run slice by slice).
 
@@ -156,6 +171,8 @@ def segment(
         tile_z: Tile depth for native 3D models.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ...; on CUDA out-of-memory the tile is halved and retried.
         amp: Mixed precision on CUDA.
+        tta: Test-time augmentation (maps averaged over four mirrorings: four times the work);
+            ``None``: as the model card says (chosen on the validation images after training).
 
     Yields:
         :class:`Progress` once per batch of tiles.
@@ -180,6 +197,7 @@ def segment(
         )
     dev = pick_device(device)
     model.module.to(dev).eval()
+    tta = card.tta if tta is None else tta
     lmap = LabelMap(card.label_values)
     slices = normalize(to_slices(image, axes, card.in_channels), card.normalization)
     if card.spatial_dims == 3:  # native 3D: the whole (C, Z, Y, X) volume in 3D tiles, post-processed in 3D
@@ -193,6 +211,7 @@ def segment(
                 batch_size=max(1, batch_size // 2),
                 device=dev,
                 amp=amp,
+                tta=tta,
             ),
             lambda p: Progress(p.step, p.total, f"3D {p.note}"),
         )
@@ -213,7 +232,14 @@ def segment(
 
                 part = yield from map_progress(
                     segment_slice(
-                        model, slices[s], tile=tile, overlap=overlap, batch_size=batch_size, device=dev, amp=amp
+                        model,
+                        slices[s],
+                        tile=tile,
+                        overlap=overlap,
+                        batch_size=batch_size,
+                        device=dev,
+                        amp=amp,
+                        tta=tta,
                     ),
                     rebase,
                 )

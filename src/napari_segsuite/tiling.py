@@ -106,6 +106,8 @@ def predict_probs(
     device: torch.device | None = None,
     amp: bool = True,
     activate: Callable[[torch.Tensor], torch.Tensor] = softmax,
+    flips: Sequence[tuple[int, ...]] = ((),),
+    unmirror: Callable[[torch.Tensor, tuple[int, ...]], torch.Tensor] | None = None,
 ) -> Work[np.ndarray]:
     """Blended maps of a map model over one normalised 2D image or 3D volume, tile by tile.
 
@@ -117,6 +119,11 @@ def predict_probs(
             an image no larger than the tile runs whole.
         overlap: Fraction of the tile shared by neighbours, blended with :func:`blend_window`.
         activate: Raw output to maps that average across tiles (the task's; default softmax).
+        flips: Test-time augmentation: each tile also runs mirrored along these tensor axes (negative:
+            from the end, e.g. ``(-1,)`` X, ``(-2, -1)`` Y and X) and the mirrored maps, mirrored back,
+            are averaged. ``((),)``: the tile as it is, once. Memory does not grow with the flips.
+        unmirror: Brings maps of a mirrored tile back (the task's :meth:`~.tasks.Task.unmirror`);
+            default: mirror them back.
 
     Yields:
         :class:`Progress` per batch of tiles.
@@ -134,9 +141,16 @@ def predict_probs(
     norm = torch.zeros(padded)
 
     def blend(corners: list[Corner], batch: torch.Tensor) -> None:
-        with torch.inference_mode(), torch.autocast(batch.device.type, enabled=amp and batch.device.type == "cuda"):
-            out = module(batch)
-        maps = activate(out.float()).cpu()
+        total: torch.Tensor | None = None
+        for dims in flips:
+            with torch.inference_mode(), torch.autocast(batch.device.type, enabled=amp and batch.device.type == "cuda"):
+                out = module(batch.flip(dims) if dims else batch)
+                m_ = activate(out.float())
+                if dims:
+                    m_ = unmirror(m_, dims) if unmirror is not None else m_.flip(dims)
+                total = m_ if total is None else total + m_
+        assert total is not None
+        maps = (total / len(flips)).cpu()
         for m, corner in zip(maps, corners):
             w = tuple(slice(c, c + t) for c, t in zip(corner, ts))
             acc[(slice(None), *w)] += m * weight

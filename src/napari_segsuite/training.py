@@ -24,7 +24,7 @@ import torch
 from .augment import Prefetch, crop_batch
 from .averaging import WeightAverage
 from .checks import check_learnable, check_train_config
-from .evaluation import evaluate_samples, sample_maps
+from .evaluation import calibrate_inference, evaluate_samples
 from .inference import pick_device
 from .model_files import SegModel, save_model
 from .models.base import encoder_of
@@ -60,8 +60,9 @@ class TrainConfig:
         seed: Seed of crops, augmentation and initial split.
         freeze_encoder: Train only what follows the encoder (:func:`~.models.base.encoder_of`): for
             fine-tuning on very few images. The encoder's batch-norm statistics still adapt to the new images.
-        calibrate: After training, let the task tune its post-processing on the validation images
-            (two-class semantic models: the decision threshold).
+        calibrate: After training, choose on the validation images how the model segments: the task's
+            post-processing (two-class semantic models: the decision threshold; instance maps: the
+            watershed settings) and whether test-time augmentation pays (:func:`~.evaluation.calibrate_inference`).
         prefetch: Make the next batch (crops, augmentation) in a background thread while the model trains.
         average: Validate and keep an exponential moving average of the weights over about the last
             tenth of the run (:class:`~.averaging.WeightAverage`) rather than the latest weights.
@@ -313,17 +314,9 @@ def train(
         p_.requires_grad_(True)
     module.eval()
     held_out = not val_note.startswith("none held out")
-    if (
-        best_metrics is not None
-        and cfg.calibrate
-        and stopped != "cancelled"
-        and held_out
-        and task.wants_calibration(card)
-    ):
-        # tune post-processing on the validation images
-        maps = sample_maps(model, val_s, device, use_amp, val_tile)
-        if maps is not None and task.calibrate(maps, [s.truth for s in val_s], card):
-            best_metrics = evaluate_samples(model, val_s, device, use_amp, val_tile, maps=maps)
+    if best_metrics is not None and cfg.calibrate and stopped != "cancelled" and held_out:
+        # post-processing and test-time augmentation chosen on the validation images
+        best_metrics = calibrate_inference(model, val_s, device, use_amp, val_tile) or best_metrics
     _annotate(model, cfg, tp, samples, train_s, val_note, history, best_epoch, best_metrics, stopped, step, t0)
     if parent_val is not None and best_metrics is not None:
         model.card.comparison = {

@@ -197,6 +197,12 @@ class Task(ABC):
         """Raw map-model output to maps that can be averaged across overlapping tiles (default: softmax)."""
         return out.float().softmax(1)
 
+    def unmirror(self, maps: torch.Tensor, dims: tuple[int, ...], card: ModelCard) -> torch.Tensor:
+        """Maps ``(N, M, *spatial)`` predicted on an input mirrored along tensor axes ``dims``, brought
+        back to the unmirrored input (test-time augmentation). Default: mirror them back, which is right
+        for maps that do not point anywhere (class probabilities); tasks with vector maps override it."""
+        return maps.flip(dims)
+
     @abstractmethod
     def postprocess(self, maps: np.ndarray, card: ModelCard) -> Segmentation:
         """A :class:`Segmentation` (class indices) from blended maps ``(M, *spatial)``."""

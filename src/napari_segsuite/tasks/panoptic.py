@@ -369,6 +369,15 @@ class PanopticTask(Task):
     def activate(self, out: torch.Tensor, card: ModelCard) -> torch.Tensor:
         return activate(out, card.num_classes)
 
+    def unmirror(self, maps: torch.Tensor, dims: tuple[int, ...], card: ModelCard) -> torch.Tensor:
+        """Mirror back, and turn the offsets' sign along each mirrored axis (dy for Y, dx for X)."""
+        out = maps.flip(dims).clone()
+        k = card.num_classes
+        for d in dims:
+            axis = d % maps.ndim  # 2: Y, 3: X of (N, M, H, W)
+            out[:, k + 1 + axis - 2] *= -1
+        return out
+
     def postprocess(self, maps: np.ndarray, card: ModelCard) -> Segmentation:
         sem, ids, feats = postprocess(maps, card.thing_classes)
         return Segmentation(semantic=sem, instances=ids, features=feats)

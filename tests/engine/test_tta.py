@@ -1,0 +1,93 @@
+"""Test-time augmentation: maps averaged over mirrorings, mirrored back the way each task needs, and
+kept after training only where it scores better on the validation images."""
+
+import numpy as np
+import torch
+
+from napari_segsuite.evaluation import calibrate_inference
+from napari_segsuite.inference import MIRRORS, predict_maps
+from napari_segsuite.model_files import SegModel, new_model
+from napari_segsuite.samples import prepare_samples
+from napari_segsuite.tasks import get_task, panoptic
+
+
+class Biased(torch.nn.Module):
+    """Logits that see the image (class 1 where it is bright) plus a bias that grows from left to right:
+    wrong on the left, wrong the other way on the right. Mirrored copies carry the opposite bias."""
+
+    def __init__(self, bias: float) -> None:
+        super().__init__()
+        self.bias = bias
+        self.scale = torch.nn.Parameter(torch.tensor(4.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ramp = torch.linspace(-1, 1, x.shape[-1]).expand_as(x[:, :1]) * self.bias
+        s = self.scale * (x[:, :1] - 0.5)
+        return torch.cat([-s - ramp, s + ramp], 1)
+
+
+def _model(bias: float) -> SegModel:
+    m = new_model("unet", label_values=[1, 2])
+    m.card.normalization = {"kind": "none"}
+    return SegModel(Biased(bias).eval(), m.card)
+
+
+def _images(n: int = 2) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    rng = np.random.default_rng(0)
+    images, labels = [], []
+    for _ in range(n):
+        lab = (rng.random((8, 8)) > 0.5).repeat(8, 0).repeat(8, 1)
+        images.append(lab.astype(np.float32) * 0.6 + 0.2 + rng.normal(0, 0.02, lab.shape).astype(np.float32))
+        labels.append(lab.astype(np.uint8) + 1)
+    return images, labels
+
+
+def _drive(work):
+    while True:
+        try:
+            next(work)
+        except StopIteration as stop:
+            return stop.value
+
+
+def test_tta_maps_are_the_mean_over_mirrored_passes():
+    model = _model(bias=3.0)
+    x = _images(1)[0][0][None]
+    plain = _drive(predict_maps(model, x, device=torch.device("cpu")))
+    tta = _drive(predict_maps(model, x, device=torch.device("cpu"), tta=True))
+    by_hand = np.mean(
+        [np.flip(_drive(predict_maps(model, np.ascontiguousarray(np.flip(x, d)))), d) if d else plain for d in MIRRORS],
+        axis=0,
+    )
+    np.testing.assert_allclose(tta, by_hand, atol=1e-5)
+    # on a flat image the left-right bias cancels: class 1's probability no longer depends on the column
+    flat = np.full((1, 32, 48), 0.5, np.float32)
+    assert np.ptp(_drive(predict_maps(model, flat, tta=True))[1]) < 1e-4
+    assert np.ptp(_drive(predict_maps(model, flat))[1]) > 0.5
+
+
+def test_panoptic_offsets_turn_their_sign_when_mirrored_back():
+    sem = np.zeros((32, 40), np.int64)
+    ids = np.zeros_like(sem)
+    sem[4:13, 5:20], ids[4:13, 5:20] = 1, 1
+    sem[18:29, 22:37], ids[18:29, 22:37] = 1, 2
+    truth = torch.from_numpy(panoptic.maps_from_labels(sem, ids, [1], 2))[None]
+    task, card = get_task("panoptic"), new_model("panoptic-deeplab", label_values=[0, 1], thing_classes=[1]).card
+    for dims in MIRRORS[1:]:
+        axes = tuple(d % 2 for d in dims)
+        mirrored = torch.from_numpy(
+            panoptic.maps_from_labels(np.flip(sem, axes).copy(), np.flip(ids, axes).copy(), [1], 2)
+        )[None]
+        np.testing.assert_allclose(task.unmirror(mirrored, dims, card).numpy(), truth.numpy(), atol=1e-4)
+
+
+def test_calibration_keeps_tta_only_where_it_scores_better():
+    images, labels = _images()
+    for bias, wanted in ((3.0, True), (0.0, False)):
+        model = _model(bias)
+        samples = prepare_samples(model, images, labels, None, False, None)
+        metrics = calibrate_inference(model, samples, torch.device("cpu"), False, 512)
+        assert metrics is not None
+        assert model.card.tta is wanted
+        if wanted:
+            assert metrics["tta_gain"] > 0.05 and metrics["mean_iou"] > 0.95
