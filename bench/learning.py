@@ -8,6 +8,10 @@ Cases (each trains from random weights under ``--seconds`` and scores the held-o
   slices 0-19 -> 20-29, AP50.
 - ``isbi-3d``: the ISBI slices as a volume (voxel 50 x 4 x 4 nm: slices 12.5x thicker than pixels),
   `unet3d`, stack 0-19 -> stack 20-29, mean IoU.
+- ``atlas-3d``: a generated head volume with 10 small structures (ellipsoids of 3-12 voxels radius,
+  contrast of a few percent to 20 % against their surroundings, smooth tissue texture, a bias field and
+  noise) in both hemispheres, `unet3d`, one hemisphere -> the other, mean IoU over the 10 structures
+  and the rest. The shape of the brain-atlas task (rare classes, context), generated, not real.
 - ``nuclei-3d``: generated nuclei volumes with slices twice as thick as pixels (every other slice of an
   isotropic volume), `unet3d-instance`, one volume -> another, AP50. Generated, not real.
 
@@ -50,6 +54,31 @@ def _nuclei(seed: int) -> tuple[np.ndarray, np.ndarray]:
     return s["image"][::2], s["instances"][::2]
 
 
+def _atlas(seed: int = 0, shape: tuple[int, int, int] = (72, 96, 112)) -> tuple[np.ndarray, np.ndarray]:
+    """A head-like volume and its 11-class labels (0: the rest), structures mirrored across X = middle."""
+    rng = np.random.default_rng(seed)
+    zz, yy, xx = np.indices(shape, dtype=np.float32)
+    c = [(n - 1) / 2 for n in shape]
+    head = ((zz - c[0]) / (0.45 * shape[0])) ** 2 + ((yy - c[1]) / (0.45 * shape[1])) ** 2 + (
+        (xx - c[2]) / (0.47 * shape[2])
+    ) ** 2 < 1
+    lab = np.zeros(shape, np.uint8)
+    img = np.where(head, 0.5, 0.05).astype(np.float32)
+    img += head * ndi.gaussian_filter(rng.normal(0, 0.6, shape), 3).astype(np.float32)
+    for k in range(1, 11):
+        r = rng.uniform(3, 12, 3)
+        cz, cy = rng.uniform(0.3, 0.7) * shape[0], rng.uniform(0.3, 0.7) * shape[1]
+        cx = rng.uniform(0.12, 0.38) * shape[2]
+        level = 0.5 + rng.choice([-1, 1]) * rng.uniform(0.03, 0.2)
+        for x0 in (cx, shape[2] - 1 - cx + rng.normal(0, 1.5)):
+            blob = ((zz - cz) / r[0]) ** 2 + ((yy - cy) / r[1]) ** 2 + ((xx - x0) / r[2]) ** 2 < 1
+            lab[blob & head] = k
+            img[blob & head] += level - 0.5
+    bias = 1 + 0.2 * np.sin(zz / shape[0] * 3 + 1) * np.cos(yy / shape[1] * 2)
+    img = img * bias + rng.normal(0, 0.05, shape).astype(np.float32)
+    return img.astype(np.float32), lab
+
+
 def case(name: str) -> dict[str, Any]:
     """Model, training and test data, voxel size and score key of one case."""
     if name == "isbi":
@@ -69,6 +98,16 @@ def case(name: str) -> dict[str, Any]:
         train_v = ([np.stack(ti)], [np.stack(tl)])
         test_v = ([np.stack(vi)], [np.stack(vl)])
         return {"model": "unet3d", "train": train_v, "test": test_v, "voxel": (50.0, 4.0, 4.0), "score": "mean_iou"}
+    if name == "atlas-3d":
+        img, lab = _atlas()
+        half = img.shape[2] // 2
+        return {
+            "model": "unet3d",
+            "train": ([img[:, :, :half]], [lab[:, :, :half]]),
+            "test": ([img[:, :, half:]], [lab[:, :, half:]]),
+            "voxel": (1.0, 1.0, 1.0),
+            "score": "mean_iou",
+        }
     if name == "nuclei-3d":
         (a, la), (b, lb) = _nuclei(0), _nuclei(1)
         return {
@@ -81,11 +120,13 @@ def case(name: str) -> dict[str, Any]:
     raise SystemExit(f"unknown case {name!r}")
 
 
-def run(name: str, seconds: float, seed: int, average: bool = False) -> dict[str, Any]:
+def run(name: str, seconds: float, seed: int, average: bool = False, steps: int | None = None) -> dict[str, Any]:
     c = case(name)
     (ti, tl), (vi, vl) = c["train"], c["test"]
     model = model_for_training(c["model"], ti, tl, voxel_size=c["voxel"])
     cfg = TrainConfig(time_budget=seconds, epochs=100_000, seed=seed, voxel_size=c["voxel"], average=average)
+    if steps:  # a fixed number of steps, in epochs of 20, whatever the machine's load
+        cfg.time_budget, cfg.epochs, cfg.steps_per_epoch, cfg.patience = None, max(1, steps // 20), 20, 0
     t0 = time.monotonic()
     res = drive(train(model, ti, tl, cfg))
     t_train = time.monotonic() - t0
@@ -112,6 +153,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=120)
     ap.add_argument("--cases", default="isbi,isbi-cells,isbi-3d,nuclei-3d")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--steps", type=int, default=None, help="stop after this many steps (a load-independent A/B)")
     ap.add_argument("--average", action="store_true", help="train with TrainConfig.average (weight EMA)")
     ap.add_argument("--json", action="store_true", help="one JSON line per case instead of the table")
     args = ap.parse_args()
@@ -123,7 +165,7 @@ def main() -> int:
         print("| case | model | batch x crop | steps | stopped | held-out score | validation score | eval s |")
         print("|---|---|---|---|---|---|---|---|")
     for name in args.cases.split(","):
-        r = run(name, args.seconds, args.seed, args.average)
+        r = run(name, args.seconds, args.seed, args.average, args.steps)
         if args.json:
             print(json.dumps(r), flush=True)
         else:

@@ -11,6 +11,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -21,6 +22,54 @@ from .tasks import IGNORE
 
 #: Share of 2D crops deformed elastically (each costs about as much as a tenth of a CPU training step).
 ELASTIC_P = 0.3
+#: Share of crops centred on a pixel of a class drawn uniformly from the classes present (the rest are
+#: placed uniformly): rare classes (a small structure in a large volume, sparse objects) are seen
+#: in training as often as common ones, as nnU-Net does with its foreground oversampling.
+CLASS_CROP_P = 1 / 3
+#: Pixels remembered per class and sample for :class:`ClassIndex` (a random subset beyond this).
+CLASS_POINTS = 4096
+
+
+@dataclass
+class ClassIndex:
+    """Where each class lies in each training sample (a random subset of its pixels), for crops
+    centred on a class (:data:`CLASS_CROP_P`).
+
+    Attributes:
+        points: Per sample, class index -> ``(k, ndim)`` pixel coordinates.
+        classes: The classes present in any sample.
+    """
+
+    points: list[dict[int, np.ndarray]]
+    classes: list[int]
+
+    @classmethod
+    def of(cls, train: list[Sample], rng: np.random.Generator, most: int = CLASS_POINTS) -> ClassIndex:
+        points: list[dict[int, np.ndarray]] = []
+        for s in train:
+            m = s.truth.classes if s.truth.classes is not None else s.y
+            if m.ndim > s.x.ndim - 1:  # (ids, classes) targets: the classes
+                m = m[-1]
+            flat = m.ravel()
+            found: dict[int, np.ndarray] = {}
+            for c in np.unique(flat):
+                if c < 0:  # unlabelled
+                    continue
+                where = np.flatnonzero(flat == c)
+                if len(where) > most:
+                    where = where[rng.integers(0, len(where), most)]
+                found[int(c)] = np.stack(np.unravel_index(where, m.shape), 1)
+            points.append(found)
+        return cls(points, sorted(set().union(*points)))
+
+    def draw(self, rng: np.random.Generator) -> tuple[int, np.ndarray]:
+        """A sample and a pixel in it of a class drawn uniformly from :attr:`classes`."""
+        c = self.classes[int(rng.integers(len(self.classes)))]
+        having = [i for i, p in enumerate(self.points) if c in p]
+        sizes = np.array([len(self.points[i][c]) for i in having], np.float64)
+        i = having[int(rng.choice(len(having), p=sizes / sizes.sum()))]
+        pts = self.points[i][c]
+        return i, pts[int(rng.integers(len(pts)))]
 
 
 def elastic(
@@ -50,20 +99,30 @@ def crop_batch(
     rng: np.random.Generator,
     augment: bool,
     noise: torch.Generator | None = None,
+    index: ClassIndex | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A batch of random crops of size ``patch`` (2D ``(p, p)`` or 3D ``(pz, p, p)``), augmented; pixel
-    noise is drawn from ``noise`` (default: torch's global generator)."""
+    noise is drawn from ``noise`` (default: torch's global generator). With ``index``, a share
+    :data:`CLASS_CROP_P` of the crops hold a pixel of a class drawn uniformly from those present."""
     weights = np.array([s.x[0].size for s in train], dtype=np.float64)
     nd = len(patch)
     xs, ys = [], []
     for i in rng.choice(len(train), size=n, p=weights / weights.sum()):
+        centre = None
+        if index is not None and len(index.classes) > 1 and rng.random() < CLASS_CROP_P:
+            i, centre = index.draw(rng)
         s = train[i]
         spatial = s.x.shape[1:]
         size = list(patch)
         if augment and nd == 2:  # scale augmentation: crop a larger or smaller window, resize to the patch
             c = int(np.clip(round(patch[0] * math.exp(rng.uniform(-0.25, 0.25))), 16, min(spatial)))
             size = [c, c]
-        starts = [int(rng.integers(0, dim - c + 1)) for dim, c in zip(spatial, size)]
+        if centre is None:
+            starts = [int(rng.integers(0, dim - c + 1)) for dim, c in zip(spatial, size)]
+        else:  # the pixel anywhere in the crop
+            starts = [
+                int(np.clip(int(p) - int(rng.integers(0, c)), 0, dim - c)) for p, dim, c in zip(centre, spatial, size)
+            ]
         window = tuple(slice(a, a + c) for a, c in zip(starts, size))
         x = torch.from_numpy(s.x[(slice(None), *window)].copy())
         y = torch.from_numpy(s.y[(Ellipsis, *window)].copy())

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .augment import Prefetch, crop_batch
+from .augment import ClassIndex, Prefetch, crop_batch
 from .averaging import WeightAverage
 from .checks import check_learnable, check_train_config
 from .evaluation import calibrate_inference, evaluate_samples
@@ -211,7 +211,10 @@ def train(
     average = WeightAverage(module) if cfg.average else None
     scored = model if average is None else SegModel(average.module, card)  # what validation scores and keeps
     noise = torch.Generator().manual_seed(cfg.seed)
-    batches = Prefetch(lambda: crop_batch(train_s, patch, batch_size, rng, cfg.augment, noise), enabled=cfg.prefetch)
+    index = ClassIndex.of(train_s, np.random.default_rng(cfg.seed + 1))
+    batches = Prefetch(
+        lambda: crop_batch(train_s, patch, batch_size, rng, cfg.augment, noise, index), enabled=cfg.prefetch
+    )
     last_val_end, last_val_seconds, validated_step = t0, 0.0, -1
     try:
         while epoch < cfg.epochs and stopped == "epochs":
