@@ -120,21 +120,34 @@ def case(name: str) -> dict[str, Any]:
     raise SystemExit(f"unknown case {name!r}")
 
 
-def run(name: str, seconds: float, seed: int, average: bool = False, steps: int | None = None) -> dict[str, Any]:
+def run(
+    name: str,
+    seconds: float,
+    seed: int,
+    average: bool = False,
+    steps: int | None = None,
+    labelled: int | None = None,
+    pretrain: float = 0.0,
+) -> dict[str, Any]:
     c = case(name)
     (ti, tl), (vi, vl) = c["train"], c["test"]
+    unlabelled = []
+    if labelled:  # the first N training images keep their labels, the others serve pre-training only
+        ti, tl, unlabelled = ti[:labelled], tl[:labelled], ti[labelled:]
     model = model_for_training(c["model"], ti, tl, voxel_size=c["voxel"])
-    cfg = TrainConfig(time_budget=seconds, epochs=100_000, seed=seed, voxel_size=c["voxel"], average=average)
+    cfg = TrainConfig(
+        time_budget=seconds, epochs=100_000, seed=seed, voxel_size=c["voxel"], average=average, pretrain=pretrain
+    )
     if steps:  # a fixed number of steps, in epochs of 20, whatever the machine's load
         cfg.time_budget, cfg.epochs, cfg.steps_per_epoch, cfg.patience = None, max(1, steps // 20), 20, 0
     t0 = time.monotonic()
-    res = drive(train(model, ti, tl, cfg))
+    res = drive(train(model, ti, tl, cfg, unlabelled=unlabelled))
     t_train = time.monotonic() - t0
     t0 = time.monotonic()
     m = drive(evaluate(res.model, vi, vl))
     t = res.model.card.training or {}
     return {
-        "case": name,
+        "case": name + (f" ({labelled} labelled)" if labelled else "") + (f", pretrain {pretrain}" if pretrain else ""),
         "model": c["model"],
         "plan": f"{t.get('batch_size')} x {'x'.join(map(str, t.get('patch', [])))}",
         "build": res.model.card.build,
@@ -154,6 +167,10 @@ def main() -> int:
     ap.add_argument("--cases", default="isbi,isbi-cells,isbi-3d,nuclei-3d")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=None, help="stop after this many steps (a load-independent A/B)")
+    ap.add_argument("--labelled", type=int, default=None, help="keep labels on the first N training images only")
+    ap.add_argument(
+        "--pretrain", type=float, default=0.0, help="TrainConfig.pretrain: share of the budget pre-training"
+    )
     ap.add_argument("--average", action="store_true", help="train with TrainConfig.average (weight EMA)")
     ap.add_argument("--json", action="store_true", help="one JSON line per case instead of the table")
     args = ap.parse_args()
@@ -165,7 +182,7 @@ def main() -> int:
         print("| case | model | batch x crop | steps | stopped | held-out score | validation score | eval s |")
         print("|---|---|---|---|---|---|---|---|")
     for name in args.cases.split(","):
-        r = run(name, args.seconds, args.seed, args.average, args.steps)
+        r = run(name, args.seconds, args.seed, args.average, args.steps, args.labelled, args.pretrain)
         if args.json:
             print(json.dumps(r), flush=True)
         else:

@@ -292,6 +292,8 @@ def check_train_config(cfg: TrainConfig) -> None:
         problems.append(f"patience must be 0 (never stop early) or more epochs (got {cfg.patience})")
     if cfg.seed < 0:
         problems.append(f"the seed must be 0 or more (got {cfg.seed})")
+    if not 0 <= cfg.pretrain < 1:
+        problems.append(f"the pre-training share must be at least 0 and under 1 (got {cfg.pretrain})")
     if cfg.steps_per_epoch is not None and cfg.steps_per_epoch < 1:
         problems.append(f"steps per epoch must be at least 1 (got {cfg.steps_per_epoch})")
     vs = cfg.voxel_size

@@ -11,10 +11,14 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .cli_support import build_args, run_with_bar, things
 from .cli_support import load_instances as _load_instances
 from .cli_support import load_pairs as _load_pairs
+
+if TYPE_CHECKING:
+    import numpy as np
 
 log = logging.getLogger("napari_segsuite")
 _run = run_with_bar
@@ -88,6 +92,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         freeze_encoder=args.freeze_encoder,
         ignore_value=args.ignore_value,
+        pretrain=args.pretrain,
     )
     check_train_config(cfg)  # the numbers first: before reading any image
     pick_device(args.device)
@@ -107,6 +112,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             instances=instances,
             things=things(args.things),
             build=build,
+            unlabelled=_load_unlabelled(args.unlabelled),
         ),
         "train",
     )
@@ -117,6 +123,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"validation on {t['validation']}: {sc[0] if sc else 'score'} {sc[1] if sc else 0:.3f})"
     )
     return 0
+
+
+def _load_unlabelled(spec: str | None) -> list[np.ndarray]:
+    """The images of ``--unlabelled`` (none without it)."""
+    from .io import list_images, read_image
+
+    return [read_image(f) for f in list_images(spec)] if spec else []
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
@@ -260,6 +273,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the model's, 2e-3 for most)")
     s.add_argument("--patience", type=int, default=20, help="epochs without improvement before stopping (0: never)")
+    s.add_argument(
+        "--pretrain",
+        type=float,
+        default=0.0,
+        metavar="SHARE",
+        help="share of the budget spent first on self-supervised pre-training on the images (e.g. 0.2; default 0)",
+    )
+    s.add_argument("--unlabelled", default=None, help="folder or glob of images without labels for --pretrain")
     s.add_argument(
         "--freeze-encoder",
         action="store_true",

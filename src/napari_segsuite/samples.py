@@ -119,6 +119,18 @@ def prepare_samples(
     return samples
 
 
+def unlabelled_inputs(model: SegModel, images: Sequence[np.ndarray], rgb: bool | None = None) -> list[np.ndarray]:
+    """Normalised model inputs of images without labels: ``(C, H, W)`` per image or volume slice for 2D
+    models, ``(C, Z, H, W)`` per volume for native 3D models."""
+    card = model.card
+    out: list[np.ndarray] = []
+    for i, img in enumerate(images):
+        check_image_array(img, f"Unlabelled image {i + 1}", rgb=rgb)
+        x = normalize(to_slices(img, infer_axes(np.shape(img), rgb), card.in_channels), card.normalization)
+        out += [np.ascontiguousarray(np.moveaxis(x, 0, 1))] if card.spatial_dims == 3 else list(x)
+    return out
+
+
 def split_samples(
     samples: list[Sample], fraction: float, rng: np.random.Generator
 ) -> tuple[list[Sample], list[Sample], str]:

@@ -29,8 +29,9 @@ from .inference import pick_device
 from .model_files import SegModel, save_model
 from .models.base import encoder_of
 from .plan import TrainPlan, plan
-from .progress import Progress, Work
-from .samples import Sample, pad_to, prepare_samples, split_samples
+from .pretrain import pretrain
+from .progress import Progress, Work, map_progress
+from .samples import Sample, pad_to, prepare_samples, split_samples, unlabelled_inputs
 from .tasks import IGNORE, get_task, score_of
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,9 @@ class TrainConfig:
             thinly and pool them only in Y/X (see :func:`~.plan.plan`); the card keeps it.
         ignore_value: A label value that is no class (e.g. 255 in VOC exports): its pixels are left
             out of loss and metrics; kept in the card.
+        pretrain: Share of the time budget spent first on self-supervised pre-training on the images,
+            labelled and unlabelled (:mod:`.pretrain`); without a budget, that share of the epoch
+            limit's steps made first; 0: none. New models only (a model being fine-tuned keeps what it knows).
     """
 
     epochs: int = 100
@@ -93,6 +97,7 @@ class TrainConfig:
     voxel_size: tuple[float, ...] | None = None
     average: bool = False
     ignore_value: int | None = None
+    pretrain: float = 0.0
 
 
 #: Under a time budget, validation takes at most this share of the time (it is skipped at the end of
@@ -127,6 +132,7 @@ def train(
     instances: Sequence[np.ndarray] | None = None,
     cancel: Callable[[], bool] | None = None,
     checkpoint: str | Path | None = None,
+    unlabelled: Sequence[np.ndarray] | None = None,
 ) -> Work[TrainResult]:
     """Train ``model`` in place on image/label pairs and return the best version.
 
@@ -139,6 +145,7 @@ def train(
         names: Names for error messages and the training summary.
         cancel: Polled every step; when it returns True, training stops and the best model so far is returned.
         checkpoint: A folder the best model is saved to (atomically) at every improvement, so a crash loses nothing.
+        unlabelled: Images without labels, used by self-supervised pre-training (``config.pretrain``).
 
     Yields:
         :class:`Progress` per step (``metrics["loss"]``) and after each validation (``val_*`` metrics).
@@ -180,7 +187,29 @@ def train(
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
 
-    t0 = time.monotonic()
+    t0 = t_start = time.monotonic()
+    budget = cfg.time_budget
+    if cfg.pretrain > 0 and not card.parent:
+        pool = [s.x for s in train_s] + unlabelled_inputs(model, unlabelled or [], rgb)
+        pre_steps = yield from map_progress(
+            pretrain(
+                module,
+                pool,
+                patch,
+                batch_size,
+                lr=peak_lr,
+                device=device,
+                steps=None if budget else max(1, round(cfg.pretrain * total)),
+                seconds=cfg.pretrain * budget if budget else None,
+                seed=cfg.seed,
+                cancel=cancel,
+            ),
+            lambda p: Progress(0, total, p.note, p.metrics),
+        )
+        log.info("pre-trained for %d steps in %.0f s", pre_steps, time.monotonic() - t0)
+        if budget:
+            budget = max(1.0, budget - (time.monotonic() - t0))
+        t0 = time.monotonic()
     best_iou, best_state, best_metrics, best_epoch = -1.0, None, None, 0
     history: list[dict[str, float]] = []
     stopped, step, epoch = "epochs", 0, 0
@@ -197,15 +226,15 @@ def train(
 
     def expected_total() -> int:
         """The steps training will make: the epoch limit's, or fewer where the time budget binds first."""
-        if not cfg.time_budget or step == 0:
+        if not budget or step == 0:
             return total
         rate = step / max(time.monotonic() - t0, 1e-6)
-        return max(step, min(total, round(rate * cfg.time_budget)))
+        return max(step, min(total, round(rate * budget)))
 
     def frac() -> float:
         f = step / total
-        if cfg.time_budget:
-            f = max(f, (time.monotonic() - t0) / cfg.time_budget)
+        if budget:
+            f = max(f, (time.monotonic() - t0) / budget)
         return min(f, 1.0)
 
     average = WeightAverage(module) if cfg.average else None
@@ -223,7 +252,7 @@ def train(
                 if cancel is not None and cancel():
                     stopped = "cancelled"
                     break
-                if cfg.time_budget and time.monotonic() - t0 > cfg.time_budget:
+                if budget and time.monotonic() - t0 > budget:
                     stopped = "time budget"
                     break
                 # warm-up: at least 10 steps, at most 3 % of the steps or 5 % of the time budget
@@ -254,7 +283,7 @@ def train(
             if (
                 stopped == "epochs"
                 and epoch < cfg.epochs
-                and cfg.time_budget
+                and budget
                 and time.monotonic() - last_val_end < last_val_seconds * (1 - VAL_SHARE) / VAL_SHARE
             ):
                 continue  # under a time budget validation takes at most VAL_SHARE of the time
@@ -293,7 +322,7 @@ def train(
                         best_metrics,
                         "running",
                         step,
-                        t0,
+                        t_start,
                     )
                     snapshot = SegModel(copy.deepcopy(module).cpu(), model.card)
                     snapshot.module.load_state_dict(best_state)
@@ -320,7 +349,7 @@ def train(
     if best_metrics is not None and cfg.calibrate and stopped != "cancelled" and held_out:
         # post-processing and test-time augmentation chosen on the validation images
         best_metrics = calibrate_inference(model, val_s, device, use_amp, val_tile) or best_metrics
-    _annotate(model, cfg, tp, samples, train_s, val_note, history, best_epoch, best_metrics, stopped, step, t0)
+    _annotate(model, cfg, tp, samples, train_s, val_note, history, best_epoch, best_metrics, stopped, step, t_start)
     if parent_val is not None and best_metrics is not None:
         model.card.comparison = {
             "metric": score_name,

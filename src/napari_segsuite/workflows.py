@@ -146,10 +146,12 @@ def train_model(
     build: dict[str, Any] | None = None,
     class_names: dict[int, str] | None = None,
     cancel: Callable[[], bool] | None = None,
+    unlabelled: Sequence[np.ndarray] | None = None,
 ) -> Work[TrainResult]:
     """Pick the starting model, train it (checkpointing the best to ``out`` as it improves) and save it
     to ``out``: the whole of ``segsuite train`` and of the Fine-tune widget's *Train*. ``class_names``
-    (label value -> name) names the new model's classes."""
+    (label value -> name) names the new model's classes; ``unlabelled`` images serve self-supervised
+    pre-training (``config.pretrain``)."""
     model = model_for_training(
         spec,
         images,
@@ -166,7 +168,16 @@ def train_model(
     if class_names:
         rename_classes(model.card, class_names)
     result = yield from train(
-        model, images, labels, config, names=names, rgb=rgb, instances=instances, cancel=cancel, checkpoint=out
+        model,
+        images,
+        labels,
+        config,
+        names=names,
+        rgb=rgb,
+        instances=instances,
+        cancel=cancel,
+        checkpoint=out,
+        unlabelled=unlabelled,
     )
     save_model(result.model, out)
     return result
