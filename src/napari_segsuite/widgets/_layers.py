@@ -112,7 +112,7 @@ def compact_ids(ids: np.ndarray) -> np.ndarray:
     """Object ids as ``uint16`` when the largest fits (else unchanged)."""
     if ids.dtype.itemsize > 2 and np.issubdtype(ids.dtype, np.integer):
         top = int(ids.max(initial=0))
-        if 0 <= int(ids.min(initial=0)) and top <= np.iinfo(np.uint16).max:
+        if int(ids.min(initial=0)) >= 0 and top <= np.iinfo(np.uint16).max:
             return ids.astype(np.uint16)
     return ids
 

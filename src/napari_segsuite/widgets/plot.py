@@ -6,6 +6,7 @@ a picture, so a redraw never stalls the viewer while it trains.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from typing import Any
@@ -71,10 +72,8 @@ class _Painter:
                     return  # idle for a while: the thread ends (a new request starts another)
                 job, self._pending = self._pending, None
             if job is not None:
-                try:
+                with contextlib.suppress(Exception):  # a plot must never take training down
                     self._deliver(self._draw(job))
-                except Exception:  # noqa: BLE001  (a plot must never take training down)
-                    pass
             with self._wake:
                 if self._pending is None:
                     self.idle.set()
@@ -146,8 +145,11 @@ class TrainingPlot(Container):
 
     def draw(self) -> None:
         """Ask for a redraw with the data so far; it is drawn in the background and shown when ready."""
-        ratio = self.canvas.devicePixelRatioF() or 1.0
-        w, h = max(self.canvas.width(), 160), max(self.canvas.height(), 200)
+        try:
+            ratio = self.canvas.devicePixelRatioF() or 1.0
+            w, h = max(self.canvas.width(), 160), max(self.canvas.height(), 200)
+        except RuntimeError:
+            return  # the dock was closed
         snapshot = {
             "size": (w, h, ratio),
             "colours": dict(self.colours),
@@ -167,7 +169,8 @@ class TrainingPlot(Container):
         image, ratio = picture
         pixmap = QPixmap.fromImage(image)
         pixmap.setDevicePixelRatio(ratio)
-        self.canvas.setPixmap(pixmap)
+        with contextlib.suppress(RuntimeError):  # the dock was closed while it was drawn
+            self.canvas.setPixmap(pixmap)
 
     def _render(self, job: dict[str, Any]) -> tuple[QImage, float]:
         """Draw the figure for ``job`` (in the drawing thread): an RGBA picture and its pixel ratio."""

@@ -33,9 +33,7 @@ def _fits(m: StoredModel, image: Any) -> bool:
     return channel_conversion(m.card.in_channels, shape, rgb) is None and (m.card.spatial_dims == 2 or volume)
 
 
-def _segment_work(
-    path: str, data: Any, rgb: bool, tile: int, device: str, z: int | None = None
-) -> Any:
+def _segment_work(path: str, data: Any, rgb: bool, tile: int, device: str, z: int | None = None) -> Any:
     """In the worker: copy the layer's data (slice ``z`` of it), segment, and make the result layers
     ready (:func:`prepare_result`), so the GUI thread only adds them."""
     model = load_model(path)
@@ -143,7 +141,9 @@ class SegmentWidget(Container):
         self.info.value = line
 
     def run(self) -> Any:
-        """Start segmenting; returns the worker (or ``None`` when the input is not usable)."""
+        """Start segmenting; returns the worker (or ``None`` when the input is not usable or a run is going)."""
+        if self.controls.busy():
+            return None
         image, m = self.image.value, self._selected()
         if image is None:
             return self.controls.refuse("Open an image first: there is no image layer to segment.")
