@@ -18,7 +18,7 @@ demo: setup
 	@if [ -n "$$DISPLAY" ]; then \
 		$(VENV)/bin/segsuite demo; \
 	else \
-		xvfb-run -a -s "-screen 0 1600x1000x24" $(VENV)/bin/segsuite demo --headless --out $(DEMO_OUT); \
+		xvfb-run -a -s "-screen 0 1600x1000x24" $(VENV)/bin/segsuite demo --headless --out $(DEMO_OUT) --overwrite; \
 	fi
 
 # Lint and types first: a lint error fails CI like a failing test.

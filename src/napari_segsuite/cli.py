@@ -187,7 +187,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(out=Path(args.out), headless=args.headless)
+    return run_demo(out=Path(args.out), headless=args.headless, overwrite=args.overwrite)
 
 
 def _tta_flag(s: argparse.ArgumentParser) -> None:
@@ -341,6 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--out", default="demo-output", help="folder for the headless run's labels and screenshot")
     s.add_argument("--headless", action="store_true", help="run the flow without waiting for a user")
+    s.add_argument("--overwrite", action="store_true", help="replace the labels and screenshot of an earlier run")
     s.set_defaults(func=cmd_demo)
     return p
 

@@ -27,7 +27,29 @@ def open_viewer(show: bool = True):
     return viewer, seg, fin
 
 
-def run_demo(out: Path, headless: bool) -> int:
+#: What the headless demo writes into its folder.
+DEMO_FILES = ("nuclei2d_labels.tif", "screenshot.png")
+
+
+def existing_outputs(out: Path) -> list[Path]:
+    """The files of :data:`DEMO_FILES` already in ``out`` (the demo would replace them)."""
+    return [out / name for name in DEMO_FILES if (out / name).exists()]
+
+
+def run_demo(out: Path, headless: bool, overwrite: bool = False) -> int:
+    """Open the demo; headless, segment and write :data:`DEMO_FILES` into ``out``.
+
+    Nothing in ``out`` is replaced unless ``overwrite``: an existing file is named and the demo does not
+    start (returns 2).
+    """
+    if headless and not overwrite:
+        taken = existing_outputs(out)
+        if taken:
+            print(
+                f"demo: {taken[0]} exists; the demo would replace it. Pass --overwrite to replace it, "
+                "or give another folder with --out."
+            )
+            return 2
     import napari
 
     if not headless:
@@ -36,6 +58,7 @@ def run_demo(out: Path, headless: bool) -> int:
         return 0
     from qtpy.QtCore import QEventLoop, QTimer
 
+    from ._fs import atomic_write
     from .io import write_labels
 
     viewer, seg, _ = open_viewer(show=True)
@@ -56,7 +79,8 @@ def run_demo(out: Path, headless: bool) -> int:
     for _ in range(5):
         napari.qt.get_qapp().processEvents()
     shot = out / "screenshot.png"
-    viewer.screenshot(str(shot), canvas_only=False)
+    with atomic_write(shot) as tmp:
+        viewer.screenshot(str(tmp), canvas_only=False)
     viewer.close()
     print(f"demo: segmented the nuclei sample with '{result[0].metadata['segsuite']['model']}'")
     print(f"demo: labels     {labels_path}")

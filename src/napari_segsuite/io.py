@@ -218,8 +218,8 @@ def write_labels(
     path = label_path(path)
     info = read_image_info(like) if isinstance(like, (str, Path)) else like
     vs = voxel_size or (info.voxel_size if info is not None else None)
-    if path.suffix.lower() == ".png" and labels.ndim == 2 and labels.max(initial=0) < 65536:
-        labels = labels.astype(np.uint8 if labels.max(initial=0) < 256 else np.uint16)
+    if path.suffix.lower() == ".png" and labels.ndim == 2:
+        labels = _png_labels(path, labels)
     elif path.suffix.lower() == ".png":
         path = path.with_suffix(".tif")
     suffix = full_suffix(path)
@@ -233,6 +233,24 @@ def write_labels(
         else:
             write_tiff(tmp, labels, vs, info.unit if info is not None else None)
     return path
+
+
+def _png_labels(path: Path, labels: np.ndarray) -> np.ndarray:
+    """``labels`` as 8- or 16-bit unsigned integers, the most a PNG holds.
+
+    Raises:
+        ValueError: values outside 0..65535 (e.g. 65536 objects or more): the message names the file and
+            suggests TIFF, rather than wrapping ids around or writing another file than the one asked for.
+    """
+    top, low = int(labels.max(initial=0)), int(labels.min(initial=0))
+    if low < 0 or top > 65535:
+        n = int(np.count_nonzero(np.unique(labels))) if labels.size else 0
+        what = f"negative values ({low})" if low < 0 else f"label values up to {top} ({n} objects)"
+        raise ValueError(
+            f"{path.name}: a PNG holds label values 0..65535 (16 bits) at most, and these labels have {what}; "
+            f"write them as TIFF instead ({path.with_suffix('.tif').name})."
+        )
+    return labels.astype(np.uint8 if top < 256 else np.uint16)
 
 
 def write_objects_table(path: str | Path, features: dict[str, np.ndarray]) -> Path:

@@ -57,9 +57,35 @@ class Project:
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
         if (self.folder / PROJECT_FILE).is_file():
-            self.meta = json.loads((self.folder / PROJECT_FILE).read_text())
+            self.meta = self._read_meta()
         else:
             self._write_meta()
+
+    def _read_meta(self) -> dict[str, Any]:
+        """``project.json``, checked: a damaged one is named, never overwritten.
+
+        Raises:
+            ValueError: not JSON, or not a segsuite project's list of pairs.
+        """
+        file = self.folder / PROJECT_FILE
+        try:
+            meta = json.loads(file.read_text(encoding="utf-8"))
+            pairs = meta["pairs"]
+            ok = isinstance(meta.get("models", []), list) and all(
+                isinstance(p, dict) and isinstance(p.get("name"), str) and {"image", "labels"} <= set(p) for p in pairs
+            )
+        except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as err:
+            raise ValueError(
+                f"{str(file)!r} is damaged ({type(err).__name__}: {err}); nothing was changed. Restore it from a "
+                "backup, or pick another folder for a new project."
+            ) from None
+        if not ok:
+            raise ValueError(
+                f"{str(file)!r} is damaged (its list of pairs is not a segsuite project's); nothing was changed. "
+                "Restore it from a backup, or pick another folder for a new project."
+            )
+        meta.setdefault("models", [])
+        return meta
 
     @property
     def models_dir(self) -> Path:
@@ -112,8 +138,20 @@ class Project:
         """Every saved pair, read back from disk."""
         out = []
         for p in self.meta["pairs"]:
-            objects = read_labels(self.folder / p["objects"]) if p.get("objects") else None
-            out.append(
-                Pair(p["name"], read_image(self.folder / p["image"]), read_labels(self.folder / p["labels"]), objects)
-            )
+            try:
+                objects = read_labels(self._inside(p["objects"])) if p.get("objects") else None
+                image, labels = read_image(self._inside(p["image"])), read_labels(self._inside(p["labels"]))
+            except (OSError, ValueError) as err:
+                raise ValueError(
+                    f"Project {str(self.folder)!r}: pair {p['name']!r} cannot be read ({err}); nothing was changed. "
+                    "Restore its files, or remove the pair from project.json."
+                ) from None
+            out.append(Pair(p["name"], image, labels, objects))
         return out
+
+    def _inside(self, rel: str) -> Path:
+        """A path of ``project.json`` inside the project folder (a damaged or foreign file may not point out of it)."""
+        path = (self.folder / rel).resolve()
+        if not path.is_relative_to(self.folder.resolve()):
+            raise ValueError(f"{rel!r} is outside the project folder")
+        return path

@@ -6,6 +6,7 @@ User models live in ``$SEGSUITE_MODEL_DIR`` if set, else in the platform's user 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -124,6 +125,24 @@ def new_model_path(name: str, root: str | Path | None = None) -> Path:
     while path.exists() or (BUILTIN_DIR / path.name).exists():
         path, i = root / f"{base}-{i}", i + 1
     return path
+
+
+def reserve_model_path(name: str, root: str | Path | None = None) -> Path:
+    """:func:`new_model_path`, created empty at once, so two runs started together never share a folder
+    (the second gets ``-2``); :func:`release_model_path` removes it again if nothing was saved there."""
+    while True:
+        path = new_model_path(name, root)
+        try:
+            path.mkdir(parents=True)
+        except FileExistsError:
+            continue
+        return path
+
+
+def release_model_path(path: str | Path) -> None:
+    """Remove a folder from :func:`reserve_model_path` if it is still empty (no model was saved)."""
+    with contextlib.suppress(OSError):  # not empty (a model was saved), or gone
+        Path(path).rmdir()
 
 
 def _user_model(name: str) -> StoredModel:

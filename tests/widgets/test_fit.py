@@ -78,6 +78,8 @@ def test_readme_screenshots_one_per_dock(make_napari_viewer, qtbot, monkeypatch)
     fin.run()
     _wait(qtbot, fin.controls)
     assert fin.verdict.value
+    assert fin.plot.wait_drawn()  # the plot is drawn in the background: its last picture in the shot
+    qtbot.wait(100)
     assert viewer.screenshot(str(DOCS / "finetune.png"), canvas_only=False).shape[:2] == SCREEN[::-1]
 
 

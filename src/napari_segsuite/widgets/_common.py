@@ -3,6 +3,8 @@ layout that keeps a dock within a laptop screen."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import sys
 import time
@@ -12,7 +14,8 @@ from typing import Any
 
 from magicgui.widgets import Container, Label, ProgressBar, PushButton
 from napari.qt.threading import create_worker
-from napari.utils.notifications import notification_manager, show_error
+from napari.utils.notifications import notification_manager, show_error, show_warning
+from superqt.utils import GeneratorWorker
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +43,19 @@ def guard_triton() -> None:
 KNOWN_ERRORS = (ValueError, KeyError, FileNotFoundError, RuntimeError)
 
 
+def os_error_text(err: OSError) -> str:
+    """One sentence for a file that could not be written or read (disk full, read-only folder, ...)."""
+    where = f" '{err.filename}'" if err.filename else ""
+    if err.errno == errno.ENOSPC:
+        return f"The disk is full: could not write{where}. Free some space and try again; files saved before are kept."
+    if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return (
+            f"Cannot write{where}: the folder is read-only or not yours ({err.strerror}). "
+            "Pick a folder you can write to; files saved before are kept."
+        )
+    return f"Could not read or write{where}: {err.strerror or err}."
+
+
 def wrapped_label() -> Label:
     """A Label whose text wraps, over the whole width of the dock (not squeezed to a narrow column)."""
     from qtpy.QtCore import Qt
@@ -57,6 +73,21 @@ def row(*widgets: Any) -> Container:
     box = Container(widgets=list(widgets), layout="horizontal", labels=False)
     box.margins = (0, 0, 0, 0)
     return box
+
+
+class _Worker(GeneratorWorker):
+    """A generator worker whose ``quit`` (napari calls it for every task when its viewer closes) can
+    mean "cancel": a training then ends as after Cancel, saving its best model, instead of being
+    dropped between two steps. Its errors are reported once, by :meth:`RunControls._on_error` (napari's
+    own worker class would add a second notification with the traceback)."""
+
+    on_quit: Callable[[], None] | None = None
+
+    def quit(self) -> None:
+        if self.on_quit is not None:
+            self.on_quit()
+        else:
+            super().quit()
 
 
 class RunControls(Container):
@@ -81,6 +112,7 @@ class RunControls(Container):
         self._stop_note = ""
         self._unwatch: Callable[[], None] | None = None
         self.start_btn.changed.connect(lambda _=None: on_start())
+        self.native.destroyed.connect(lambda *_: self._abandon())
 
     def launch(
         self,
@@ -92,7 +124,8 @@ class RunControls(Container):
     ) -> Any:
         """Run generator function ``work(*args)`` in a thread worker; Cancel calls ``on_cancel`` or quits it."""
         guard_triton()
-        worker = create_worker(work, *args, _start_thread=False)
+        worker = create_worker(work, *args, _start_thread=False, _worker_class=_Worker, _ignore_errors=True)
+        worker.on_quit = on_cancel
         worker.yielded.connect(on_yield)
         worker.returned.connect(on_done)
         worker.errored.connect(self._on_error)
@@ -118,6 +151,13 @@ class RunControls(Container):
             left = f" · ~{secs / 60:.0f} min left" if secs >= 90 else f" · ~{secs:.0f} s left"
         self.status.value = note + left
 
+    def busy(self) -> bool:
+        """Whether a run is going (then say so and start nothing: one run at a time per dock)."""
+        if self.worker is None:
+            return False
+        self.refuse("A run is still going: wait for it to finish or press Cancel before starting another.")
+        return True
+
     def refuse(self, message: str) -> None:
         """A check failed before any run: say so in the status line and in a pop-up; returns ``None``."""
         self.status.value = message
@@ -129,6 +169,7 @@ class RunControls(Container):
         self.status.value = note
         self.cancel_btn.enabled = False
         if self.worker is not None:
+            show_warning(note)
             self.worker.quit()
 
     def watch(self, viewer: Any, layers: list[Any], on_removed: Callable[[Any], None]) -> None:
@@ -150,8 +191,24 @@ class RunControls(Container):
         elif self.worker is not None:
             self.worker.quit()
 
+    def _abandon(self) -> None:
+        """The dock is gone (the viewer was closed): stop the run at its next step, as Cancel does (a
+        training keeps its best model), and let nothing call back into the deleted widgets."""
+        worker = self.worker
+        if worker is None:
+            return
+        for sig in (worker.yielded, worker.returned, worker.errored, worker.aborted, worker.finished):
+            with contextlib.suppress(TypeError, RuntimeError):
+                sig.disconnect()
+        worker.quit()  # Cancel for a training (it keeps its best model), abort for the rest
+        self.worker = None
+
     def _on_error(self, err: BaseException) -> None:
-        if isinstance(err, KNOWN_ERRORS):
+        if isinstance(err, OSError) and not isinstance(err, FileNotFoundError):
+            msg = os_error_text(err)
+            self.status.value = f"Error: {msg}"
+            show_error(msg)
+        elif isinstance(err, KNOWN_ERRORS):
             msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
             self.status.value = f"Error: {msg}"
             show_error(str(msg))

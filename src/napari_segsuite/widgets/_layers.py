@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import napari
@@ -24,6 +25,7 @@ def add_result(
     role: str = "semantic",
     run_id: str | None = None,
     objects_suffix: bool = False,
+    table: Any = None,
 ) -> napari.layers.Labels:
     """Add a segmentation as a *new* Labels layer named ``"<image> · <model>"`` (``" objects"`` added
     when ``objects_suffix``: the object layer beside a class layer, as a panoptic model gives).
@@ -34,7 +36,8 @@ def add_result(
     ``"instances"``; both layers of one panoptic run share ``run_id``); painting marks the layer as
     edited. An object layer (``role="instances"``) gets a features table: each object's ``index``,
     ``area`` and centroid, and where the model gives them (``features``) its ``class``, ``score`` and
-    the class's name.
+    the class's name. ``table``: that table made already (by :func:`prepare_result`, in the worker);
+    then nothing here reads the whole array.
     """
     name = card.display_name
     meta = {
@@ -57,17 +60,61 @@ def add_result(
     if source:  # the scan's geometry: saving the labels as NIfTI puts them in its voxel grid
         meta["segsuite_source"] = source
     suffix = " objects" if objects_suffix else ""
+    if role == "instances" and table is None:
+        table = _features_table(object_table(labels, features), card)
     layer = viewer.add_labels(
         labels,
         name=f"{image.name} · {name}{suffix}",
         scale=image.scale,
         translate=image.translate,
         metadata=meta,
+        features=table,
     )
-    if role == "instances":
-        layer.features = _features_table(object_table(labels, features), card)
     layer.events.paint.connect(lambda _=None: _mark_edited(layer))
     return layer
+
+
+@dataclass
+class ResultPart:
+    """One Labels layer to add, made ready off the GUI thread: the array in the dtype napari shows
+    without converting it, and an object layer's features table."""
+
+    labels: np.ndarray
+    role: str
+    table: Any = None
+
+
+def prepare_result(
+    labels: np.ndarray,
+    card: ModelCard,
+    role: str,
+    features: dict[str, np.ndarray] | None = None,
+    full_shape: tuple[int, ...] | None = None,
+    z: int | None = None,
+) -> ResultPart:
+    """What :func:`add_result` needs, computed in the worker so the GUI thread only adds the layer.
+
+    ``full_shape``/``z``: one segmented slice of a volume, placed into a full-size array at ``z``.
+    Object ids go to ``uint16`` when they fit (napari hashes 32-bit labels on the CPU at every redraw;
+    ``uint16`` still leaves room to paint 65535 objects).
+    """
+    if role == "instances":
+        labels = compact_ids(labels)
+    if full_shape is not None and z is not None:
+        full = np.zeros(full_shape, labels.dtype)
+        full[z] = labels
+        labels = full
+    table = _features_table(object_table(labels, features), card) if role == "instances" else None
+    return ResultPart(labels, role, table)
+
+
+def compact_ids(ids: np.ndarray) -> np.ndarray:
+    """Object ids as ``uint16`` when the largest fits (else unchanged)."""
+    if ids.dtype.itemsize > 2 and np.issubdtype(ids.dtype, np.integer):
+        top = int(ids.max(initial=0))
+        if int(ids.min(initial=0)) >= 0 and top <= np.iinfo(np.uint16).max:
+            return ids.astype(np.uint16)
+    return ids
 
 
 def _features_table(features: dict[str, np.ndarray], card: ModelCard) -> Any:
@@ -108,10 +155,15 @@ def layer_choices(viewer: napari.viewer.Viewer, kind: type) -> list[tuple[str, A
     return [(str(getattr(layer, "name", "")), layer) for layer in viewer.layers if isinstance(layer, kind)]
 
 
+def layer_data(layer: napari.layers.Layer) -> Any:
+    """A layer's data as it is, not copied (the full-resolution level of a multiscale layer): for a
+    worker to copy (:func:`numpy.array`) off the GUI thread."""
+    return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+
+
 def layer_array(layer: napari.layers.Layer) -> np.ndarray:
     """A plain numpy copy of a layer's data (the full-resolution level of a multiscale layer).
 
     A copy, so the user can keep painting while a worker reads it.
     """
-    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
-    return np.array(data)
+    return np.array(layer_data(layer))

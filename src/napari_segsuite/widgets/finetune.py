@@ -11,21 +11,23 @@ from pathlib import Path
 from typing import Any
 
 import napari
+import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, LineEdit, PushButton, SpinBox
+from napari.utils.notifications import show_info
 
 from ..card import ModelCard
 from ..checks import check_labels_vary
 from ..inference import segment
 from ..model_files import load_model
 from ..models import available, get_spec
-from ..store import delete_model, new_model_path
+from ..store import delete_model, release_model_path, reserve_model_path
 from ..tasks import score_of
 from ..training import TrainConfig
 from ..workflows import train_model
 from ._choices import _base_choices, _card_of, _class_image, _is_object_model, _takes, _task_of, guide_text, plan_text
-from ._common import RunControls, ask, check_fit, row, scroll_above, wrapped_label
+from ._common import RunControls, ask, check_fit, os_error_text, row, scroll_above, wrapped_label
 from ._events import on_models_changed, store_events
-from ._layers import add_result, layer_array
+from ._layers import add_result, layer_array, layer_data
 from .class_names import ClassNames
 from .plot import TrainingPlot
 from .training_set import TrainingSet
@@ -52,20 +54,24 @@ def _finetune_work(
     things: list[int] | None = None,
     class_names: dict[int, str] | None = None,
 ) -> Any:
-    result = yield from train_model(
-        spec,
-        images,
-        labels,
-        cfg,
-        out,
-        names=names,
-        rgb=rgb,
-        sparse=sparse,
-        instances=instances,
-        things=things,
-        class_names=class_names,
-        cancel=cancel.is_set,
-    )
+    images = [np.array(im) for im in images]  # copied here, off the GUI thread (labels were copied at the click)
+    try:
+        result = yield from train_model(
+            spec,
+            images,
+            labels,
+            cfg,
+            out,
+            names=names,
+            rgb=rgb,
+            sparse=sparse,
+            instances=instances,
+            things=things,
+            class_names=class_names,
+            cancel=cancel.is_set,
+        )
+    finally:
+        release_model_path(out)  # the reserved folder, if no model was saved into it
     return out, result
 
 
@@ -207,7 +213,9 @@ class FinetuneWidget(Container):
 
     # --- training ---
     def run(self) -> Any:
-        """Start training; returns the worker (or ``None`` when the input is not usable)."""
+        """Start training; returns the worker (or ``None`` when the input is not usable or a run is going)."""
+        if self.controls.busy():
+            return None
         ts, refuse = self.trainset, self.controls.refuse
         pairs = ts.chosen()
         if not pairs:
@@ -223,7 +231,7 @@ class FinetuneWidget(Container):
             return refuse(
                 f"Thing classes must be label values separated by commas (e.g. 2, 3), not {self.things.value!r}."
             )
-        images = [layer_array(p[0]) for p in pairs]
+        images = [layer_data(p[0]) for p in pairs]  # the worker copies them
         labels = [layer_array(p[1]) for p in pairs]
         names = [ts.pair_label(p) for p in pairs]
         instances: list[Any] | None = None
@@ -247,7 +255,10 @@ class FinetuneWidget(Container):
         except ValueError as err:
             return refuse(str(err))
         name = self.model_name.value.strip() or f"{pairs[0][0].name}-{base_name}"
-        out = str(new_model_path(name, ts.project.models_dir if ts.project is not None else None))
+        try:  # the folder is taken now: a second run (another dock, another viewer) gets another name
+            out = str(reserve_model_path(name, ts.project.models_dir if ts.project is not None else None))
+        except OSError as err:
+            return refuse(os_error_text(err))
         scale = tuple(float(s) for s in pairs[0][0].scale[-min(pairs[0][0].ndim, 3) :])
         cfg = TrainConfig(
             epochs=self.epochs.value,
@@ -288,6 +299,7 @@ class FinetuneWidget(Container):
                 f"layer '{layer.name}' was removed during training: it learnt from the copy taken at the start"
             )
             self.verdict.value = removed[-1][0].upper() + removed[-1][1:] + "."
+            show_info(self.verdict.value)
 
         self.controls.watch(self._viewer, [la for p in pairs for la in p], on_removed)
         self.scroll.ensureWidgetVisible(self.plot.native)  # the live plot in view while it trains
@@ -356,6 +368,8 @@ class FinetuneWidget(Container):
 
     def segment_next(self) -> Any:
         """Segment the next image not yet in the training set with the model just trained."""
+        if self.controls.busy():
+            return None
         if self.last_path is None:
             return self.controls.refuse("Train a model first.")
         ts = self.trainset

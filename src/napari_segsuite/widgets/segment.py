@@ -16,7 +16,7 @@ from ..model_files import load_model
 from ..store import StoredModel, delete_model, export_model, import_model, list_models, rename_model
 from ._common import RunControls, ask, check_fit, fit_note, wrapped_label
 from ._events import on_models_changed, store_events
-from ._layers import add_result, layer_array, layer_choices
+from ._layers import add_result, layer_choices, layer_data, prepare_result
 
 DEVICES = ["auto", "cpu", "cuda", "mps"]
 
@@ -33,10 +33,22 @@ def _fits(m: StoredModel, image: Any) -> bool:
     return channel_conversion(m.card.in_channels, shape, rgb) is None and (m.card.spatial_dims == 2 or volume)
 
 
-def _segment_work(path: str, data: Any, rgb: bool, tile: int, device: str) -> Any:
+def _segment_work(path: str, data: Any, rgb: bool, tile: int, device: str, z: int | None = None) -> Any:
+    """In the worker: copy the layer's data (slice ``z`` of it), segment, and make the result layers
+    ready (:func:`prepare_result`), so the GUI thread only adds them."""
     model = load_model(path)
-    result = yield from segment(model, data, rgb=rgb, tile=tile, device=device)
-    return result, model.card
+    full_shape = None
+    if z is not None:
+        full_shape = tuple(data.shape[: data.ndim - int(rgb)])
+        data = data[z]
+    data = np.array(data)  # a copy, taken here rather than on the GUI thread
+    seg = yield from segment(model, data, rgb=rgb, tile=tile, device=device)
+    parts = []
+    for role, labels in (("semantic", seg.semantic), ("instances", seg.instances)):
+        if labels is not None:
+            feats = seg.features if role == "instances" else None
+            parts.append(prepare_result(labels, model.card, role, feats, full_shape, z))
+    return parts, model.card
 
 
 class SegmentWidget(Container):
@@ -129,7 +141,9 @@ class SegmentWidget(Container):
         self.info.value = line
 
     def run(self) -> Any:
-        """Start segmenting; returns the worker (or ``None`` when the input is not usable)."""
+        """Start segmenting; returns the worker (or ``None`` when the input is not usable or a run is going)."""
+        if self.controls.busy():
+            return None
         image, m = self.image.value, self._selected()
         if image is None:
             return self.controls.refuse("Open an image first: there is no image layer to segment.")
@@ -137,7 +151,7 @@ class SegmentWidget(Container):
             return self.controls.refuse(
                 "No trained model yet: train one in the Fine-tune widget or with 'segsuite train'."
             )
-        data = layer_array(image)
+        data = layer_data(image)  # not copied here: the worker copies it
         spatial_ndim = data.ndim - (1 if image.rgb else 0)
         z = None
         if self.current_slice.value and spatial_ndim == 3:
@@ -146,40 +160,33 @@ class SegmentWidget(Container):
                     f"'{m.name}' is a 3D model: it segments the whole volume; untick 'Only the current slice'."
                 )
             z = int(self._viewer.dims.current_step[0])
-            data = data[z]
+        shape = tuple(data.shape[1:] if z is not None else data.shape)
         try:
             note = check_fit(
-                m.name, m.card.in_channels, m.card.spatial_dims, image.name, data.shape, bool(image.rgb), self.ask
+                m.name, m.card.in_channels, m.card.spatial_dims, image.name, shape, bool(image.rgb), self.ask
             )
         except ValueError as err:
             return self.controls.refuse(str(err))
         params = {"tile": self.tile.value, "device": self.device.value, "slice": z, "converted": note or None}
 
         def done(result: tuple) -> None:
-            seg, card = result
+            parts, card = result
             if image not in self._viewer.layers:
                 self.controls.status.value = f"Image layer '{image.name}' was removed during the run: no result added."
                 return
             run_id = uuid.uuid4().hex[:12]
             names = []
-            for role, labels in (("semantic", seg.semantic), ("instances", seg.instances)):
-                if labels is None:
-                    continue
-                if z is not None:  # a full-size layer holding the one segmented slice
-                    full = np.zeros((layer_array(image).shape[0], *labels.shape), labels.dtype)
-                    full[z] = labels
-                    labels = full
-                feats = seg.features if role == "instances" else None
+            for part in parts:
                 layer = add_result(
                     self._viewer,
-                    labels,
+                    part.labels,
                     image,
                     card,
                     params,
-                    features=feats,
-                    role=role,
+                    role=part.role,
                     run_id=run_id,
-                    objects_suffix=role == "instances" and seg.semantic is not None,
+                    objects_suffix=part.role == "instances" and len(parts) > 1,
+                    table=part.table,
                 )
                 names.append(f"'{layer.name}'")
             said = f" ({note})" if note else ""
@@ -197,6 +204,7 @@ class SegmentWidget(Container):
             bool(image.rgb),
             self.tile.value,
             self.device.value,
+            z,
             on_yield=lambda p: self.controls.show_progress(p.step, p.total, p.note),
             on_done=done,
         )

@@ -16,6 +16,7 @@ from qtpy.QtCore import QTimer
 from .. import store
 from ..preprocess import infer_axes
 from ..project import Project
+from ._common import os_error_text
 from ._events import store_events
 from ._layers import layer_array, layer_choices, partner_layer
 
@@ -196,12 +197,17 @@ class TrainingSet(Container):
             return None
         try:
             project = Project(folder)
+            saved = project.pairs()  # all read (and checked) before any layer is added
+            models_dir = project.models_dir
         except ValueError as err:
             self._refuse(str(err))
             return None
+        except OSError as err:
+            self._refuse(f"Project {str(folder)!r}: {os_error_text(err)}")
+            return None
         self.project = project
-        store.EXTRA_DIRS[:] = [project.models_dir]
-        for pair in project.pairs():
+        store.EXTRA_DIRS[:] = [models_dir]
+        for pair in saved:
             image = self._viewer.add_image(pair.image, name=pair.name)
             labels = self._viewer.add_labels(pair.labels, name=f"{pair.name} labels")
             objects = (
@@ -213,17 +219,27 @@ class TrainingSet(Container):
             if id(labels) not in self._pair_names:
                 self._track(image, labels, objects, None)
         self._refresh_pairs()
+        if self.project is None:  # a write failed: said once, nothing else is saved
+            return None
         store_events.models_changed.emit("")
         self._on_status(f"Project '{project.folder.name}': {len(project.names())} pairs, saved as you edit.")
         return project
 
     def _track(self, image: Any, labels: Any, objects: Any, name: str | None) -> None:
         """Save a pair into the open project (when new) and save its labels again on every edit."""
-        assert self.project is not None
+        if self.project is None:
+            return
         if name is None:
-            name = self.project.add_pair(
-                image.name, layer_array(image), layer_array(labels), None if objects is None else layer_array(objects)
-            )
+            try:
+                name = self.project.add_pair(
+                    image.name,
+                    layer_array(image),
+                    layer_array(labels),
+                    None if objects is None else layer_array(objects),
+                )
+            except OSError as err:
+                self._write_error(err)
+                return
         self._pair_names[id(labels)] = name
         for layer in (labels, objects):
             if layer is not None:
@@ -236,12 +252,28 @@ class TrainingSet(Container):
     def _save_dirty(self) -> None:
         if self.project is None:
             return
-        for _image, labels, objects in self._pairs:
-            if id(labels) in self._dirty and id(labels) in self._pair_names:
-                self.project.save_labels(
-                    self._pair_names[id(labels)], layer_array(labels), None if objects is None else layer_array(objects)
-                )
+        try:
+            for _image, labels, objects in self._pairs:
+                if id(labels) in self._dirty and id(labels) in self._pair_names:
+                    self.project.save_labels(
+                        self._pair_names[id(labels)],
+                        layer_array(labels),
+                        None if objects is None else layer_array(objects),
+                    )
+        except OSError as err:
+            self._write_error(err)
         self._dirty.clear()
+
+    def _write_error(self, err: OSError) -> None:
+        """The project folder cannot be written (read-only, disk full): said once; the project is closed so
+        that no edit tries again, and the layers (the user's edits) stay in the viewer as they are."""
+        folder = self.project.folder if self.project is not None else ""
+        self.project = None
+        store.EXTRA_DIRS[:] = []
+        self._refuse(
+            f"Project '{folder}' closed: {os_error_text(err)} Your layers stay open in the viewer; "
+            "save them with File > Save, or open the project in a folder you can write to."
+        )
 
     # --- pairs from folders ---
     def add_folders(self, images: str | Path, labels: str | Path) -> int:
