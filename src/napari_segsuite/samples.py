@@ -31,16 +31,21 @@ class Sample:
     def y(self) -> np.ndarray:
         return self.truth.y
 
-    def window(self, rows: slice) -> Sample:
-        """The sample's rows ``rows`` (the last-but-one axis)."""
+    def window(self, part: slice, axis: int = -2) -> Sample:
+        """The sample's part ``part`` along spatial ``axis`` (negative: from the end; default: the rows)."""
 
-        def part(a: np.ndarray | None) -> np.ndarray | None:
-            return None if a is None else a[..., rows, :]
+        def cut(a: np.ndarray | None) -> np.ndarray | None:
+            if a is None:
+                return None
+            index = [slice(None)] * a.ndim
+            index[axis] = part
+            return a[tuple(index)]
 
         t = self.truth
-        y = part(t.y)
-        assert y is not None
-        return Sample(self.x[..., rows, :], Targets(y, part(t.classes), part(t.ids)))
+        y = cut(t.y)
+        x = cut(self.x)
+        assert y is not None and x is not None
+        return Sample(x, Targets(y, cut(t.classes), cut(t.ids)))
 
 
 def _slice(t: Targets, z: int) -> Targets:
@@ -134,7 +139,8 @@ def unlabelled_inputs(model: SegModel, images: Sequence[np.ndarray], rgb: bool |
 def split_samples(
     samples: list[Sample], fraction: float, rng: np.random.Generator
 ) -> tuple[list[Sample], list[Sample], str]:
-    """Hold out a validation part: whole images when there are several, else the bottom rows of the one."""
+    """Hold out a validation part: whole images when there are several, else a slab at one end of the
+    one image (:func:`_split_one`)."""
     if len(samples) >= 2:
         n_val = min(len(samples) - 1, max(1, round(fraction * len(samples))))
         order = rng.permutation(len(samples))
@@ -143,12 +149,58 @@ def split_samples(
             [samples[i] for i in order[:n_val]],
             f"{n_val} of {len(samples)} images",
         )
-    s = samples[0]
-    h = s.y.shape[-2]
-    cut = int(round(h * (1 - fraction)))
-    if h >= 64 and h - cut >= 16:
-        return [s.window(slice(0, cut))], [s.window(slice(cut, None))], f"bottom {h - cut} rows of the one image"
-    return [s], [s], "none held out (one small image): validated on the training image"
+    return _split_one(samples[0], fraction)
+
+
+#: Smallest held-out slab of a single image: in pixels across Y or X, in slices along Z.
+MIN_HELD_OUT = {"plane": 16, "z": 8}
+_AXIS_NAMES = {1: ("X",), 2: ("Y", "X"), 3: ("Z", "Y", "X")}
+
+
+def _split_one(s: Sample, fraction: float) -> tuple[list[Sample], list[Sample], str]:
+    """One image or volume: hold out a slab at one end of one axis, the one whose classes best match
+    the rest's (the most classes present in both parts, then the most pixels of the rarer classes);
+    the bottom rows where all slabs are alike. A slab of background alone would score any model
+    that finds nothing as perfect and keep the first epoch's weights."""
+    classes = s.truth.classes if s.truth.classes is not None else s.y
+    spatial = s.x.shape[1:]
+    if classes.ndim > len(spatial):  # (ids, classes) targets
+        classes = classes[-1]
+    names = _AXIS_NAMES[len(spatial)]
+    order = [len(spatial) - 2] + [a for a in range(len(spatial)) if a != len(spatial) - 2]  # Y first
+    best: tuple[tuple[int, int], int, bool, int] | None = None
+    for axis in order:
+        n = spatial[axis]
+        k = int(round(n * fraction))
+        least = MIN_HELD_OUT["z" if names[axis] == "Z" else "plane"]
+        if k < least or n - k < least:
+            continue
+        for at_end in (True, False):
+            held, kept = (slice(n - k, n), slice(0, n - k)) if at_end else (slice(0, k), slice(k, n))
+            cv = _class_counts(np.take(classes, range(held.start, held.stop), axis=axis))
+            ct = _class_counts(np.take(classes, range(kept.start, kept.stop), axis=axis))
+            m = max(len(cv), len(ct))
+            cv, ct = np.pad(cv, (0, m - len(cv))), np.pad(ct, (0, m - len(ct)))
+            shared = int(((cv > 0) & (ct > 0)).sum())
+            rare = int(cv.sum() - cv.max()) if cv.any() else 0
+            score = (shared, rare)
+            if best is None or score > best[0]:
+                best = (score, axis, at_end, k)
+    if best is None:
+        return [s], [s], "none held out (one small image): validated on the training image"
+    (shared, _), axis, at_end, k = best
+    n = spatial[axis]
+    held, kept = (slice(n - k, n), slice(0, n - k)) if at_end else (slice(0, k), slice(k, n))
+    axis_from_end = axis - len(spatial)
+    where = ("last" if at_end else "first") + f" {k} {'slices' if names[axis] == 'Z' else 'pixels'} along {names[axis]}"
+    note = f"the {where} of the one image ({shared} classes in both parts)"
+    return [s.window(kept, axis_from_end)], [s.window(held, axis_from_end)], note
+
+
+def _class_counts(classes: np.ndarray) -> np.ndarray:
+    """Pixels per class index (unlabelled pixels, below 0, left out)."""
+    flat = classes.ravel()
+    return np.bincount(flat[flat >= 0].astype(np.int64))
 
 
 def pad_to(s: Sample, patch: tuple[int, ...]) -> Sample:

@@ -53,7 +53,8 @@ class TrainConfig:
         lr: Peak learning rate (AdamW; linear warm-up then cosine decay over whichever of the epoch
             limit and the time budget binds first); ``None``: the model's own default (2e-3 for most).
         patience: Epochs without validation improvement before stopping early (0: never).
-        val_fraction: Share of images (or slices) held out; with one image, the bottom rows.
+        val_fraction: Share of images (or slices) held out; with one image, a slab at one end of it
+            that holds the classes the rest does (:func:`~.samples.split_samples`).
         augment: Random flips, 90-degree rotations, scaling, elastic deformation (2D), gamma, gain and
             offset, and noise.
         device: ``"auto"`` (CUDA, MPS, CPU), or a torch device string.
