@@ -294,17 +294,21 @@ def _maps(model: SegModel, job: Job, part: np.ndarray, read: Box, region: Box, d
 _MODELS: dict[tuple[str, str], SegModel] = {}
 
 
-def _block_task(model_path: str, job: Job, block: Block, data: Any) -> BlockResult:
-    """One block on a dask worker: the model is loaded once per worker process and kept."""
-    key = (model_path, job.device)
+def worker_model(model_path: str, device: str) -> SegModel:
+    """The model at ``model_path`` on ``device``, loaded once per process (a dask worker's) and kept."""
+    key = (model_path, device)
     if key not in _MODELS:
         from .inference import pick_device
 
         m = load_model(model_path)
-        m.module.to(pick_device(job.device)).eval()
+        m.module.to(pick_device(device)).eval()
         _MODELS[key] = m
-    torch.set_num_threads(1)
-    return drive(run_block(_MODELS[key], job, block, data))
+    return _MODELS[key]
+
+
+def _block_task(model_path: str, job: Job, block: Block, data: Any) -> BlockResult:
+    """One block on a dask worker."""
+    return drive(run_block(worker_model(model_path, job.device), job, block, data))
 
 
 def output_roles(model: SegModel, data: Any, rgb: bool | None = None) -> dict[str, np.dtype]:
