@@ -333,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
             f"segsuite {args.command}: interrupted (a model being trained keeps its best checkpoint).", file=sys.stderr
         )
         return 130
-    except (ValueError, KeyError, OSError, RuntimeError) as err:  # FileNotFoundError, PermissionError, ...
+    except (ValueError, KeyError, OSError, RuntimeError, ImportError) as err:  # FileNotFoundError, a missing extra, ...
         msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
         print(f"segsuite {args.command}: error: {_one_line(msg)}", file=sys.stderr)
         return 2
