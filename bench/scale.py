@@ -62,7 +62,9 @@ def child(args: argparse.Namespace) -> None:
     img = open_lazy(args.image).data
     out = zarr.create_array(args.out, shape=img.shape, chunks=(1024, 1024), dtype=output_roles(m, img)["classes"])
     t0 = time.perf_counter()
-    drive(segment_blocks(m, img, {"classes": out}, block=args.block, tile=args.tile, overlap=args.overlap, device="cpu"))
+    drive(
+        segment_blocks(m, img, {"classes": out}, block=args.block, tile=args.tile, overlap=args.overlap, device="cpu")
+    )
     seconds = time.perf_counter() - t0
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     # the bare network over the same pixels: non-overlapping tiles, same batch size

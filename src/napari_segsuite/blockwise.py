@@ -27,11 +27,12 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 
+from .lazy_io import Source, norm_stats, read_block
 from .model_files import SegModel, load_model
 from .models.base import ObjectModel
 from .preprocess import (
@@ -39,10 +40,7 @@ from .preprocess import (
     LabelMap,
     NormStats,
     apply_normalization,
-    check_normalization,
     infer_axes,
-    sample_step,
-    stats_from_samples,
     to_slices,
 )
 from .progress import Progress, Work, drive
@@ -54,8 +52,6 @@ from .tiling import blend_tiles, grid_starts, pad_mode, pad_to, predict_objects,
 BLOCK = 2048
 #: Halo (pixels) around a block's core over which objects are formed and matched with the neighbours'.
 HALO = 64
-#: Values read at a time by :func:`norm_stats`.
-BAND_VALUES = 1 << 24
 
 
 @dataclass
@@ -87,75 +83,6 @@ class Block:
     core: Box
     region: Box  # core plus halo: where maps are made and post-processed
     read: Box  # what is read: every tile of the grid touching ``region``
-
-
-def norm_stats(data: Any, rgb: bool, in_channels: int, spec: dict[str, Any] | None) -> NormStats | None:
-    """The whole image's normalisation (:func:`~.preprocess.normalization_stats`), read band by band:
-    the same strided sample of the same values, so the same percentiles, without holding the image."""
-    spec = check_normalization(spec)
-    if spec is None:
-        return None
-    axes = infer_axes(tuple(data.shape), rgb)
-    spatial = axes.spatial_shape(tuple(data.shape))
-    vol = spatial if axes.volume else (1, *spatial)
-    per_channel = math.prod(vol)
-    step = sample_step(per_channel)
-    rows = max(1, BAND_VALUES // vol[2])
-    samples: list[list[np.ndarray]] = [[] for _ in range(in_channels)]
-    finite, any_finite = True, False
-    for z in range(vol[0]):
-        for y0 in range(0, vol[1], rows):
-            box = (slice(y0, min(vol[1], y0 + rows)), slice(None))
-            raw = _read(data, ((slice(z, z + 1),) if axes.volume else ()) + box)
-            band = to_slices(raw, axes, in_channels)  # (1 or 1, C, rows, X)
-            if band.dtype.kind == "f":
-                fin = np.isfinite(band)
-                finite, any_finite = finite and bool(fin.all()), any_finite or bool(fin.any())
-            else:
-                any_finite = True
-            first = (z * vol[1] + y0) * vol[2]
-            skip = (-first) % step
-            for c in range(in_channels):
-                samples[c].append(band[:, c].ravel()[skip::step])
-    return stats_from_samples([np.concatenate(s) for s in samples], spec, finite=finite, any_finite=any_finite)
-
-
-class Source:
-    """An image for blocks to read from, picklable for dask workers: an array (numpy, dask, zarr), or a
-    file path opened lazily (:func:`~.lazy_io.open_lazy`) where it is first read, once per process."""
-
-    def __init__(self, data: Any = None, path: str | None = None) -> None:
-        self._data, self.path = data, path
-
-    @property
-    def data(self) -> Any:
-        if self._data is None:
-            from .lazy_io import open_lazy
-
-            self._data = open_lazy(str(self.path)).data
-        return self._data
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(self.data.shape)
-
-    @property
-    def dtype(self) -> np.dtype:
-        return np.dtype(self.data.dtype)
-
-    def __getitem__(self, box: Box) -> np.ndarray:
-        return _read(self.data, box)
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"_data": None if self.path else self._data, "path": self.path}
-
-
-def _read(data: Any, box: Box) -> np.ndarray:
-    """``data[box]`` in memory: a dask array computed here (never on a cluster), zarr and numpy sliced."""
-    part = data[box]
-    if hasattr(part, "compute"):
-        part = part.compute(scheduler="synchronous")
-    return np.asarray(part)
 
 
 def _cuts(n: int, block: int, centres: list[int]) -> list[int]:
@@ -215,8 +142,8 @@ def make_job(model: SegModel, data: Any, **settings: Any) -> Job:
         per_slice=axes.volume and card.spatial_dims == 2,
         objects=objects,
         stats=norm_stats(data, axes.rgb, card.in_channels, card.normalization),
-        wants_ids=objects or task.name != "semantic",
-        wants_classes=not objects and task.name != "instance",
+        wants_ids=objects or task.gives_ids,
+        wants_classes=not objects and task.gives_classes,
         **settings,
     )
     tiled = spatial[1:] if job.per_slice else spatial
@@ -241,18 +168,18 @@ def run_block(model: SegModel, job: Job, block: Block, data: Any) -> Work[BlockR
     dev = pick_device(job.device)
     tiled = len(job.spatial) - len(job.ts)
     read = block.read + ((slice(None),) if job.rgb else ())
-    slices = to_slices(_read(data, read), Axes(volume=job.volume, rgb=job.rgb), card.in_channels)
+    slices = to_slices(read_block(data, read), Axes(volume=job.volume, rgb=job.rgb), card.in_channels)
     x = slices if job.stats is None else apply_normalization(slices, job.stats)  # (S, C, *yx)
     inner = tuple(shift(block.region, block.read))
     parts = [x[z] for z in range(x.shape[0])] if job.per_slice or not job.volume else [np.moveaxis(x, 0, 1)]
     local_region = inner[tiled:]
-    segs = []
+    segs: list[tuple[Any, Any]] = []
     for i, part in enumerate(parts):
         if job.per_slice and not inner[0].start <= i < inner[0].stop:
             continue
         if job.objects:
             ids, _ = yield from predict_objects(
-                model.module, part, tile=job.tile, overlap=job.overlap, batch_size=job.batch_size,
+                cast(ObjectModel, model.module), part, tile=job.tile, overlap=job.overlap, batch_size=job.batch_size,
                 divisible_by=card.divisible_by, device=dev,
             )  # fmt: skip
             segs.append((None, ids))
@@ -317,9 +244,9 @@ def output_roles(model: SegModel, data: Any, rgb: bool | None = None) -> dict[st
     task = get_task(card.kind)
     objects = isinstance(model.module, ObjectModel)
     roles: dict[str, np.dtype] = {}
-    if not objects and task.name != "instance":
+    if not objects and task.gives_classes:
         roles["classes"] = LabelMap(card.label_values).to_values(np.zeros(1, np.int64)).dtype
-    if objects or task.name != "semantic":
+    if objects or task.gives_ids:
         roles["ids"] = np.dtype(np.int32)
     return roles
 
@@ -405,14 +332,43 @@ def _on_cluster(client: Any, model_path: str | None, job: Job, todo: list[Block]
     src = data if isinstance(data, Source) else Source(data)
     [data_f] = client.scatter([src], broadcast=True)
     queue = iter(todo)
-    running = as_completed([client.submit(_block_task, model_path, job, b, data_f, pure=False) for b in itertools.islice(queue, window)])
-    done = 0
-    for fut in running:
+    running = as_completed(
+        [client.submit(_block_task, model_path, job, b, data_f, pure=False) for b in itertools.islice(queue, window)]
+    )
+    for done, fut in enumerate(running, 1):
         r = fut.result()
         take(by_index[r.index], r)
         fut.release()
-        done += 1
         nxt = next(queue, None)
         if nxt is not None:
             running.add(client.submit(_block_task, model_path, job, nxt, data_f, pure=False))
         yield Progress(done, len(todo), f"block {done}/{len(todo)}")
+
+
+#: A lazy (dask or zarr) napari layer with more values than this is segmented block by block into zarr.
+BIG_LAYER_VALUES = 1 << 26
+
+
+def segment_to_zarr(model: SegModel, data: Any, folder: str | None = None, **settings: Any) -> Work[Any]:
+    """Segment a lazy array block by block into zarr arrays in ``folder`` (a new temporary folder by
+    default): what the Segment widget does with a big dask- or zarr-backed layer.
+
+    Returns:
+        A :class:`~.tasks.Segmentation` whose ``semantic`` / ``instances`` are the on-disk zarr arrays.
+    """
+    import tempfile
+
+    import zarr
+
+    from .tasks import Segmentation
+
+    where = folder or tempfile.mkdtemp(prefix="segsuite-")
+    axes = infer_axes(tuple(data.shape), settings.get("rgb"))
+    spatial = axes.spatial_shape(tuple(data.shape))
+    chunks = tuple(min(1024, n) for n in spatial)
+    outputs: dict[str, Any] = {
+        role: zarr.create_array(f"{where}/{role}.zarr", shape=spatial, chunks=chunks, dtype=dtype, fill_value=0)
+        for role, dtype in output_roles(model, data).items()
+    }
+    yield from segment_blocks(model, data, outputs, **settings)
+    return Segmentation(semantic=outputs.get("classes"), instances=outputs.get("ids"))

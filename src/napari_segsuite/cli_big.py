@@ -23,9 +23,7 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -93,13 +91,13 @@ def dask_client(workers: int, scheduler: str | None) -> Iterator[Any]:
         yield client
 
 
-def _ngff(root: Path) -> tuple[dict[str, Any], str, int]:
+def _ngff(root: Path) -> tuple[dict[str, Any], str, Literal[2, 3]]:
     from .lazy_io import _multiscales
 
     found = _multiscales(root)
     if found is None:
         raise ValueError(f"{root.name!r} is not an OME-Zarr image.")
-    fmt = 3 if (root / "zarr.json").is_file() else 2
+    fmt: Literal[2, 3] = 3 if (root / "zarr.json").is_file() else 2
     return found[0], found[1], fmt
 
 
@@ -151,9 +149,12 @@ def _ome_label_array(img: LazyImage, name: str, dtype: np.dtype, overwrite: bool
     }
     group.attrs.update(_wrap(meta, version))
     chunks = tuple(1 if n in ("t", "c") else min(CHUNK, s) for n, s in zip(names, shape))
-    extra = {"dimension_names": names} if fmt == 3 else {"dimension_separator": "/"}
+    extra: dict[str, Any] = {"dimension_names": names}
+    if fmt == 2:
+        extra = {"zarr_format": 2, "chunk_key_encoding": {"name": "v2", "separator": "/"}}
     arr = zarr.create_array(group.store, name="0", shape=shape, chunks=chunks, dtype=dtype, fill_value=0, **extra)
-    listed = dict(labels.attrs).get("ome", {}).get("labels") if fmt == 3 else dict(labels.attrs).get("labels")
+    old: dict[str, Any] = dict(labels.attrs)
+    listed = old.get("ome", {}).get("labels") if fmt == 3 else old.get("labels")
     listed = [n for n in (listed or []) if n != name] + [name]
     labels.attrs.update(_wrap({"labels": listed}, version))
     return _Spatial(arr, names)
@@ -184,7 +185,9 @@ def _zarr_array(path: Path, shape: tuple[int, ...], dtype: np.dtype, overwrite: 
     import zarr
 
     if path.exists() and not is_zarr_path(path):
-        raise ValueError(f"{str(path)!r} exists and is not a zarr array; choose another --output (nothing was written).")
+        raise ValueError(
+            f"{str(path)!r} exists and is not a zarr array; choose another --output (nothing was written)."
+        )
     if path.exists() and not (overwrite or resume):
         raise ValueError(
             f"{str(path)!r} exists already; add --overwrite to replace it, --resume to continue it, or choose "
@@ -220,7 +223,10 @@ def plan_outputs(args: argparse.Namespace, model: Any, img: LazyImage, roles: di
             )
         _no_file_above(p, "--output")
     spatial = img.data.shape[:-1] if _rgb(img.data) else img.data.shape
-    arrays = {r: _zarr_array(p, tuple(spatial), d, args.overwrite, args.resume) for (r, d), p in zip(roles.items(), paths.values())}
+    arrays = {
+        r: _zarr_array(p, tuple(spatial), d, args.overwrite, args.resume)
+        for (r, d), p in zip(roles.items(), paths.values())
+    }
     for a in arrays.values():
         meta = {"model": model.name, "voxel_size": img.voxel_size, "unit": img.unit}
         a.attrs.update({"segsuite": {**dict(a.attrs).get("segsuite", {}), **meta}})
@@ -258,7 +264,9 @@ def segment_big(args: argparse.Namespace, model: Any, model_path: Path) -> int:
 
     def on_block(index: tuple[int, ...]) -> None:
         done.append(list(index))
-        main.attrs.update({"segsuite": {**dict(main.attrs).get("segsuite", {}), "plan": signature, "done_blocks": done}})
+        main.attrs.update(
+            {"segsuite": {**dict(main.attrs).get("segsuite", {}), "plan": signature, "done_blocks": done}}
+        )
 
     source = Source(path=str(inp))
     with dask_client(args.workers, args.scheduler) as client:
@@ -277,11 +285,17 @@ def segment_big(args: argparse.Namespace, model: Any, model_path: Path) -> int:
         result = run_with_bar(work, inp.name)
     where = {r: str(getattr(a, "arr", a).store_path).removeprefix("file://") for r, a in outputs.items()}
     n = f", {result['objects']} objects" if "objects" in result else ""
-    print(f"{', '.join(where.values())} ({len(skip)} blocks already done{n})" if skip else f"{', '.join(where.values())}{n}")
+    print(
+        f"{', '.join(where.values())} ({len(skip)} blocks already done{n})"
+        if skip
+        else f"{', '.join(where.values())}{n}"
+    )
     return 0
 
 
-def _file_task(model_path: str, image: Path, outs: tuple[Path, Path | None, Path | None], tile: int, device: str) -> list[str]:
+def _file_task(
+    model_path: str, image: Path, outs: tuple[Path, Path | None, Path | None], tile: int, device: str
+) -> list[str]:
     """One file of a folder on a dask worker: read, segment, write (the model loaded once per worker)."""
     from .blockwise import worker_model
     from .inference import segment

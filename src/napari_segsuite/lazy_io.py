@@ -19,13 +19,20 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .preprocess import NormStats, check_normalization, infer_axes, sample_step, stats_from_samples, to_slices
+
+Box = tuple[slice, ...]
+
 ZARR_SUFFIXES = (".zarr", ".ome.zarr")
+#: Values read at a time by :func:`norm_stats`.
+BAND_VALUES = 1 << 24
 #: A TIFF with more values than this is read lazily by ``segsuite segment`` (below: read whole, as before).
 BIG_TIFF_VALUES = 1 << 27
 
@@ -88,7 +95,9 @@ def as_dask(data: Any) -> Any:
 
 def is_zarr_path(path: str | Path) -> bool:
     p = Path(path)
-    return p.suffix.lower() == ".zarr" or (p.is_dir() and any((p / n).exists() for n in ("zarr.json", ".zarray", ".zgroup")))
+    return p.suffix.lower() == ".zarr" or (
+        p.is_dir() and any((p / n).exists() for n in ("zarr.json", ".zarray", ".zgroup"))
+    )
 
 
 def is_ome_zarr(path: str | Path) -> bool:
@@ -241,3 +250,72 @@ def tiff_values(path: str | Path) -> int:
 
     with tifffile.TiffFile(path) as tf:
         return int(np.prod(tf.series[0].shape, dtype=np.float64))
+
+
+def norm_stats(data: Any, rgb: bool, in_channels: int, spec: dict[str, Any] | None) -> NormStats | None:
+    """The whole image's normalisation (:func:`~.preprocess.normalization_stats`), read band by band:
+    the same strided sample of the same values, so the same percentiles, without holding the image."""
+    spec = check_normalization(spec)
+    if spec is None:
+        return None
+    axes = infer_axes(tuple(data.shape), rgb)
+    spatial = axes.spatial_shape(tuple(data.shape))
+    vol = spatial if axes.volume else (1, *spatial)
+    per_channel = math.prod(vol)
+    step = sample_step(per_channel)
+    rows = max(1, BAND_VALUES // vol[2])
+    samples: list[list[np.ndarray]] = [[] for _ in range(in_channels)]
+    finite, any_finite = True, False
+    for z in range(vol[0]):
+        for y0 in range(0, vol[1], rows):
+            box = (slice(y0, min(vol[1], y0 + rows)), slice(None))
+            raw = read_block(data, ((slice(z, z + 1),) if axes.volume else ()) + box)
+            band = to_slices(raw, axes, in_channels)  # (1 or 1, C, rows, X)
+            if band.dtype.kind == "f":
+                fin = np.isfinite(band)
+                finite, any_finite = finite and bool(fin.all()), any_finite or bool(fin.any())
+            else:
+                any_finite = True
+            first = (z * vol[1] + y0) * vol[2]
+            skip = (-first) % step
+            for c in range(in_channels):
+                samples[c].append(band[:, c].ravel()[skip::step])
+    return stats_from_samples([np.concatenate(s) for s in samples], spec, finite=finite, any_finite=any_finite)
+
+
+class Source:
+    """An image for blocks to read from, picklable for dask workers: an array (numpy, dask, zarr), or a
+    file path opened lazily (:func:`~.lazy_io.open_lazy`) where it is first read, once per process."""
+
+    def __init__(self, data: Any = None, path: str | None = None) -> None:
+        self._data, self.path = data, path
+
+    @property
+    def data(self) -> Any:
+        if self._data is None:
+            from .lazy_io import open_lazy
+
+            self._data = open_lazy(str(self.path)).data
+        return self._data
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.data.shape)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.data.dtype)
+
+    def __getitem__(self, box: Box) -> np.ndarray:
+        return read_block(self.data, box)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"_data": None if self.path else self._data, "path": self.path}
+
+
+def read_block(data: Any, box: Box) -> np.ndarray:
+    """``data[box]`` in memory: a dask array computed here (never on a cluster), zarr and numpy sliced."""
+    part = data[box]
+    if hasattr(part, "compute"):
+        part = part.compute(scheduler="synchronous")
+    return np.asarray(part)

@@ -140,9 +140,7 @@ class NormStats:
     partial: bool
 
 
-def stats_from_samples(
-    samples: list[np.ndarray], spec: dict[str, Any], *, finite: bool, any_finite: bool
-) -> NormStats:
+def stats_from_samples(samples: list[np.ndarray], spec: dict[str, Any], *, finite: bool, any_finite: bool) -> NormStats:
     """Percentile statistics from each channel's strided sample (see :func:`sample_step`).
 
     Raises:

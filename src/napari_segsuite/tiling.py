@@ -162,7 +162,15 @@ def predict_probs(
     x, ts, padded = pad_input(image, tiles, divisible_by)
     starts = grid_starts(padded, ts, overlap)
     probs = yield from blend_tiles(
-        module, x, ts, starts, overlap, num_classes=num_classes, batch_size=batch_size, device=device, amp=amp,
+        module,
+        x,
+        ts,
+        starts,
+        overlap,
+        num_classes=num_classes,
+        batch_size=batch_size,
+        device=device,
+        amp=amp,
         activate=activate,
     )
     crop = tuple(slice(0, n) for n in spatial)

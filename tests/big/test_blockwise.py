@@ -114,7 +114,9 @@ def test_lazy_input_is_read_block_by_block(tmp_path):
     img = (np.random.default_rng(0).random((200, 180)) * 255).astype(np.uint8)
     lazy = da.from_array(img, chunks=50)
     m = semantic_model()
-    np.testing.assert_array_equal(blockwise(m, lazy, block=100, tile=64)["classes"], blockwise(m, img, block=100, tile=64)["classes"])
+    np.testing.assert_array_equal(
+        blockwise(m, lazy, block=100, tile=64)["classes"], blockwise(m, img, block=100, tile=64)["classes"]
+    )
 
 
 def test_resume_skips_written_blocks():

@@ -25,7 +25,17 @@ def model_dir(tmp_path):
 def test_zarr_to_zarr_equals_in_memory_and_refuses_to_overwrite(tmp_path, model_dir, capsys):
     img = (np.random.default_rng(0).random((260, 230)) * 255).astype(np.uint8)
     zarr.create_array(tmp_path / "in.zarr", data=img, chunks=(64, 64))
-    args = ["segment", "--model", str(model_dir), "--input", str(tmp_path / "in.zarr"), "--device", "cpu", "--tile", "64"]
+    args = [
+        "segment",
+        "--model",
+        str(model_dir),
+        "--input",
+        str(tmp_path / "in.zarr"),
+        "--device",
+        "cpu",
+        "--tile",
+        "64",
+    ]
     assert main([*args, "--output", str(tmp_path / "out.zarr"), "--block-size", "100"]) == 0
     from napari_segsuite.model_files import load_model
 

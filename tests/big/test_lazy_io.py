@@ -8,7 +8,7 @@ import zarr
 
 from napari_segsuite.blockwise import Source, norm_stats
 from napari_segsuite.lazy_io import as_dask, is_lazy, open_lazy, require
-from napari_segsuite.preprocess import normalization_stats, to_slices, infer_axes
+from napari_segsuite.preprocess import infer_axes, normalization_stats, to_slices
 
 
 @pytest.fixture
@@ -41,7 +41,7 @@ def test_norm_stats_match_in_memory_and_read_by_bands(tmp_path, chunk_reads, mon
     img = rng.normal(100, 20, (300, 200)).astype(np.float32)
     img[5, 7] = np.nan
     zarr.create_array(tmp_path / "f.zarr", data=img, chunks=(50, 200))
-    monkeypatch.setattr("napari_segsuite.blockwise.BAND_VALUES", 100 * 200)  # 3 bands of 2 chunks
+    monkeypatch.setattr("napari_segsuite.lazy_io.BAND_VALUES", 100 * 200)  # 3 bands of 2 chunks
     monkeypatch.setattr("napari_segsuite.preprocess.SAMPLE_VALUES", 7000)  # a strided sample, as for big images
     got = norm_stats(open_lazy(tmp_path / "f.zarr").data, False, 1, None)
     want = normalization_stats(to_slices(img, infer_axes(img.shape), 1))
@@ -69,7 +69,9 @@ def test_ome_zarr_level0_and_voxel_size(tmp_path, chunk_reads):
 
 def test_tiff_through_zarr_store(tmp_path):
     img = np.random.default_rng(0).integers(0, 60000, (256, 320), dtype=np.uint16)
-    tifffile.imwrite(tmp_path / "big.tif", img, tile=(64, 64), resolution=(2.0, 2.0), imagej=True, metadata={"unit": "um"})
+    tifffile.imwrite(
+        tmp_path / "big.tif", img, tile=(64, 64), resolution=(2.0, 2.0), imagej=True, metadata={"unit": "um"}
+    )
     lazy = open_lazy(tmp_path / "big.tif")
     assert lazy.data.chunks == ((64,) * 4, (64,) * 5)  # one dask chunk per TIFF tile: read tile by tile
     np.testing.assert_array_equal(Source(lazy.data)[(slice(70, 90), slice(100, 200))], img[70:90, 100:200])
@@ -87,6 +89,8 @@ def test_missing_extra_names_it(monkeypatch):
     import importlib
 
     real = importlib.import_module
-    monkeypatch.setattr(importlib, "import_module", lambda n, *a: (_ for _ in ()).throw(ImportError(n)) if n == "zarr" else real(n, *a))
+    monkeypatch.setattr(
+        importlib, "import_module", lambda n, *a: (_ for _ in ()).throw(ImportError(n)) if n == "zarr" else real(n, *a)
+    )
     with pytest.raises(ImportError, match=r"napari-segsuite\[big\]"):
         require("zarr")

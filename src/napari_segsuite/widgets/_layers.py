@@ -108,6 +108,15 @@ def layer_choices(viewer: napari.viewer.Viewer, kind: type) -> list[tuple[str, A
     return [(str(getattr(layer, "name", "")), layer) for layer in viewer.layers if isinstance(layer, kind)]
 
 
+def layer_data(layer: napari.layers.Layer) -> Any:
+    """A layer's data for a run: a lazy (dask or zarr) array as it is, never read whole here (the engine
+    reads it block by block); anything else as a numpy copy (:func:`layer_array`)."""
+    from ..lazy_io import is_lazy
+
+    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+    return data if is_lazy(data) else np.array(data)
+
+
 def layer_array(layer: napari.layers.Layer) -> np.ndarray:
     """A plain numpy copy of a layer's data (the full-resolution level of a multiscale layer).
 

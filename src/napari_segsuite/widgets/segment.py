@@ -10,13 +10,15 @@ import napari
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, PushButton, SpinBox
 
+from ..blockwise import BIG_LAYER_VALUES, segment_to_zarr
 from ..checks import channel_conversion
 from ..inference import segment
+from ..lazy_io import is_lazy
 from ..model_files import load_model
 from ..store import StoredModel, delete_model, export_model, import_model, list_models, rename_model
 from ._common import RunControls, ask, check_fit, fit_note, wrapped_label
 from ._events import on_models_changed, store_events
-from ._layers import add_result, layer_array, layer_choices
+from ._layers import add_result, layer_choices, layer_data
 
 DEVICES = ["auto", "cpu", "cuda", "mps"]
 
@@ -35,7 +37,10 @@ def _fits(m: StoredModel, image: Any) -> bool:
 
 def _segment_work(path: str, data: Any, rgb: bool, tile: int, device: str) -> Any:
     model = load_model(path)
-    result = yield from segment(model, data, rgb=rgb, tile=tile, device=device)
+    if is_lazy(data) and data.size > BIG_LAYER_VALUES:  # a big dask/zarr layer: block by block into zarr
+        result = yield from segment_to_zarr(model, data, rgb=rgb, tile=tile, device=device)
+    else:
+        result = yield from segment(model, np.asarray(data), rgb=rgb, tile=tile, device=device)
     return result, model.card
 
 
@@ -137,7 +142,7 @@ class SegmentWidget(Container):
             return self.controls.refuse(
                 "No trained model yet: train one in the Fine-tune widget or with 'segsuite train'."
             )
-        data = layer_array(image)
+        data = layer_data(image)  # a dask or zarr layer stays lazy
         spatial_ndim = data.ndim - (1 if image.rgb else 0)
         z = None
         if self.current_slice.value and spatial_ndim == 3:
@@ -166,7 +171,7 @@ class SegmentWidget(Container):
                 if labels is None:
                     continue
                 if z is not None:  # a full-size layer holding the one segmented slice
-                    full = np.zeros((layer_array(image).shape[0], *labels.shape), labels.dtype)
+                    full = np.zeros((layer_data(image).shape[0], *labels.shape), labels.dtype)
                     full[z] = labels
                     labels = full
                 feats = seg.features if role == "instances" else None
