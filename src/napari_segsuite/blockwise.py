@@ -370,5 +370,5 @@ def segment_to_zarr(model: SegModel, data: Any, folder: str | None = None, **set
         role: zarr.create_array(f"{where}/{role}.zarr", shape=spatial, chunks=chunks, dtype=dtype, fill_value=0)
         for role, dtype in output_roles(model, data).items()
     }
-    yield from segment_blocks(model, data, outputs, **settings)
+    yield from segment_blocks(model, data, outputs, block=settings.pop("block", BLOCK), **settings)
     return Segmentation(semantic=outputs.get("classes"), instances=outputs.get("ids"))
