@@ -182,7 +182,7 @@ def check_tile(tile: int) -> None:
         )
 
 
-def check_image_array(image: Any, name: str = "the image", *, rgb: bool | None = None) -> Axes:
+def check_image_array(image: Any, name: str = "the image", *, rgb: bool | None = None, big: bool = False) -> Axes:
     """Refuse an image the engine cannot segment or train on, from its shape and dtype only (a lazy
     dask or zarr array is never read).
 
@@ -202,10 +202,10 @@ def check_image_array(image: Any, name: str = "the image", *, rgb: bool | None =
     if 0 in shape or not shape:
         raise ValueError(f"{name} has no pixels (shape {shape}); give an image with at least one pixel.")
     size = math.prod(shape)
-    if size > MAX_PIXELS:
+    if size > MAX_PIXELS and not big:  # ``big``: segmented block by block (:mod:`.blockwise`)
         raise ValueError(
             f"{name} has {size:,} values (shape {shape}), more than the {MAX_PIXELS:,} this program "
-            "segments in memory; crop it, downsample it, or split it into parts first."
+            "segments in memory; save it as zarr and segment it block by block, or crop it first."
         )
     if len(shape) in (3, 4) and shape[-1] == 2 and rgb is None:
         raise ValueError(

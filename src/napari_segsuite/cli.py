@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .cli_big import add_flags as add_big_flags
 from .cli_support import build_args, run_with_bar, things
 from .cli_support import load_instances as _load_instances
 from .cli_support import load_pairs as _load_pairs
@@ -134,6 +135,7 @@ def _load_unlabelled(spec: str | None) -> list[np.ndarray]:
 
 def cmd_segment(args: argparse.Namespace) -> int:
     from .checks import check_tile, segment_outputs
+    from .cli_big import segment_big, segment_files, wants_blocks
     from .cli_support import read_for_segment
     from .inference import pick_device, segment
     from .io import list_images, read_image_info, write_labels, write_objects_table
@@ -142,9 +144,17 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
     check_tile(args.tile)
     pick_device(args.device)
-    model = load_model(resolve_trained(args.model))
+    model_path = resolve_trained(args.model)
+    model = load_model(model_path)
+    if wants_blocks(args):  # zarr in or out, or a TIFF too big to read whole: block by block
+        return segment_big(args, model, model_path)
     files = list_images(args.input)
-    planned = segment_outputs(model, files, args.output, overwrite=args.overwrite)  # nothing of the user's replaced
+    planned = segment_outputs(model, files, args.output, overwrite=args.overwrite or args.resume)
+    if args.resume:  # outputs are written whole (atomically): one that exists is finished
+        files = [f for f in files if not all(p.exists() for p in planned[f] if p is not None)]
+        print(f"{len(planned) - len(files)} of {len(planned)} images done already", file=sys.stderr)
+    if args.workers or args.scheduler:
+        return segment_files(args, model, model_path, files, planned)
     infos = read_for_segment(files, model)  # every input read and checked before the first output
     for f in files:
         info = infos.pop(f) or read_image_info(f)
@@ -306,11 +316,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("segment", help="segment images or volumes with a trained model")
     s.add_argument("--model", required=True, help="trained model path or name")
-    s.add_argument("--input", required=True, help="image file, folder or glob")
+    s.add_argument("--input", required=True, help="image file, folder or glob; or a zarr / OME-Zarr (block by block)")
     s.add_argument(
         "--output",
         required=True,
-        help="folder for the label images (same file names; NIfTI as NAME_labels.nii.gz in the scan's voxel grid)",
+        help="folder for the label images (same file names; NIfTI as NAME_labels.nii.gz in the scan's voxel "
+        "grid), or Y.zarr (labels written block by block), or the input OME-Zarr itself (into its labels/ group)",
     )
     s.add_argument("--tile", type=int, default=512, help="sliding-window tile edge in pixels")
     _tta_flag(s)
@@ -320,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="replace label files already in --output (an input image is never replaced)",
     )
+    add_big_flags(s)
     s.set_defaults(func=cmd_segment)
 
     s = sub.add_parser("evaluate", help="score a trained model against label images")
@@ -356,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
             f"segsuite {args.command}: interrupted (a model being trained keeps its best checkpoint).", file=sys.stderr
         )
         return 130
-    except (ValueError, KeyError, OSError, RuntimeError) as err:  # FileNotFoundError, PermissionError, ...
+    except (ValueError, KeyError, OSError, RuntimeError, ImportError) as err:  # FileNotFoundError, a missing extra, ...
         msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
         print(f"segsuite {args.command}: error: {_one_line(msg)}", file=sys.stderr)
         return 2

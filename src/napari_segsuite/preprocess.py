@@ -85,33 +85,89 @@ def normalize(slices: np.ndarray, spec: dict[str, Any] | None = None) -> np.ndar
     Raises:
         ValueError: no pixels, no finite value, or an unknown ``spec``.
     """
-    spec = spec or DEFAULT_NORMALIZATION
-    if spec.get("kind") == "none":
-        return slices
-    if spec.get("kind") != "percentile":
-        raise ValueError(f"Unknown normalisation {spec!r}; use kind 'percentile' or 'none'.")
+    stats = normalization_stats(slices, spec)
+    return slices if stats is None else apply_normalization(slices, stats)
+
+
+#: Beyond this many values per channel, percentiles come from an evenly strided sample.
+SAMPLE_VALUES = 4_000_000
+
+
+def sample_step(n_values: int) -> int:
+    """The stride of the percentile sample of a channel holding ``n_values`` values (1: all of them)."""
+    return n_values // SAMPLE_VALUES if n_values > SAMPLE_VALUES else 1
+
+
+def normalization_stats(slices: np.ndarray, spec: dict[str, Any] | None = None) -> NormStats | None:
+    """What :func:`normalize` applies to ``(S, C, H, W)`` slices (``None``: nothing, for kind ``none``).
+
+    Raises:
+        ValueError: no pixels, no finite value, or an unknown ``spec``.
+    """
+    spec = check_normalization(spec)
+    if spec is None:
+        return None
     if slices.size == 0:
         raise ValueError(f"The image has no pixels (shape {slices.shape}); there is nothing to segment.")
-    finite = np.isfinite(slices)
-    if not finite.any():
-        raise ValueError("The image holds no finite value (all NaN or infinite); there is nothing to segment.")
-    partial = not finite.all()
-    if partial:
-        log.warning("The image holds NaN or infinite values; they are treated as the image's lowest value.")
-    out = np.empty_like(slices, dtype=np.float32)
+    samples = []
     for c in range(slices.shape[1]):
-        ch = slices[:, c]
-        sample = ch.ravel()
-        if sample.size > 4_000_000:  # percentiles of a huge volume from a strided sample
-            sample = sample[:: sample.size // 4_000_000]
-        if partial:
+        sample = slices[:, c].ravel()
+        samples.append(sample[:: sample_step(sample.size)])
+    finite = bool(np.isfinite(slices).all())
+    return stats_from_samples(samples, spec, finite=finite, any_finite=finite or bool(np.isfinite(slices).any()))
+
+
+def check_normalization(spec: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The percentile spec (the default when ``None``), or ``None`` for kind ``none``.
+
+    Raises:
+        ValueError: an unknown kind.
+    """
+    spec = spec or DEFAULT_NORMALIZATION
+    if spec.get("kind") == "none":
+        return None
+    if spec.get("kind") != "percentile":
+        raise ValueError(f"Unknown normalisation {spec!r}; use kind 'percentile' or 'none'.")
+    return spec
+
+
+@dataclass(frozen=True)
+class NormStats:
+    """Per channel: the value mapped to 0 and the span mapped to 1; ``partial``: the image holds NaN or inf."""
+
+    low: tuple[float, ...]
+    scale: tuple[float, ...]
+    partial: bool
+
+
+def stats_from_samples(samples: list[np.ndarray], spec: dict[str, Any], *, finite: bool, any_finite: bool) -> NormStats:
+    """Percentile statistics from each channel's strided sample (see :func:`sample_step`).
+
+    Raises:
+        ValueError: no finite value at all.
+    """
+    if not any_finite:
+        raise ValueError("The image holds no finite value (all NaN or infinite); there is nothing to segment.")
+    if not finite:
+        log.warning("The image holds NaN or infinite values; they are treated as the image's lowest value.")
+    lows, scales = [], []
+    for sample in samples:
+        if not finite:
             sample = sample[np.isfinite(sample)]
             sample = sample if sample.size else np.zeros(1, np.float32)
         lo, hi = np.percentile(sample, [spec["low"], spec["high"]])
-        scale = hi - lo if hi > lo else 1.0
-        out[:, c] = (ch - lo) / scale
-    if partial:
-        out[~finite] = 0.0
+        lows.append(lo)
+        scales.append(hi - lo if hi > lo else 1.0)
+    return NormStats(tuple(lows), tuple(scales), not finite)
+
+
+def apply_normalization(slices: np.ndarray, stats: NormStats) -> np.ndarray:
+    """Normalise ``(S, C, H, W)`` slices (the whole image or any block of it: the result per pixel is the same)."""
+    out = np.empty_like(slices, dtype=np.float32)
+    for c in range(slices.shape[1]):
+        out[:, c] = (slices[:, c] - stats.low[c]) / stats.scale[c]
+    if stats.partial:
+        out[~np.isfinite(slices)] = 0.0
     if not np.isfinite(out).all():  # values near the float32 limits overflow when shifted
         np.nan_to_num(out, copy=False, nan=0.0, posinf=1e6, neginf=-1e6)
     return out

@@ -55,18 +55,35 @@ def pad_input(
 ) -> tuple[torch.Tensor, tuple[int, ...], tuple[int, ...]]:
     """The image as a tensor padded (reflect, or replicate when too small) at the end of each spatial axis
     to at least one tile, with tiles rounded up to ``divisible_by``; returns ``(x, tile shape, padded shape)``."""
-    spatial = image.shape[1:]
+    spatial = tuple(image.shape[1:])
+    ts, padded = tile_shape(spatial, tiles, divisible_by)
+    return pad_to(image, padded, pad_mode(spatial, padded)), ts, padded
+
+
+def tile_shape(
+    spatial: tuple[int, ...], tiles: tuple[int, ...], divisible_by: int
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The tile shape (rounded up to ``divisible_by``, no larger than the image needs) and the padded image shape."""
     m = max(1, divisible_by)
     ts = tuple(_round_up(min(t, n), m) for t, n in zip(tiles, spatial))
-    padded = tuple(max(n, t) for n, t in zip(spatial, ts))
+    return ts, tuple(max(n, t) for n, t in zip(spatial, ts))
+
+
+def pad_mode(spatial: tuple[int, ...], padded: tuple[int, ...]) -> str:
+    """How an image of ``spatial`` shape is padded to ``padded``: reflect, or replicate when it is too small."""
+    return "reflect" if all(p - n < n for n, p in zip(spatial, padded)) else "replicate"
+
+
+def pad_to(image: np.ndarray, padded: tuple[int, ...], mode: str) -> torch.Tensor:
+    """``(C, *spatial)`` as a tensor padded at the end of each spatial axis to ``padded``."""
     x = torch.from_numpy(np.ascontiguousarray(image))
-    if padded != spatial:
+    spatial = tuple(image.shape[1:])
+    if tuple(padded) != spatial:
         pads: list[int] = []
         for n, p in zip(reversed(spatial), reversed(padded)):
             pads += [0, p - n]
-        mode = "reflect" if all(p - n < n for n, p in zip(spatial, padded)) else "replicate"
         x = torch.nn.functional.pad(x[None], pads, mode=mode)[0]
-    return x, ts, padded
+    return x
 
 
 def run_tiles(
@@ -76,18 +93,33 @@ def run_tiles(
     batch_size: int,
     device: torch.device,
     fn: Callable[[list[Corner], torch.Tensor], None],
+    *,
+    full_batches: bool | None = None,
 ) -> Work[None]:
     """The one tile loop: cut ``x`` ``(C, *padded)`` into tiles ``ts`` at every combination of
-    ``starts``, and call ``fn(corners, batch)`` per batch of up to ``batch_size`` tiles on ``device``."""
+    ``starts``, and call ``fn(corners, batch)`` per batch of up to ``batch_size`` tiles on ``device``.
+
+    ``full_batches`` (default: when there is more than one tile) fills a short last batch with copies
+    of its last tile (their outputs are dropped): a network on the CPU may give a tile slightly
+    different numbers in a batch of another size, and the blockwise path (:mod:`.blockwise`), which
+    batches the same tiles differently, must give the same bits as the whole-image path.
+    """
     coords = list(itertools.product(*starts))
+    full = len(coords) > 1 if full_batches is None else full_batches
     n_batches = math.ceil(len(coords) / batch_size)
     for b in range(n_batches):
         chunk = coords[b * batch_size : (b + 1) * batch_size]
-        batch = torch.stack([x[(slice(None), *(slice(c, c + t) for c, t in zip(corner, ts)))] for corner in chunk]).to(
-            device
-        )
-        fn(chunk, batch)
+        tiles = [x[(slice(None), *(slice(c, c + t) for c, t in zip(corner, ts)))] for corner in chunk]
+        if full and len(tiles) < batch_size:
+            tiles += [tiles[-1]] * (batch_size - len(tiles))
+        fn(chunk, torch.stack(tiles).to(device))
         yield Progress(b + 1, n_batches, f"tiles {b + 1}/{n_batches}")
+
+
+def grid_starts(padded: Sequence[int], ts: Sequence[int], overlap: float) -> list[list[int]]:
+    """Tile starts per axis of a map model's sliding window over a (padded) image: the one tile grid of
+    :func:`predict_probs` and of the blockwise path."""
+    return [tile_starts(p, t, max(1, int(t * (1 - overlap)))) for p, t in zip(padded, ts)]
 
 
 def softmax(out: torch.Tensor) -> torch.Tensor:
@@ -135,17 +167,55 @@ def predict_probs(
     spatial = image.shape[1:]
     tiles = (tile,) * len(spatial) if isinstance(tile, int) else tuple(tile)
     x, ts, padded = pad_input(image, tiles, divisible_by)
-    starts = [tile_starts(p, t, max(1, int(t * (1 - overlap)))) for p, t in zip(padded, ts)]
+    starts = grid_starts(padded, ts, overlap)
+    probs = yield from blend_tiles(
+        module,
+        x,
+        ts,
+        starts,
+        overlap,
+        num_classes=num_classes,
+        batch_size=batch_size,
+        device=device,
+        amp=amp,
+        activate=activate,
+        flips=flips,
+        unmirror=unmirror,
+    )
+    crop = tuple(slice(0, n) for n in spatial)
+    return probs[(slice(None), *crop)].numpy()
+
+
+def blend_tiles(
+    module: torch.nn.Module,
+    x: torch.Tensor,
+    ts: tuple[int, ...],
+    starts: Sequence[list[int]],
+    overlap: float,
+    *,
+    num_classes: int,
+    batch_size: int,
+    device: torch.device,
+    amp: bool,
+    activate: Callable[[torch.Tensor], torch.Tensor],
+    full_batches: bool | None = None,
+    flips: Sequence[tuple[int, ...]] = ((),),
+    unmirror: Callable[[torch.Tensor, tuple[int, ...]], torch.Tensor] | None = None,
+) -> Work[torch.Tensor]:
+    """Blended ``(M, *x.shape[1:])`` maps of the tiles at ``starts`` (corners in ``x``'s own coordinates),
+    accumulated tile by tile in the order of :func:`run_tiles` (pixels no tile covers come out NaN);
+    ``flips`` and ``unmirror`` as in :func:`predict_probs`."""
     weight = torch.from_numpy(blend_window(ts, tuple(int(t * overlap) for t in ts)))
-    acc = torch.zeros((num_classes, *padded))
-    norm = torch.zeros(padded)
+    region = tuple(x.shape[1:])
+    acc = torch.zeros((num_classes, *region))
+    norm = torch.zeros(region)
 
     def blend(corners: list[Corner], batch: torch.Tensor) -> None:
         total: torch.Tensor | None = None
         for dims in flips:
             with torch.inference_mode(), torch.autocast(batch.device.type, enabled=amp and batch.device.type == "cuda"):
                 out = module(batch.flip(dims) if dims else batch)
-                m_ = activate(out.float())
+                m_ = activate(out[: len(corners)].float())
                 if dims:
                     m_ = unmirror(m_, dims) if unmirror is not None else m_.flip(dims)
                 total = m_ if total is None else total + m_
@@ -156,9 +226,8 @@ def predict_probs(
             acc[(slice(None), *w)] += m * weight
             norm[w] += weight
 
-    yield from run_tiles(x, ts, starts, batch_size, device, blend)
-    crop = tuple(slice(0, n) for n in spatial)
-    return (acc / norm)[(slice(None), *crop)].numpy()
+    yield from run_tiles(x, ts, starts, batch_size, device, blend, full_batches=full_batches)
+    return acc.div_(norm)
 
 
 def predict_objects(

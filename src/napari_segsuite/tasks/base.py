@@ -121,6 +121,9 @@ class Task(ABC):
     score_name: ClassVar[str]
     score_key: ClassVar[str]
     takes_objects: ClassVar[bool] = False
+    #: What :meth:`postprocess` gives a map model: classes per pixel, object ids, or both (blockwise outputs).
+    gives_classes: ClassVar[bool] = True
+    gives_ids: ClassVar[bool] = False
 
     # --- models ------------------------------------------------------------------------------
     @abstractmethod

@@ -264,6 +264,8 @@ class InstanceTask(Task):
 
     name = "instance"
     score_name = "AP50"
+    gives_classes = False
+    gives_ids = True
     score_key = "ap50"
 
     def new_model(

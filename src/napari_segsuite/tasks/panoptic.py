@@ -296,6 +296,7 @@ class PanopticTask(Task):
     score_name = "PQ"
     score_key = "pq"
     takes_objects = True
+    gives_ids = True
 
     def new_model(
         self,

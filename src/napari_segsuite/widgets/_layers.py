@@ -98,6 +98,8 @@ def prepare_result(
     Object ids go to ``uint16`` when they fit (napari hashes 32-bit labels on the CPU at every redraw;
     ``uint16`` still leaves room to paint 65535 objects).
     """
+    if not isinstance(labels, np.ndarray):  # a big result on disk (zarr): never read whole here
+        return ResultPart(labels, role, None)
     if role == "instances":
         labels = compact_ids(labels)
     if full_shape is not None and z is not None:

@@ -10,8 +10,10 @@ import napari
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, PushButton, SpinBox
 
+from ..blockwise import BIG_LAYER_VALUES, segment_to_zarr
 from ..checks import channel_conversion
 from ..inference import segment
+from ..lazy_io import is_lazy
 from ..model_files import load_model
 from ..store import StoredModel, delete_model, export_model, import_model, list_models, rename_model
 from ._common import RunControls, ask, check_fit, fit_note, wrapped_label
@@ -41,8 +43,11 @@ def _segment_work(path: str, data: Any, rgb: bool, tile: int, device: str, z: in
     if z is not None:
         full_shape = tuple(data.shape[: data.ndim - int(rgb)])
         data = data[z]
-    data = np.array(data)  # a copy, taken here rather than on the GUI thread
-    seg = yield from segment(model, data, rgb=rgb, tile=tile, device=device)
+    if is_lazy(data) and data.size > BIG_LAYER_VALUES:  # a big dask/zarr layer: block by block into zarr
+        seg = yield from segment_to_zarr(model, data, rgb=rgb, tile=tile, device=device)
+    else:
+        data = np.array(data)  # a copy, taken here rather than on the GUI thread
+        seg = yield from segment(model, data, rgb=rgb, tile=tile, device=device)
     parts = []
     for role, labels in (("semantic", seg.semantic), ("instances", seg.instances)):
         if labels is not None:
@@ -151,7 +156,7 @@ class SegmentWidget(Container):
             return self.controls.refuse(
                 "No trained model yet: train one in the Fine-tune widget or with 'segsuite train'."
             )
-        data = layer_data(image)  # not copied here: the worker copies it
+        data = layer_data(image)  # not copied here: the worker copies it (a dask or zarr layer stays lazy)
         spatial_ndim = data.ndim - (1 if image.rgb else 0)
         z = None
         if self.current_slice.value and spatial_ndim == 3:

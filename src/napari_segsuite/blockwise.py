@@ -1,0 +1,379 @@
+"""Segmenting images and volumes too large for memory, block by block, locally or on a dask cluster.
+
+:func:`segment_blocks` is the one function: it takes a numpy, dask or zarr array and writes the labels
+into arrays it is given (zarr on disk, or numpy for small inputs), one block at a time.
+
+**Same bits as the whole-image path** (map models): the sliding-window tile grid is the one
+:func:`~.inference.segment` lays over the whole image (:func:`~.tiling.grid_starts`); block borders
+sit at tile centres; a block reads every tile of that grid that touches its region and blends them in
+the same order, and the network always runs on full batches (:func:`~.tiling.run_tiles`), so each
+pixel's maps, and so its classes, come out bit for bit as in memory. Normalisation uses the whole
+image's percentiles from the same strided sample (:func:`norm_stats`). The price: a tile cut by a
+block border is computed by both blocks (about one tile per border per axis).
+
+**Objects**: each block post-processes its core plus a halo (:data:`HALO` pixels) and writes its core;
+:class:`~.stitch.Stitcher` makes the ids global and joins objects cut by block borders. A 2D model on a
+volume runs slice by slice and links its slices (``link_slices``) inside each block's region. Object
+models (Mask R-CNN, ...) tile each region their own way.
+
+**Where it runs**: ``client=None``: here, block after block; a ``dask.distributed`` client: each block
+is a task (at most two per worker in flight), the model is loaded once per worker from ``model_path``,
+and this process writes the results as they come (one writer, so blocks never race on a chunk).
+Results do not depend on the number of workers.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import numpy as np
+import torch
+
+from .inference import MIRRORS
+from .lazy_io import Source, norm_stats, read_block
+from .model_files import SegModel, load_model
+from .models.base import ObjectModel
+from .preprocess import (
+    Axes,
+    LabelMap,
+    NormStats,
+    apply_normalization,
+    infer_axes,
+    to_slices,
+)
+from .progress import Progress, Work, drive
+from .stitch import Box, Stitcher, shift
+from .tasks import get_task, instance
+from .tiling import blend_tiles, grid_starts, pad_mode, pad_to, predict_objects, tile_shape
+
+#: Default block edge (pixels): about the memory of a 2048 x 2048 image in memory, whatever the image's size.
+BLOCK = 2048
+#: Halo (pixels) around a block's core over which objects are formed and matched with the neighbours'.
+HALO = 64
+
+
+@dataclass
+class Job:
+    """What every block needs (picklable: it travels to dask workers)."""
+
+    spatial: tuple[int, ...]
+    rgb: bool
+    volume: bool
+    per_slice: bool  # a 2D model over a volume
+    objects: bool  # an ObjectModel
+    stats: NormStats | None
+    tile: int = 512
+    tile_z: int = 32
+    overlap: float = 0.25
+    batch_size: int = 4
+    device: str = "auto"
+    amp: bool = True
+    ts: tuple[int, ...] = ()
+    padded: tuple[int, ...] = ()
+    starts: list[list[int]] = field(default_factory=list)
+    wants_ids: bool = False
+    wants_classes: bool = False
+    tta: bool | None = None  # test-time augmentation; None: as the card says
+
+
+@dataclass(frozen=True)
+class Block:
+    index: tuple[int, ...]
+    core: Box
+    region: Box  # core plus halo: where maps are made and post-processed
+    read: Box  # what is read: every tile of the grid touching ``region``
+
+
+def _cuts(n: int, block: int, centres: list[int]) -> list[int]:
+    """Borders ``[0, ..., n]`` of blocks about ``block`` long along an axis of length ``n``, each at one
+    of ``centres`` (tile centres) when there are any, so only the tile under a border is read twice."""
+    cuts = [0]
+    for k in range(1, math.ceil(n / block)):
+        target = k * block
+        options = [c for c in centres if cuts[-1] < c < n] if centres else [target]
+        if not options:
+            break
+        cut = min(options, key=lambda c: abs(c - target))
+        if cut > cuts[-1]:
+            cuts.append(cut)
+    return [*cuts, n]
+
+
+def plan_blocks(job: Job, block: int | tuple[int, ...], halo: int | tuple[int, ...]) -> list[Block]:
+    """The blocks of ``job``'s image in row-major order (see the module text)."""
+    nd = len(job.spatial)
+    blocks = (block,) * nd if isinstance(block, int) else tuple(block)
+    halos = (halo,) * nd if isinstance(halo, int) else tuple(halo)
+    tiled = nd - len(job.ts)  # axes before the tiled ones (Z of a 2D model over a volume)
+    cuts = []
+    for ax, n in enumerate(job.spatial):
+        t = ax - tiled
+        centres = [s + job.ts[t] // 2 for s in job.starts[t]] if t >= 0 and job.starts else []
+        cuts.append(_cuts(n, blocks[ax], centres))
+    out = []
+    for index in itertools.product(*(range(len(c) - 1) for c in cuts)):
+        core = tuple(slice(c[i], c[i + 1]) for c, i in zip(cuts, index))
+        region = tuple(
+            slice(max(0, s.start - h), min(n, s.stop + h)) if job.wants_ids else s
+            for s, h, n in zip(core, halos, job.spatial)
+        )
+        read = list(region)
+        for ax in range(tiled, nd):
+            if job.starts and not job.objects:
+                t, r = ax - tiled, region[ax]
+                hit = [s for s in job.starts[t] if s < r.stop and s + job.ts[t] > r.start]
+                read[ax] = slice(hit[0], min(job.spatial[ax], hit[-1] + job.ts[t]))
+        out.append(Block(tuple(index), core, region, tuple(read)))
+    return out
+
+
+def make_job(model: SegModel, data: Any, **settings: Any) -> Job:
+    """The settings every block shares, the tile grid and the normalisation (read once, here)."""
+    card = model.card
+    axes = infer_axes(tuple(data.shape), settings.pop("rgb", None))
+    spatial = axes.spatial_shape(tuple(data.shape))
+    objects = isinstance(model.module, ObjectModel)
+    task = get_task(card.kind)
+    job = Job(
+        spatial=spatial,
+        rgb=axes.rgb,
+        volume=axes.volume,
+        per_slice=axes.volume and card.spatial_dims == 2,
+        objects=objects,
+        stats=norm_stats(data, axes.rgb, card.in_channels, card.normalization),
+        wants_ids=objects or task.gives_ids,
+        wants_classes=not objects and task.gives_classes,
+        **settings,
+    )
+    if job.tta is None:
+        job.tta = card.tta
+    tiled = spatial[1:] if job.per_slice else spatial
+    tiles = (job.tile_z, job.tile, job.tile) if len(tiled) == 3 else (job.tile, job.tile)
+    job.ts, job.padded = tile_shape(tuple(tiled), tiles, card.divisible_by)
+    job.starts = [] if objects else grid_starts(job.padded, job.ts, job.overlap)
+    return job
+
+
+@dataclass
+class BlockResult:
+    index: tuple[int, ...]
+    classes: np.ndarray | None = None  # the user's label values over the core
+    ids: np.ndarray | None = None  # object ids 1..n over the region
+
+
+def run_block(model: SegModel, job: Job, block: Block, data: Any) -> Work[BlockResult]:
+    """Segment one block: read it, normalise it, run the tiles, post-process its region."""
+    from .inference import pick_device
+
+    card, task = model.card, get_task(model.card.kind)
+    dev = pick_device(job.device)
+    tiled = len(job.spatial) - len(job.ts)
+    read = block.read + ((slice(None),) if job.rgb else ())
+    slices = to_slices(read_block(data, read), Axes(volume=job.volume, rgb=job.rgb), card.in_channels)
+    x = slices if job.stats is None else apply_normalization(slices, job.stats)  # (S, C, *yx)
+    inner = tuple(shift(block.region, block.read))
+    parts = [x[z] for z in range(x.shape[0])] if job.per_slice or not job.volume else [np.moveaxis(x, 0, 1)]
+    local_region = inner[tiled:]
+    segs: list[tuple[Any, Any]] = []
+    for i, part in enumerate(parts):
+        if job.per_slice and not inner[0].start <= i < inner[0].stop:
+            continue
+        if job.objects:
+            ids, _ = yield from predict_objects(
+                cast(ObjectModel, model.module), part, tile=job.tile, overlap=job.overlap, batch_size=job.batch_size,
+                divisible_by=card.divisible_by, device=dev,
+            )  # fmt: skip
+            segs.append((None, ids))
+            continue
+        maps = yield from _maps(model, job, part, block.read[tiled:], block.region[tiled:], dev)
+        seg = task.postprocess(maps[(slice(None), *local_region)], card)
+        segs.append((seg.semantic, seg.instances))
+        yield Progress(i + 1, len(parts), f"block {block.index}")
+    out = BlockResult(block.index)
+    core = shift(block.core, block.region)
+    if job.wants_classes:
+        sem = np.stack([s for s, _ in segs]) if job.per_slice else segs[0][0]
+        out.classes = LabelMap(card.label_values).to_values(sem[core])
+    if job.wants_ids:
+        ids = np.stack([i for _, i in segs]) if job.per_slice else segs[0][1]
+        out.ids = instance.link_slices(ids) if job.per_slice else ids.astype(np.int32)
+    return out
+
+
+def _maps(model: SegModel, job: Job, part: np.ndarray, read: Box, region: Box, dev: torch.device) -> Work[np.ndarray]:
+    """Blended maps over one read box, from the whole image's tiles that touch it (same order, same bits)."""
+    card, task = model.card, get_task(model.card.kind)
+    spatial = job.spatial[-len(job.ts) :]
+    starts, size = [], []
+    for ax, (r, g) in enumerate(zip(read, region)):
+        st = [s - r.start for s in job.starts[ax] if s < g.stop and s + job.ts[ax] > g.start]
+        starts.append(st)
+        size.append(max(r.stop - r.start, st[-1] + job.ts[ax]))  # beyond the image only where it is padded
+    x = pad_to(part, tuple(size), pad_mode(spatial, job.padded))
+    n_tiles = math.prod(len(s) for s in job.starts)
+    bs = max(1, job.batch_size // 2) if len(job.ts) == 3 else job.batch_size
+    maps = yield from blend_tiles(
+        model.module, x, job.ts, starts, job.overlap, num_classes=task.output_channels(card), batch_size=bs,
+        device=dev, amp=job.amp, activate=lambda out: task.activate(out, card), full_batches=n_tiles > 1,
+        flips=MIRRORS if job.tta else ((),), unmirror=lambda maps, dims: task.unmirror(maps, dims, card),
+    )  # fmt: skip
+    return maps[(slice(None), *(slice(0, r.stop - r.start) for r in read))].numpy()
+
+
+_MODELS: dict[tuple[str, str], SegModel] = {}
+
+
+def worker_model(model_path: str, device: str) -> SegModel:
+    """The model at ``model_path`` on ``device``, loaded once per process (a dask worker's) and kept."""
+    key = (model_path, device)
+    if key not in _MODELS:
+        from .inference import pick_device
+
+        m = load_model(model_path)
+        m.module.to(pick_device(device)).eval()
+        _MODELS[key] = m
+    return _MODELS[key]
+
+
+def _block_task(model_path: str, job: Job, block: Block, data: Any) -> BlockResult:
+    """One block on a dask worker."""
+    return drive(run_block(worker_model(model_path, job.device), job, block, data))
+
+
+def output_roles(model: SegModel, data: Any, rgb: bool | None = None) -> dict[str, np.dtype]:
+    """The arrays :func:`segment_blocks` writes: ``"classes"`` (label values) and/or ``"ids"`` (int32)."""
+    card = model.card
+    task = get_task(card.kind)
+    objects = isinstance(model.module, ObjectModel)
+    roles: dict[str, np.dtype] = {}
+    if not objects and task.gives_classes:
+        roles["classes"] = LabelMap(card.label_values).to_values(np.zeros(1, np.int64)).dtype
+    if objects or task.gives_ids:
+        roles["ids"] = np.dtype(np.int32)
+    return roles
+
+
+def segment_blocks(
+    model: SegModel,
+    data: Any,
+    outputs: dict[str, Any],
+    *,
+    block: int | tuple[int, ...] = BLOCK,
+    halo: int | tuple[int, ...] = HALO,
+    client: Any = None,
+    model_path: str | None = None,
+    skip: set[tuple[int, ...]] | None = None,
+    on_block: Any = None,
+    **settings: Any,
+) -> Work[dict[str, Any]]:
+    """Segment ``data`` (numpy, dask or zarr; axes as :func:`~.inference.segment` takes them) block by
+    block into ``outputs`` (``{role: array}`` for the roles of :func:`output_roles`, zarr or numpy).
+
+    Args:
+        block: Block edge per spatial axis (an int for all; for a 2D model over a volume, the Z edge too).
+        halo: Pixels around each core where objects are formed and matched (object models: use more
+            than the largest object).
+        client: A ``dask.distributed.Client``: run blocks as tasks there (needs ``model_path``).
+        skip: Blocks already written (resume; semantic outputs only).
+        on_block: Called with each block index once its core is written.
+        settings: ``rgb``, ``tile``, ``tile_z``, ``overlap``, ``batch_size``, ``device``, ``amp``.
+
+    Yields:
+        :class:`Progress` per block (and per batch of tiles when run here).
+
+    Returns:
+        ``outputs``, and ``"objects"``: the number of objects where there are ids.
+    """
+    job = make_job(model, data, **settings)
+    if job.volume and job.per_slice and isinstance(block, int):
+        block = (max(1, min(block, 64)), block, block)  # slices are cheap to read: thinner blocks
+    blocks = plan_blocks(job, block, halo)
+    if skip and job.wants_ids:
+        raise ValueError("Resuming applies to class labels only; object ids are stitched across all blocks.")
+    todo = [b for b in blocks if not skip or b.index not in skip]
+    stitch = Stitcher(outputs["ids"], {b.index: b.core for b in blocks}) if job.wants_ids else None
+
+    def take(b: Block, r: BlockResult) -> None:
+        if r.classes is not None:
+            outputs["classes"][b.core] = r.classes
+        if stitch is not None and r.ids is not None:
+            stitch.add(b.index, b.region, r.ids)
+        if on_block is not None:
+            on_block(b.index)
+
+    total = len(todo)
+    if client is None:
+        from .inference import pick_device
+
+        model.module.to(pick_device(job.device)).eval()
+        for k, b in enumerate(todo):
+            work = run_block(model, job, b, data)
+            while True:
+                try:
+                    p = next(work)
+                except StopIteration as stop:
+                    take(b, stop.value)
+                    break
+                yield Progress(k, total, f"block {k + 1}/{total} · {p.note}")
+            yield Progress(k + 1, total, f"block {k + 1}/{total}")
+    else:
+        yield from _on_cluster(client, model_path, job, todo, data, take)
+    result: dict[str, Any] = dict(outputs)
+    if stitch is not None:
+        result["objects"] = stitch.finish([b.index for b in blocks])
+    return result
+
+
+def _on_cluster(client: Any, model_path: str | None, job: Job, todo: list[Block], data: Any, take: Any) -> Work[None]:
+    from distributed import as_completed
+
+    if model_path is None:
+        raise ValueError("Running on a dask cluster needs the model's path (model_path), to load it on each worker.")
+    by_index = {b.index: b for b in todo}
+    window = 2 * max(1, len(client.scheduler_info().get("workers", {})))
+    src = data if isinstance(data, Source) else Source(data)
+    [data_f] = client.scatter([src], broadcast=True)
+    queue = iter(todo)
+    running = as_completed(
+        [client.submit(_block_task, model_path, job, b, data_f, pure=False) for b in itertools.islice(queue, window)]
+    )
+    for done, fut in enumerate(running, 1):
+        r = fut.result()
+        take(by_index[r.index], r)
+        fut.release()
+        nxt = next(queue, None)
+        if nxt is not None:
+            running.add(client.submit(_block_task, model_path, job, nxt, data_f, pure=False))
+        yield Progress(done, len(todo), f"block {done}/{len(todo)}")
+
+
+#: A lazy (dask or zarr) napari layer with more values than this is segmented block by block into zarr.
+BIG_LAYER_VALUES = 1 << 26
+
+
+def segment_to_zarr(model: SegModel, data: Any, folder: str | None = None, **settings: Any) -> Work[Any]:
+    """Segment a lazy array block by block into zarr arrays in ``folder`` (a new temporary folder by
+    default): what the Segment widget does with a big dask- or zarr-backed layer.
+
+    Returns:
+        A :class:`~.tasks.Segmentation` whose ``semantic`` / ``instances`` are the on-disk zarr arrays.
+    """
+    import tempfile
+
+    import zarr
+
+    from .tasks import Segmentation
+
+    where = folder or tempfile.mkdtemp(prefix="segsuite-")
+    axes = infer_axes(tuple(data.shape), settings.get("rgb"))
+    spatial = axes.spatial_shape(tuple(data.shape))
+    chunks = tuple(min(1024, n) for n in spatial)
+    outputs: dict[str, Any] = {
+        role: zarr.create_array(f"{where}/{role}.zarr", shape=spatial, chunks=chunks, dtype=dtype, fill_value=0)
+        for role, dtype in output_roles(model, data).items()
+    }
+    yield from segment_blocks(model, data, outputs, block=settings.pop("block", BLOCK), **settings)
+    return Segmentation(semantic=outputs.get("classes"), instances=outputs.get("ids"))
