@@ -26,6 +26,7 @@ p.add_argument("--seconds", type=float, default=600)
 p.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/isbi2012"))
 p.add_argument("--device", default="auto")
 p.add_argument("--model", default="unet")
+p.add_argument("--no-amp", action="store_true", help="train in float32 on CUDA (default: mixed precision)")
 args = p.parse_args()
 
 root = Path(args.data)
@@ -42,7 +43,7 @@ rows.append(("otsu threshold", 0.0, time.monotonic() - t0, semantic.metrics_from
 
 model = model_for_training(args.model, tr_i, tr_l)
 t0 = time.monotonic()
-res = drive(train(model, tr_i, tr_l, TrainConfig(time_budget=args.seconds, device=args.device)))
+res = drive(train(model, tr_i, tr_l, TrainConfig(time_budget=args.seconds, device=args.device, amp=not args.no_amp)))
 t_train = time.monotonic() - t0
 t0 = time.monotonic()
 m = drive(evaluate(res.model, te_i, te_l, device=args.device))

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -36,7 +37,9 @@ from napari_segsuite.sample_data import nuclei_3d
 from napari_segsuite.training import TrainConfig, train
 from napari_segsuite.workflows import evaluate, model_for_training
 
-ISBI = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "isbi2012"
+ISBI = Path(
+    os.environ.get("SEGSUITE_ISBI", Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "isbi2012")
+)
 
 
 def _isbi(lo: int, hi: int) -> tuple[list[np.ndarray], list[np.ndarray]]:

@@ -31,7 +31,9 @@ from napari_segsuite.tasks import IGNORE
 from napari_segsuite.training import TrainConfig, plan, train
 from napari_segsuite.workflows import model_for_training
 
-ISBI = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "isbi2012"
+ISBI = Path(
+    os.environ.get("SEGSUITE_ISBI", Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "isbi2012")
+)
 
 
 def load(model: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -44,18 +46,21 @@ def load(model: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
     return imgs, labs
 
 
-def bare_loop(model_name: str, images: list[np.ndarray], labels: list[np.ndarray], seconds: float) -> int:
+def bare_loop(
+    model_name: str, images: list[np.ndarray], labels: list[np.ndarray], seconds: float, device: str = "cpu"
+) -> int:
     """Steps a plain loop makes in ``seconds``: crops of the product's size, flips, Adam, cross-entropy."""
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     model = model_for_training(model_name, images, labels)
     cfg = TrainConfig()
     samples = prepare_samples(model, images, labels)
-    p = plan(model, samples, cfg)
+    dev = torch.device(device)
+    p = plan(model, samples, cfg, dev.type)
     samples = [pad_to(s, p.patch) for s in samples]  # as the product pads a volume thinner than the crop
     xs = [s.x for s in samples]
     ys = [s.truth.y for s in samples]
-    module = model.module.train()
+    module = model.module.to(dev).train()
     opt = torch.optim.Adam(module.parameters(), lr=1e-3)
     steps, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
@@ -71,20 +76,31 @@ def bare_loop(model_name: str, images: list[np.ndarray], labels: list[np.ndarray
                     x, y = x.flip(-ax), y.flip(-ax)
             bx.append(x)
             by.append(y)
-        loss = F.cross_entropy(module(torch.stack(bx)), torch.stack(by), ignore_index=IGNORE)
+        out = module(torch.stack(bx).to(dev, non_blocking=True))
+        loss = F.cross_entropy(out, torch.stack(by).to(dev, non_blocking=True), ignore_index=IGNORE)
         opt.zero_grad()
         loss.backward()
         opt.step()
         steps += 1
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
     return steps
 
 
-def product(model_name: str, images: list[np.ndarray], labels: list[np.ndarray], seconds: float) -> tuple[int, str]:
+def product(
+    model_name: str, images: list[np.ndarray], labels: list[np.ndarray], seconds: float, device: str = "cpu"
+) -> tuple[int, str]:
     torch.manual_seed(0)
     model = model_for_training(model_name, images, labels)
     with tempfile.TemporaryDirectory() as d:
         res = drive(
-            train(model, images, labels, TrainConfig(time_budget=seconds, epochs=10_000), checkpoint=Path(d) / "m")
+            train(
+                model,
+                images,
+                labels,
+                TrainConfig(time_budget=seconds, epochs=10_000, device=device),
+                checkpoint=Path(d) / "m",
+            )
         )
     t = res.model.card.training or {}
     shape = f"{t.get('batch_size')} x {'x'.join(map(str, t.get('patch', [])))}"
@@ -96,6 +112,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=60)
     ap.add_argument("--models", default="unet,unet-instance,unet3d")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (the bare loop in float32, the product as it trains)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -103,14 +120,15 @@ def main() -> int:
         print(f"ISBI data not found at {ISBI}", file=sys.stderr)
         return 1
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, {args.seconds:.0f} s each"
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, {args.device}, "
+        f"{args.seconds:.0f} s each"
     )
     print("| model | batch x crop | bare loop steps | steps/s | segsuite train steps | steps/s | ratio |")
     print("|---|---|---|---|---|---|---|")
     for name in args.models.split(","):
         images, labels = load(name)
-        n_bare = bare_loop(name, images, labels, args.seconds)
-        n_prod, shape = product(name, images, labels, args.seconds)
+        n_bare = bare_loop(name, images, labels, args.seconds, args.device)
+        n_prod, shape = product(name, images, labels, args.seconds, args.device)
         print(
             f"| {name} | {shape} | {n_bare} | {n_bare / args.seconds:.2f} | {n_prod} | "
             f"{n_prod / args.seconds:.2f} | {n_prod / max(n_bare, 1):.2f} |",
