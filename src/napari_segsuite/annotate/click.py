@@ -190,8 +190,7 @@ class AnnotationSession:
         inst = self.maps.instances
         if inst is None or self.labels[y, x] == self.active or not inst[y, x]:
             return False
-        mine = {int(inst[p]) for p in self.pos}
-        return int(inst[y, x]) not in mine and self.labels[y, x] != self.active
+        return int(inst[y, x]) not in {int(inst[p]) for p in self.pos}
 
     def _window(self, margin: float) -> Window:
         pts = np.array(self.pos + self.neg)

@@ -1,7 +1,8 @@
 """The *Annotate* dock widget: click or box objects into a Labels layer, from a model's maps or without one.
 
 Mouse (tool *Click*, on the canvas): a click adds the object under it (a new id) or, near the object
-being refined, adds to it; **Ctrl-click** (or a right click) says "not this": it takes away from the
+being refined, adds to it; **Shift-click** always adds to the object being refined (where the model
+sees another object); **Ctrl-click** (or a right click) says "not this": it takes away from the
 object being refined, or deletes the object under it when none is. Tool *Box*: draw a rectangle (a
 Shapes layer ``annotate boxes`` is made for it) and the objects inside it are added. Keys: **K** the
 click tool, **J** the box tool, **N** finish the object (the next click starts a new one); none of
@@ -46,8 +47,12 @@ def _maps_work(model: Any, plane: np.ndarray, rgb: bool) -> Any:
     return maps
 
 
+def _mods(event: Any) -> set[str]:
+    return {str(getattr(m, "name", m)).lower() for m in getattr(event, "modifiers", ())}
+
+
 def _is_negative(event: Any) -> bool:
-    mods = {str(getattr(m, "name", m)).lower() for m in getattr(event, "modifiers", ())}
+    mods = _mods(event)
     return "control" in mods or "ctrl" in mods or getattr(event, "button", 1) == 2
 
 
@@ -66,7 +71,7 @@ class AnnotateWidget(Container):
         self.finish_btn = PushButton(text="Finish object (N)")
         self.help = wrapped_label()
         self.help.value = (
-            "Click: add an object, or add to the one being refined; Ctrl-click (or right click): not this "
+            "Click: add an object, or add to the one being refined (Shift-click: always add to it); Ctrl-click (or right click): not this "
             "(deletes the object under it when none is being refined). Box: draw a rectangle. Keys: K click, "
             "J box, N finish the object. Undo: Ctrl-Z on the Labels layer."
         )
@@ -176,25 +181,32 @@ class AnnotateWidget(Container):
             moved = moved or bool(np.abs(np.asarray(event.position, float) - start).max() > 2)
             yield
         if not moved:
-            self.click_at_world(tuple(start), negative=_is_negative(event))
+            refine = True if "shift" in _mods(event) else None
+            self.click_at_world(tuple(start), negative=_is_negative(event), refine=refine)
 
     # --- clicks and boxes -----------------------------------------------------------------------
-    def click_at_world(self, position: tuple[float, ...], negative: bool = False) -> Edit | None:
-        """A click at a world ``position`` of the viewer (what a mouse press on the canvas gives)."""
+    def click_at_world(
+        self, position: tuple[float, ...], negative: bool = False, refine: bool | None = None
+    ) -> Edit | None:
+        """A click at a world ``position`` of the viewer (what a mouse press on the canvas gives);
+        ``refine=True`` (Shift-click) always adds to the object being refined."""
         labels = self.labels_layer.value
         if labels is None:
             return self.controls.refuse("Pick or make a Labels layer first.")
         coords = labels.world_to_data(position)
         z = int(round(float(coords[0]))) if labels.ndim == 3 else None
-        return self.click(float(coords[-2]), float(coords[-1]), negative=negative, z=z)
+        return self.click(float(coords[-2]), float(coords[-1]), negative=negative, z=z, refine=refine)
 
-    def click(self, y: float, x: float, negative: bool = False, z: int | None = None) -> Edit | None:
+    def click(
+        self, y: float, x: float, negative: bool = False, z: int | None = None, refine: bool | None = None
+    ) -> Edit | None:
         """A click at ``(y, x)`` of the labels (slice ``z`` of a volume); ``None`` while maps are computed."""
-        session = self._session(z, pending=("click", y, x, negative, z))
+        session = self._session(z, pending=("click", y, x, negative, z, refine))
         if session is None:
             return None
         try:
-            edit = session.add_click(y, x, positive=not negative)
+            new = None if refine is None else not refine
+            edit = session.add_click(y, x, positive=not negative, new_object=new)
         except ValueError as err:
             return self.controls.refuse(str(err))
         return self._write(edit, z)
