@@ -86,7 +86,9 @@ def test_clicks_ctrl_click_box_and_undo(dock):
     added = np.unique(labels.data[(labels.data > 0) & (before == 0)])
     assert len(added) >= 2 and (labels.data[60:, 60:] > 0).mean() > 0.15
     assert not len(shapes.data)  # the box is consumed
-    assert ((labels.data > 0) & (before == 0))[:60].sum() == 0 and ((labels.data > 0) & (before == 0))[:, :60].sum() == 0
+    assert ((labels.data > 0) & (before == 0))[:60].sum() == 0 and ((labels.data > 0) & (before == 0))[
+        :, :60
+    ].sum() == 0
     labels.undo()
     np.testing.assert_array_equal(labels.data, before)
 
@@ -113,3 +115,32 @@ def test_current_slice_of_a_volume_with_a_model(make_napari_viewer, qtbot):
     assert "Maps ready" in w.controls.status.value or labels.data.any()
     assert labels.data[z, y, x] == 1  # ...then the click is made, on this slice only
     assert not np.delete(labels.data, z, axis=0).any()
+
+
+@pytest.mark.screenshot
+def test_readme_screenshot(make_napari_viewer, qtbot):
+    """docs/screenshots/annotate.png: the dock on a laptop screen after a few clicks and a box."""
+    from pathlib import Path
+
+    viewer = make_napari_viewer(show=True)
+    viewer.open_sample("napari-segsuite", "nuclei2d")
+    _, w = viewer.window.add_plugin_dock_widget("napari-segsuite", "Annotate")
+    viewer.window._qt_window.resize(1366, 768)
+    image = viewer.layers["nuclei 2D"]
+    truth = viewer.layers["nuclei 2D ground truth (instances)"].data
+    for layer in list(viewer.layers):
+        if layer is not image:
+            viewer.layers.remove(layer)
+    w.image.value = image
+    labels = w.new_labels()
+    w.tool.value = "click"
+    for i in np.argsort(-np.bincount(truth.ravel()))[:6]:
+        if i:
+            w.finish()
+            _press(viewer, _centre(truth == i))
+    w.box(150, 150, 250, 250)
+    w.tool.value = "click"
+    assert len(np.unique(labels.data)) > 6
+    qtbot.wait(50)
+    docs = Path(__file__).parents[2] / "docs" / "screenshots"
+    assert viewer.screenshot(str(docs / "annotate.png"), canvas_only=False).shape[:2] == (768, 1366)

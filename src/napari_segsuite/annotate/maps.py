@@ -65,8 +65,7 @@ def _grey(plane: np.ndarray, rgb: bool | None) -> np.ndarray:
         arr = arr[..., :3].astype(np.float32).mean(-1)
     if arr.ndim != 2:
         raise ValueError(
-            f"Annotation works on one 2D plane, (Y, X) or (Y, X, 3); got shape {arr.shape}. "
-            "Pass one slice of a volume."
+            f"Annotation works on one 2D plane, (Y, X) or (Y, X, 3); got shape {arr.shape}. Pass one slice of a volume."
         )
     return arr.astype(np.float32)
 

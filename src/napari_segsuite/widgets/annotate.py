@@ -23,7 +23,7 @@ from ..annotate import AnnotationSession, Edit, PlaneMaps, compute_maps
 from ..annotate.maps import classical_maps
 from ..model_files import load_model
 from ..store import list_models
-from ._common import RunControls, row, scroll_above, wrapped_label
+from ._common import RunControls, scroll_above, wrapped_label
 from ._events import on_models_changed
 from ._layers import layer_choices
 from ._sections import collapsible
@@ -67,7 +67,8 @@ class AnnotateWidget(Container):
         self.model = ComboBox(label="Model", choices=_model_choices, tooltip="Where objects come from")
         self.model.native.setSizeAdjustPolicy(self.model.native.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.model.native.setMinimumContentsLength(20)
-        self.tool = RadioButtons(label="Tool", choices=TOOLS, value="off", orientation="horizontal")
+        self.tool = RadioButtons(label="Tool", choices=TOOLS, orientation="horizontal")
+        self.tool.value = "off"
         self.finish_btn = PushButton(text="Finish object (N)")
         self.help = wrapped_label()
         self.help.value = (
@@ -76,13 +77,15 @@ class AnnotateWidget(Container):
             "J box, N finish the object. Undo: Ctrl-Z on the Labels layer."
         )
         self.controls = RunControls("Compute maps", self.compute)
-        self.form = Container(widgets=[self.image, row(self.labels_layer, self.new_labels_btn), self.model])
+        self.form = Container(widgets=[self.image, self.labels_layer, self.new_labels_btn, self.model])
         self.tools = Container(widgets=[self.tool, self.finish_btn, self.help])
-        self.sections = Container(widgets=[], labels=False)
+        self.sections: Container = Container(widgets=[], labels=False)
         self.sections.margins = (0, 0, 0, 0)
         super().__init__(widgets=[self.controls], labels=False)
         body = Container(widgets=[self.form, self.sections], labels=False)
-        self.scroll = scroll_above(self, body, min_height=160, expand=False)
+        # three docks share a laptop screen: the form may scroll down to a few lines, the run row stays
+        self.margins = (4, 0, 4, 0)
+        self.scroll = scroll_above(self, body, min_height=12)
         self.add_section("Click and box", self.tools)
         self._maps: dict[tuple, PlaneMaps] = {}
         self._models: dict[str, Any] = {}
@@ -120,7 +123,8 @@ class AnnotateWidget(Container):
         """A new, empty int32 Labels layer the size of the image, chosen as the target."""
         image = self.image.value
         if image is None:
-            return self.controls.refuse("Open an image first: there is no image layer to annotate.")
+            self.controls.refuse("Open an image first: there is no image layer to annotate.")
+            return None
         shape = image.data.shape[:-1] if image.rgb else image.data.shape
         layer = self._viewer.add_labels(
             np.zeros(shape, np.int32), name=f"{image.name} annotations", scale=image.scale, translate=image.translate
@@ -148,7 +152,8 @@ class AnnotateWidget(Container):
     def _boxes_layer(self) -> Any:
         labels = self.labels_layer.value
         if labels is None:
-            return self.controls.refuse("Pick or make a Labels layer first.")
+            self.controls.refuse("Pick or make a Labels layer first.")
+            return None
         if BOXES in self._viewer.layers:
             return self._viewer.layers[BOXES]
         shapes = self._viewer.add_shapes(
@@ -192,7 +197,8 @@ class AnnotateWidget(Container):
         ``refine=True`` (Shift-click) always adds to the object being refined."""
         labels = self.labels_layer.value
         if labels is None:
-            return self.controls.refuse("Pick or make a Labels layer first.")
+            self.controls.refuse("Pick or make a Labels layer first.")
+            return None
         coords = labels.world_to_data(position)
         z = int(round(float(coords[0]))) if labels.ndim == 3 else None
         return self.click(float(coords[-2]), float(coords[-1]), negative=negative, z=z, refine=refine)
@@ -208,7 +214,8 @@ class AnnotateWidget(Container):
             new = None if refine is None else not refine
             edit = session.add_click(y, x, positive=not negative, new_object=new)
         except ValueError as err:
-            return self.controls.refuse(str(err))
+            self.controls.refuse(str(err))
+            return None
         return self._write(edit, z)
 
     def box(self, y0: float, x0: float, y1: float, x1: float, z: int | None = None) -> Edit | None:
@@ -219,7 +226,8 @@ class AnnotateWidget(Container):
         try:
             edit = session.box(y0, x0, y1, x1)
         except ValueError as err:
-            return self.controls.refuse(str(err))
+            self.controls.refuse(str(err))
+            return None
         return self._write(edit, z)
 
     def finish(self) -> None:
@@ -246,13 +254,15 @@ class AnnotateWidget(Container):
     def _session(self, z: int | None, pending: tuple) -> AnnotationSession | None:
         image, labels = self.image.value, self.labels_layer.value
         if image is None or labels is None:
-            return self.controls.refuse("Pick an image and a Labels layer (or make one) first.")
+            self.controls.refuse("Pick an image and a Labels layer (or make one) first.")
+            return None
         spatial = image.data.shape[:-1] if image.rgb else image.data.shape
         if tuple(spatial) != tuple(labels.data.shape):
-            return self.controls.refuse(
+            self.controls.refuse(
                 f"Labels '{labels.name}' are {labels.data.shape} but image '{image.name}' is {tuple(spatial)}; "
                 "pick the labels that belong to this image."
             )
+            return None
         key = (id(image), id(labels), z, self.model.value)
         maps = self._maps.get((id(image), z, self.model.value))
         if maps is None:
@@ -284,7 +294,8 @@ class AnnotateWidget(Container):
         """Compute the model's maps of the current image (its current slice) in a worker; returns it."""
         image, path = self.image.value, self.model.value
         if image is None:
-            return self.controls.refuse("Open an image first: there is no image layer to annotate.")
+            self.controls.refuse("Open an image first: there is no image layer to annotate.")
+            return None
         if not path:
             self.controls.status.value = "No model: clicks use the image itself (nothing to compute)."
             return None
