@@ -14,7 +14,7 @@ def test_manifest_validates_with_imports():
     from npe2 import PluginManifest
 
     manifest = PluginManifest.from_distribution("napari-segsuite")
-    assert {w.display_name for w in manifest.contributions.widgets} == {"Segment", "Fine-tune"}
+    assert {w.display_name for w in manifest.contributions.widgets} == {"Segment", "Fine-tune", "Annotate"}
     assert {s.key for s in manifest.contributions.sample_data} == {"nuclei2d", "nuclei3d", "scene_rgb"}
     manifest.validate_imports()
 

@@ -41,7 +41,7 @@ def _save(model, name):
 def test_all_docks_fit_a_laptop_screen(make_napari_viewer, qtbot):
     from qtpy.QtCore import QPoint
 
-    viewer, docks = _laptop_viewer(make_napari_viewer, qtbot, "Segment", "Fine-tune")
+    viewer, docks = _laptop_viewer(make_napari_viewer, qtbot, "Segment", "Fine-tune", "Annotate")
     window = viewer.window._qt_window
     assert window.minimumSizeHint().height() <= SCREEN[1], window.minimumSizeHint()
     assert window.height() <= SCREEN[1]
