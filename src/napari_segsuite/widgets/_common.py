@@ -92,7 +92,11 @@ class RunControls(Container):
     ) -> Any:
         """Run generator function ``work(*args)`` in a thread worker; Cancel calls ``on_cancel`` or quits it."""
         guard_triton()
-        worker = create_worker(work, *args, _start_thread=False)
+        # errors reported once, by _on_error: not re-raised in the main thread, nor relayed by napari's worker
+        worker = create_worker(work, *args, _start_thread=False, _ignore_errors=True)
+        relay = getattr(worker, "_relay_error", None)
+        if relay is not None:
+            worker.errored.disconnect(relay)
         worker.yielded.connect(on_yield)
         worker.returned.connect(on_done)
         worker.errored.connect(self._on_error)
