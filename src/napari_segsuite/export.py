@@ -165,8 +165,9 @@ def _quiet() -> Iterator[None]:
 def _bigger(x: np.ndarray, steps: tuple[int, ...]) -> np.ndarray:
     """A second input one step larger on every spatial axis (reflected), to check an export is not tied to one size."""
     pads = [(0, 0), (0, 0), *((0, s) for s in steps)]
-    mode = "reflect" if all(s < n for s, n in zip(steps, x.shape[2:])) else "edge"
-    return np.ascontiguousarray(np.pad(x, pads, mode=mode))
+    if all(s < n for s, n in zip(steps, x.shape[2:])):
+        return np.ascontiguousarray(np.pad(x, pads, mode="reflect"))
+    return np.ascontiguousarray(np.pad(x, pads, mode="edge"))
 
 
 def _checked(name: str, fmt: str, diff: float) -> float:

@@ -3,6 +3,7 @@ layout that keeps a dock within a laptop screen."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
@@ -94,9 +95,8 @@ class RunControls(Container):
         guard_triton()
         # errors reported once, by _on_error: not re-raised in the main thread, nor relayed by napari's worker
         worker = create_worker(work, *args, _start_thread=False, _ignore_errors=True)
-        relay = getattr(worker, "_relay_error", None)
-        if relay is not None:
-            worker.errored.disconnect(relay)
+        with contextlib.suppress(AttributeError, TypeError, RuntimeError):  # connected in some napari versions
+            worker.errored.disconnect(worker._relay_error)
         worker.yielded.connect(on_yield)
         worker.returned.connect(on_done)
         worker.errored.connect(self._on_error)
