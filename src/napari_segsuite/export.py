@@ -237,8 +237,8 @@ def write_onnx(model: SegModel, path: str | Path, x: np.ndarray) -> float:
         Path(path).unlink(missing_ok=True)
         raise ValueError(
             f"'{model.name}' ({model.card.architecture}) cannot be exported to ONNX: "
-            f"{' '.join(str(err).split())[:200]}. Export it as TorchScript (--format torchscript) or share it "
-            "as a .segsuite.zip (segsuite models --export)."
+            f"{' '.join(str(err).split())[:200]}. Try TorchScript (--format torchscript), or share it as a "
+            ".segsuite.zip (segsuite models --export), which always works."
         ) from None
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     diff = 0.0

@@ -272,7 +272,8 @@ def write_package(
                 )
             ),
         )
-        _replace(out, overwrite)
+        if out.exists() and not overwrite:
+            raise ValueError(f"{str(out)!r} exists already; add --overwrite to replace it (nothing was written).")
         tmp_out = out.with_name(f".{out.name}.tmp")
         shutil.rmtree(tmp_out, ignore_errors=True)
         tmp_out.unlink(missing_ok=True)
@@ -282,7 +283,7 @@ def write_package(
             spec.save_bioimageio_package_as_folder(descr, output_path=tmp_out)
         try:
             check_package(tmp_out, run_test=run_test)
-            _replace(out, True)
+            _replace(out)
             tmp_out.rename(out)
         finally:
             shutil.rmtree(tmp_out, ignore_errors=True) if tmp_out.is_dir() else tmp_out.unlink(missing_ok=True)
@@ -299,10 +300,9 @@ def _name(text: str) -> str:
     return (cleaned if len(cleaned) >= 5 else f"{cleaned} model")[:128]
 
 
-def _replace(out: Path, overwrite: bool) -> None:
+def _replace(out: Path) -> None:
+    """Remove the package ``out`` that a new, checked one replaces."""
     if out.exists():
-        if not overwrite:
-            raise ValueError(f"{str(out)!r} exists already; add --overwrite to replace it (nothing was written).")
         shutil.rmtree(out) if out.is_dir() else out.unlink()
 
 
