@@ -23,6 +23,6 @@ fi
 PIP="$VENV/bin/pip"
 # torch first and pinned: constraints.txt keeps every later install on these exact builds.
 "$PIP" install -q -c constraints.txt torch torchvision
-"$PIP" install -q -c constraints.txt -e ".[test,qt,big]"
+"$PIP" install -q -c constraints.txt -e ".[test,qt,big,export]"
 "$VENV/bin/npe2" validate napari-segsuite --imports >/dev/null
 echo "setup: ready ($VENV)"

@@ -19,7 +19,7 @@ AFFINE = np.array([[0, 0, -1.2, 5], [0, 0.5, 0, -2], [0.5, 0, 0, 1], [0, 0, 0, 1
 def test_manifest_contributes_reader_writer_and_segment_menu():
     from npe2 import PluginManifest
 
-    m = PluginManifest.from_file(ROOT / "napari.yaml")
+    m = PluginManifest.from_file(ROOT / "src" / "napari_segsuite" / "napari.yaml")
     assert {"*.nii", "*.nii.gz", "*.ome.tif"} <= set(m.contributions.readers[0].filename_patterns)
     writer = m.contributions.writers[0]
     assert writer.layer_types == ["labels"] and {".tif", ".nii", ".nii.gz"} <= set(writer.filename_extensions)

@@ -4,4 +4,9 @@ The compute code (``models``, ``tasks``, ``inference``, ``training``, ``io``) ne
 napari; ``widgets`` and ``cli`` are thin front ends over it.
 """
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("napari-segsuite")  # set from the git tag at build time (setuptools_scm)
+except PackageNotFoundError:  # run from a source tree that was never installed
+    __version__ = "0.1.0"

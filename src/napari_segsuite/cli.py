@@ -140,6 +140,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from .inference import pick_device, segment
     from .io import list_images, read_image_info, write_labels, write_objects_table
     from .model_files import load_model
+    from .rois import check_rois, object_names, write_rois
     from .store import resolve_trained
 
     check_tile(args.tile)
@@ -150,6 +151,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         return segment_big(args, model, model_path)
     files = list_images(args.input)
     planned = segment_outputs(model, files, args.output, overwrite=args.overwrite or args.resume)
+    rois = check_rois(model, files, [p[0] for p in planned.values()], overwrite=args.overwrite) if args.rois else None
     if args.resume:  # outputs are written whole (atomically): one that exists is finished
         files = [f for f in files if not all(p.exists() for p in planned[f] if p is not None)]
         print(f"{len(planned) - len(files)} of {len(planned)} images done already", file=sys.stderr)
@@ -161,6 +163,11 @@ def cmd_segment(args: argparse.Namespace) -> int:
         seg = _run(segment(model, info.data, tile=args.tile, device=args.device, tta=args.tta), f.name)
         labels_path, ids_path, table_path = planned[f]
         print(write_labels(labels_path, seg.labels, like=info))
+        if rois is not None and seg.instances is not None:
+            print(
+                write_rois(rois[labels_path], seg.instances, object_names(seg.features))
+                or f"{f.name}: no objects, no ROIs"
+            )
         if ids_path is not None and seg.semantic is not None and seg.instances is not None:
             print(write_labels(ids_path, seg.instances, like=info))  # panoptic: the objects beside the classes
         if table_path is not None and seg.features is not None:
@@ -191,6 +198,34 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     else:
         for key, value in metrics.items():
             print(f"{key:<16} {value}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export
+
+    sample = None
+    if args.sample:
+        from .io import read_image_info
+
+        sample = read_image_info(args.sample).data
+    package = {"authors": args.author, "license": args.license, "run_test": not args.no_test}
+    result = export(
+        args.model,
+        args.format,
+        args.out,
+        overwrite=args.overwrite,
+        sample=sample,
+        **(package if args.format == "bioimageio" else {}),
+    )
+    print(result.summary())
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from .store import import_model
+
+    print(import_model(args.file, name=args.name))
     return 0
 
 
@@ -332,7 +367,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="replace label files already in --output (an input image is never replaced)",
     )
     add_big_flags(s)
+    s.add_argument(
+        "--rois",
+        action="store_true",
+        help="instance models: also write an ImageJ/Fiji ROI set (NAME_rois.zip, one polygon per object) beside the labels",
+    )
     s.set_defaults(func=cmd_segment)
+
+    s = sub.add_parser("export", help="export a trained model as a bioimage.io package, ONNX or TorchScript")
+    s.add_argument("--model", required=True, help="trained model name or path (or a bioimage.io package of ours)")
+    s.add_argument("--format", required=True, choices=["bioimageio", "onnx", "torchscript"])
+    s.add_argument("--out", required=True, help="file (onnx, torchscript), or folder or .zip file (bioimageio)")
+    s.add_argument("--sample", default=None, help="an image to check the export on and make the test tensors from")
+    s.add_argument("--author", action="append", help="bioimageio: an author's name, repeatable (default: your login)")
+    s.add_argument("--license", default="CC-BY-4.0", help="bioimageio: SPDX licence of the weights (default CC-BY-4.0)")
+    s.add_argument("--no-test", action="store_true", help="bioimageio: validate only, skip bioimage.io's model test")
+    s.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    s.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("import", help="add a model (.segsuite.zip or a bioimage.io package of ours) to the store")
+    s.add_argument("file", help="the .segsuite.zip, or the bioimage.io package (folder or .zip)")
+    s.add_argument("--name", default=None, help="name in the store (default: the model's own)")
+    s.set_defaults(func=cmd_import)
 
     s = sub.add_parser("evaluate", help="score a trained model against label images")
     s.add_argument("--model", required=True)

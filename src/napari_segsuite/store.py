@@ -93,9 +93,11 @@ def resolve_trained(spec: str) -> Path:
     Raises:
         FileNotFoundError: ``spec`` is neither; the message lists the stored models.
     """
-    if is_model_path(spec):
+    if is_model_path(spec):  # a model folder, or an unzipped bioimage.io package of ours (the same two files)
         p = Path(spec)
         return p.parent if p.is_file() else p
+    if str(spec).endswith(".zip") and Path(spec).is_file():
+        return _unpacked(Path(spec))
     hit = find(spec)
     if hit is not None:
         return hit.path
@@ -108,6 +110,24 @@ def resolve_trained(spec: str) -> Path:
             f"or pick a trained model: {names}."
         )
     raise FileNotFoundError(f"No trained model at or named {spec!r}. Stored models: {names}.")
+
+
+def _unpacked(file: Path) -> Path:
+    """The model inside a ``.segsuite.zip`` or a zipped bioimage.io package of ours, copied out (only its
+    ``model.json`` and ``model.safetensors``) to a temporary folder removed when the program ends."""
+    import atexit
+    import shutil
+    import tempfile
+    import zipfile
+
+    from .export_bioimageio import package_to_folder
+
+    tmp = Path(tempfile.mkdtemp(prefix=".segsuite-zip-"))
+    atexit.register(shutil.rmtree, tmp, True)
+    try:
+        return package_to_folder(file, tmp / safe_name(file.name.split(".")[0]))
+    except zipfile.BadZipFile:
+        raise ValueError(f"{file.name!r} is not a model (not a zip file).") from None
 
 
 def safe_name(name: str) -> str:
@@ -218,8 +238,8 @@ def export_model(spec: str, dest: str | Path, *, overwrite: bool = False) -> Pat
 def import_model(file: str | Path, name: str | None = None) -> Path:
     """Add a model exported by :func:`export_model` to the store (under a fresh name) and check it loads.
 
-    Only the two expected members are read (JSON and safetensors, never unpickled); anything else in
-    the archive is ignored.
+    Also takes a bioimage.io package exported by napari-segsuite (folder or zip). Only the two expected
+    members are read (JSON and safetensors, never unpickled); anything else in the archive is ignored.
 
     Raises:
         ValueError: the file is not an exported model, or its weights do not fit its card.
@@ -228,9 +248,16 @@ def import_model(file: str | Path, name: str | None = None) -> Path:
     import tempfile
     import zipfile
 
-    from .model_files import load_model
-
     file = Path(file)
+    if file.is_dir():  # an unzipped bioimage.io package of ours
+        if not is_model_path(file) or not (file / WEIGHTS_FILE).is_file():
+            raise ValueError(f"{file.name!r} holds no napari-segsuite model ({CARD_FILE} and {WEIGHTS_FILE}).")
+        card = read_card(file)
+        target = new_model_path(name or card.name or file.name)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        for member in (CARD_FILE, WEIGHTS_FILE):
+            shutil.copyfile(file / member, tmp / member)
+        return _finish_import(file, tmp, target, card)
     try:
         with zipfile.ZipFile(file) as z:
             members = set(z.namelist())
@@ -250,6 +277,15 @@ def import_model(file: str | Path, name: str | None = None) -> Path:
                     shutil.copyfileobj(src, dst)
     except zipfile.BadZipFile:
         raise ValueError(f"{file.name!r} is not an exported model (not a zip file).") from None
+    return _finish_import(file, tmp, target, card)
+
+
+def _finish_import(file: Path, tmp: Path, target: Path, card: ModelCard) -> Path:
+    """Check the copied model loads, then give it its store name and move it into place."""
+    import shutil
+
+    from .model_files import load_model
+
     try:
         load_model(tmp)
     except (ValueError, KeyError) as err:

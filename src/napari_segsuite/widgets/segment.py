@@ -35,6 +35,31 @@ def _fits(m: StoredModel, image: Any) -> bool:
     return channel_conversion(m.card.in_channels, shape, rgb) is None and (m.card.spatial_dims == 2 or volume)
 
 
+#: The Export dialog's file types: (filter, format); the segsuite zip needs no worker.
+EXPORT_FILTERS = [
+    ("segsuite models (*.segsuite.zip)", "segsuite"),
+    ("bioimage.io package (*.zip)", "bioimageio"),
+    ("ONNX (*.onnx)", "onnx"),
+    ("TorchScript (*.pt)", "torchscript"),
+]
+
+
+def _export_work(path: str, fmt: str, dest: str) -> Any:
+    from ..export import export
+    from ..progress import Progress
+
+    yield Progress(0, 1, f"Exporting as {fmt} and checking it against PyTorch...")
+    return export(path, fmt, dest, overwrite=True)
+
+
+def _rois_work(labels: Any, dest: str, names: Any) -> Any:
+    from ..progress import Progress
+    from ..rois import write_rois
+
+    yield Progress(0, 1, "Tracing the objects' outlines...")
+    return write_rois(dest, np.asarray(labels), names)
+
+
 def _segment_work(path: str, data: Any, rgb: bool, tile: int, device: str, z: int | None = None) -> Any:
     """In the worker: copy the layer's data (slice ``z`` of it), segment, and make the result layers
     ready (:func:`prepare_result`), so the GUI thread only adds them."""
@@ -82,6 +107,9 @@ class SegmentWidget(Container):
             label="Device", choices=DEVICES, value="auto", tooltip="auto: CUDA GPU, then Apple GPU, then CPU"
         )
         self.current_slice = CheckBox(text="Only the current slice (volumes)", value=False)
+        self.rois_btn = PushButton(
+            text="Save ROIs…", tooltip="Write the selected objects layer as an ImageJ/Fiji ROI set (.zip)"
+        )
         self.controls = RunControls("Segment", self.run)
         self.rename_btn = PushButton(text="Rename…")
         self.delete_btn = PushButton(text="Delete…")
@@ -93,7 +121,15 @@ class SegmentWidget(Container):
             labels=False,
         )
         self.form = Container(
-            widgets=[self.image, self.model, self.info, store_row, self.tile, self.device, self.current_slice]
+            widgets=[
+                self.image,
+                self.model,
+                self.info,
+                store_row,
+                self.tile,
+                self.device,
+                Container(widgets=[self.current_slice, self.rois_btn], layout="horizontal", labels=False),
+            ]
         )
         # short enough for any screen (about 300 px): no scroll area; the run controls sit under the form
         super().__init__(widgets=[self.form, self.controls], labels=False)
@@ -107,6 +143,7 @@ class SegmentWidget(Container):
         self.delete_btn.changed.connect(lambda _=None: self.delete_selected(confirm=self._confirm))
         self.export_btn.changed.connect(lambda _=None: self._ask_export())
         self.import_btn.changed.connect(lambda _=None: self._ask_import())
+        self.rois_btn.changed.connect(lambda _=None: self._ask_rois())
         for ev in (viewer.layers.events.inserted, viewer.layers.events.removed):
             ev.connect(lambda _=None: self.image.reset_choices())
         on_models_changed(self, self._on_models_changed)
@@ -253,13 +290,59 @@ class SegmentWidget(Container):
         self.controls.status.value = f"Deleted '{m.name}'."
         return True
 
-    def export_selected(self, dest: str | Path) -> Path | None:
+    def export_selected(self, dest: str | Path, fmt: str = "segsuite") -> Any:
+        """Export the selected model: a ``.segsuite.zip`` at once (returns the file), or a bioimage.io
+        package, ONNX or TorchScript file in a worker (returns the worker)."""
         if self._selected() is None:
             self.controls.refuse("Pick a trained model first.")
             return None
+        if fmt != "segsuite":
+            from ..export import check_exportable
+
+            try:
+                check_exportable(self._selected_model(), fmt)
+            except ValueError as err:
+                return self.controls.refuse(str(err))
+            done = lambda r: self.controls.status.__setattr__("value", f"Exported: {r.summary()}")  # noqa: E731
+            return self.controls.launch(
+                _export_work, self.model.value, fmt, str(dest), on_yield=self._progress, on_done=done
+            )
         out = export_model(self.model.value, dest)
         self.controls.status.value = f"Exported to {out}"
         return out
+
+    def _selected_model(self) -> Any:
+        from types import SimpleNamespace
+
+        m = self._selected()
+        return SimpleNamespace(name=m.name, card=m.card)
+
+    def _progress(self, p: Any) -> None:
+        self.controls.show_progress(p.step, p.total, p.note)
+
+    def objects_layer(self) -> Any:
+        """The Labels layer whose ROIs *Save ROIs* writes: the selected one, else the newest objects result."""
+        active = self._viewer.layers.selection.active
+        if isinstance(active, napari.layers.Labels):
+            return active
+        results = [la for la in self._viewer.layers if isinstance(la, napari.layers.Labels)]
+        return results[-1] if results else None
+
+    def save_rois(self, dest: str | Path) -> Any:
+        """Write the objects of :meth:`objects_layer` as an ImageJ ROI set in a worker (returns it)."""
+        layer = self.objects_layer()
+        if layer is None:
+            return self.controls.refuse("Segment with an instance model first: there is no Labels layer to outline.")
+        from ..rois import object_names
+
+        feats = layer.features
+        names = object_names({k: feats[k].to_numpy() for k in feats.columns}) if len(feats) else None
+        done = lambda p: self.controls.status.__setattr__(  # noqa: E731
+            "value", f"Saved ROIs of '{layer.name}' to {p}" if p else f"'{layer.name}' holds no object: no ROIs."
+        )
+        return self.controls.launch(
+            _rois_work, layer_data(layer), str(dest), names, on_yield=self._progress, on_done=done
+        )
 
     def import_file(self, file: str | Path) -> Path | None:
         try:
@@ -294,11 +377,20 @@ class SegmentWidget(Container):
         if m is None:
             self.controls.refuse("Pick a trained model first.")
             return
-        dest, _ = QFileDialog.getSaveFileName(
-            self.native, "Export model", f"{m.name}.segsuite.zip", "segsuite models (*.segsuite.zip)"
+        dest, chosen = QFileDialog.getSaveFileName(
+            self.native, "Export model", f"{m.name}.segsuite.zip", ";;".join(f for f, _ in EXPORT_FILTERS)
         )
         if dest:
-            self.export_selected(dest)
+            self.export_selected(dest, dict(EXPORT_FILTERS).get(chosen, "segsuite"))
+
+    def _ask_rois(self) -> None:
+        from qtpy.QtWidgets import QFileDialog
+
+        layer = self.objects_layer()
+        name = f"{layer.name if layer is not None else 'objects'}_rois.zip".replace(" · ", "_")
+        dest, _ = QFileDialog.getSaveFileName(self.native, "Save ROIs (ImageJ/Fiji)", name, "ROI sets (*.zip)")
+        if dest:
+            self.save_rois(dest)
 
     def _ask_import(self) -> None:
         from qtpy.QtWidgets import QFileDialog
