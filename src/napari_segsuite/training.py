@@ -52,7 +52,8 @@ class TrainConfig:
             the model's default (32).
         lr: Peak learning rate (AdamW; linear warm-up then cosine decay over whichever of the epoch
             limit and the time budget binds first); ``None``: the model's own default (2e-3 for most).
-        patience: Epochs without validation improvement before stopping early (0: never).
+        patience: Epochs without validation improvement before stopping early (0: never); under a time
+            budget not before half of it has passed (:data:`EARLY_STOP_AFTER`).
         val_fraction: Share of images (or slices) held out; with one image, a slab at one end of it
             that holds the classes the rest does (:func:`~.samples.split_samples`).
         augment: Random flips, 90-degree rotations, scaling, elastic deformation (2D), gamma, gain and
@@ -100,6 +101,9 @@ class TrainConfig:
     ignore_value: int | None = None
     pretrain: float = 0.0
 
+
+#: Under a time budget, early stopping waits until this share of the budget has passed.
+EARLY_STOP_AFTER = 0.5
 
 #: Under a time budget, validation takes at most this share of the time (it is skipped at the end of
 #: an epoch until enough training time has passed since the last one).
@@ -335,8 +339,11 @@ def train(
                 + (" (best)" if improved else ""),
                 {k2: v for k2, v in row.items() if isinstance(v, float)},
             )
-            # no early stop while nothing was learnt yet (a score of 0: e.g. no object found so far)
-            if cfg.patience and best_iou > 0 and epoch - best_epoch >= cfg.patience and stopped == "epochs":
+            # no early stop while nothing was learnt yet (a score of 0: e.g. no object found so far), nor
+            # in the first half of a time budget: a model that finds only the background can hold the best
+            # score for many epochs before it learns rare classes, and the user has given the time
+            early_ok = best_iou > 0 and (not budget or time.monotonic() - t0 >= EARLY_STOP_AFTER * budget)
+            if cfg.patience and early_ok and epoch - best_epoch >= cfg.patience and stopped == "epochs":
                 stopped = "early stopping"
     finally:
         batches.close()

@@ -194,3 +194,28 @@ def test_no_early_stop_before_anything_was_learnt():
     result = drive(train(model, [s["image"]], [s["instances"]], cfg))
     assert result.model.card.metrics["score"] == 0.0
     assert result.stopped == "epochs" and len(result.history) == 4
+
+
+def test_early_stopping_waits_for_half_the_time_budget(monkeypatch):
+    """A validation score that never improves (a model finding only the background can hold the best
+    score for many epochs before it learns a rare class): with epochs alone training stops after
+    `patience` epochs; under a time budget it goes on until half the budget has passed."""
+    from napari_segsuite import training
+
+    monkeypatch.setattr(training, "VAL_SHARE", 1.0)  # validate after every epoch
+    monkeypatch.setattr(training, "evaluate_samples", lambda *a, **k: {"score": 0.5, "loss": 1.0})
+    images, labels = _nuclei([0, 1])
+    cfg = {
+        "epochs": 5,
+        "steps_per_epoch": 1,
+        "patch_size": 64,
+        "batch_size": 2,
+        "patience": 1,
+        "calibrate": False,
+        "prefetch": False,
+    }
+    by_epochs = drive(train(new_model("unet", label_values=[0, 1], depth=2), images, labels, TrainConfig(**cfg)))
+    assert by_epochs.stopped == "early stopping" and len(by_epochs.history) == 2
+    budgeted = TrainConfig(**cfg, time_budget=3600)
+    by_time = drive(train(new_model("unet", label_values=[0, 1], depth=2), images, labels, budgeted))
+    assert by_time.stopped == "epochs" and len(by_time.history) == 5
