@@ -256,3 +256,31 @@ class Prefetch:
                     self._queue.get(timeout=0.05)
             self._thread.join(timeout=1)
         self._pending.clear()
+
+
+class Batches:
+    """Batches from several makers, each in a :class:`Prefetch` thread of its own, taken in turn (so
+    seeded makers give the same batches in the same order every run). One maker: one thread, as
+    :class:`Prefetch`. For GPUs, whose steps outrun one CPU thread's crops and augmentation."""
+
+    def __init__(self, makers: list[Callable[[], Batch]], depth: int = 2, *, enabled: bool = True) -> None:
+        self._parts = [Prefetch(m, depth, enabled=enabled) for m in makers]
+        self._turn = 0
+
+    def next(self) -> Batch:
+        batch = self._parts[self._turn].next()
+        self._turn = (self._turn + 1) % len(self._parts)
+        return batch
+
+    def close(self) -> None:
+        for part in self._parts:
+            part.close()
+
+
+def batch_threads(device_type: str, cpus: int | None = None) -> int:
+    """Threads making batches: one on the CPU (the cores train), up to four beside a GPU."""
+    import os
+
+    if device_type == "cpu":
+        return 1
+    return max(1, min(4, (cpus or os.cpu_count() or 2) // 2))

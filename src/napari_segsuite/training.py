@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .augment import ClassIndex, Prefetch, crop_batch
+from .augment import Batches, ClassIndex, batch_threads, crop_batch
 from .averaging import WeightAverage
 from .checks import check_learnable, check_train_config
 from .evaluation import calibrate_inference, evaluate_samples
@@ -246,9 +246,14 @@ def train(
     scored = model if average is None else SegModel(average.module, card)  # what validation scores and keeps
     noise = torch.Generator().manual_seed(cfg.seed)
     index = ClassIndex.of(train_s, np.random.default_rng(cfg.seed + 1))
-    batches = Prefetch(
-        lambda: crop_batch(train_s, patch, batch_size, rng, cfg.augment, noise, index), enabled=cfg.prefetch
-    )
+    threads = batch_threads(device.type)
+    makers = [lambda: crop_batch(train_s, patch, batch_size, rng, cfg.augment, noise, index)]
+    for k in range(1, threads):  # more threads beside a GPU, each with generators of its own
+        rng_k, noise_k = np.random.default_rng([cfg.seed, k]), torch.Generator().manual_seed(cfg.seed * 1000 + k)
+        makers.append(
+            lambda r=rng_k, g=noise_k: crop_batch(train_s, patch, batch_size, r, cfg.augment, g, index)  # type: ignore[misc]
+        )
+    batches = Batches(makers, enabled=cfg.prefetch)
     last_val_end, last_val_seconds, validated_step = t0, 0.0, -1
     try:
         while epoch < cfg.epochs and stopped == "epochs":

@@ -52,3 +52,19 @@ def test_an_abandoned_training_generator_does_not_keep_its_thread(monkeypatch):
     rest = list(itertools.islice(gen, 10))  # resuming still works: the thread starts again
     assert len(rest) >= 2
     gen.close()
+
+
+def test_batches_from_several_threads_come_in_turn_and_in_order():
+    from napari_segsuite.augment import Batches, batch_threads
+
+    def counter(tag: str):
+        n = iter(range(100))
+        return lambda: (tag, next(n))
+
+    b = Batches([counter("a"), counter("b"), counter("c")])
+    try:
+        got = [b.next() for _ in range(7)]
+    finally:
+        b.close()
+    assert got == [("a", 0), ("b", 0), ("c", 0), ("a", 1), ("b", 1), ("c", 1), ("a", 2)]
+    assert batch_threads("cpu", 16) == 1 and batch_threads("cuda", 16) == 4 and batch_threads("cuda", 2) == 1
