@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from .cli_big import add_flags as add_big_flags
 from .cli_share import add_share_commands
-from .cli_support import build_args, run_with_bar, things
+from .cli_support import build_args, in_processes, run_with_bar, things
 from .cli_support import load_instances as _load_instances
 from .cli_support import load_pairs as _load_pairs
 
@@ -319,8 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda, cuda:1, ...")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--gpus", type=int, default=1, metavar="N", help="N processes under torchrun, one per GPU (DDP)")
     s.add_argument("--overwrite", action="store_true", help="replace a trained model already at --out")
-    s.set_defaults(func=cmd_train)
+    s.set_defaults(func=lambda a: in_processes(a, cmd_train))  # --gpus N / torchrun: rank 0 prints and saves
 
     s = sub.add_parser("segment", help="segment images or volumes with a trained model")
     s.add_argument("--model", required=True, help="trained model path or name")
@@ -374,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv, argparse.Namespace(argv=sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
     try:
         return int(args.func(args) or 0)

@@ -5,7 +5,11 @@ the checks each command makes before any work starts (:mod:`.checks` holds those
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
+import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +22,15 @@ KEEP_BYTES = 1 << 30
 def _bar(desc: str):
     from tqdm import tqdm
 
-    bar = tqdm(desc=desc, file=sys.stderr, leave=False, dynamic_ncols=True, disable=None)
+    other_rank = int(os.environ.get("RANK", "0")) > 0  # under torchrun only rank 0 draws
+    bar = tqdm(desc=desc, file=sys.stderr, leave=False, dynamic_ncols=True, disable=True if other_rank else None)
 
     def update(p: Any) -> None:
         bar.total = p.total
         bar.n = p.step
         bar.set_postfix_str(p.note, refresh=False)
         bar.refresh()
-        if "val_loss" in p.metrics:  # one line per epoch, also in logs of non-interactive jobs
+        if "val_loss" in p.metrics and not other_rank:  # one line per epoch, also in logs of non-interactive jobs
             tqdm.write(p.note, file=sys.stderr)
 
     return bar, update
@@ -40,6 +45,24 @@ def run_with_bar(work: Any, desc: str) -> Any:
         return drive(work, update)
     finally:
         bar.close()
+
+
+def in_processes(args: argparse.Namespace, run: Callable[[argparse.Namespace], int]) -> int:
+    """``run(args)`` as one of several processes: with ``--gpus N`` (N > 1) outside torchrun the same
+    command (without ``--gpus``) runs again as N processes under torch's launcher; under torchrun this
+    process joins the others (:func:`~.distributed.init_from_env`) and only rank 0 prints."""
+    from . import distributed as ddp
+
+    if args.gpus > 1 and not ddp.launched():
+        return ddp.launch(args.argv, args.gpus)
+    if ddp.launched() and args.device.startswith("cuda:"):
+        args.device = "cuda"  # each process on the GPU of its LOCAL_RANK
+    ddp.init_from_env(args.device)
+    try:
+        with contextlib.redirect_stdout(sys.stdout if ddp.is_main() else io.StringIO()):
+            return int(run(args) or 0)
+    finally:
+        ddp.shutdown()
 
 
 def load_pairs(images: str, labels: str) -> tuple[list, list, list[str], list]:

@@ -24,6 +24,7 @@ import torch
 from .augment import Batches, ClassIndex, batch_threads, crop_batch
 from .averaging import WeightAverage
 from .checks import check_learnable, check_train_config
+from .distributed import Sync
 from .evaluation import calibrate_inference, evaluate_samples
 from .inference import pick_device
 from .model_files import SegModel, save_model
@@ -175,6 +176,7 @@ def train(
     tp = plan(model, train_s, cfg, device.type)
     patch, batch_size, spe, peak_lr, val_tile = tp.patch, tp.batch_size, tp.steps_per_epoch, tp.lr, tp.val_tile
     train_s = [pad_to(s, patch) for s in train_s]
+    sync, rng = Sync.begin(cfg.seed, rng)  # several processes (torchrun): the same split, crops of their own
     total = cfg.epochs * spe
 
     module = model.module.to(device).train()
@@ -244,36 +246,36 @@ def train(
 
     average = WeightAverage(module) if cfg.average else None
     scored = model if average is None else SegModel(average.module, card)  # what validation scores and keeps
-    noise = torch.Generator().manual_seed(cfg.seed)
+    noise = torch.Generator().manual_seed(sync.seed)
+    net = sync.wrap(module, lambda m, x, y: task.loss(m, x, y, card), train_s, patch, device)  # DDP
     index = ClassIndex.of(train_s, np.random.default_rng(cfg.seed + 1))
     threads = batch_threads(device.type)
     makers = [lambda: crop_batch(train_s, patch, batch_size, rng, cfg.augment, noise, index)]
     for k in range(1, threads):  # more threads beside a GPU, each with generators of its own
-        rng_k, noise_k = np.random.default_rng([cfg.seed, k]), torch.Generator().manual_seed(cfg.seed * 1000 + k)
+        rng_k, noise_k = np.random.default_rng([sync.seed, k]), torch.Generator().manual_seed(sync.seed * 1000 + k)
         makers.append(
             lambda r=rng_k, g=noise_k: crop_batch(train_s, patch, batch_size, r, cfg.augment, g, index)  # type: ignore[misc]
         )
     batches = Batches(makers, enabled=cfg.prefetch)
     last_val_end, last_val_seconds, validated_step = t0, 0.0, -1
     try:
-        while epoch < cfg.epochs and stopped == "epochs":
+        while epoch < cfg.epochs and (stopped := sync.settle(stopped)) == "epochs":
             epoch += 1
             for _ in range(spe):
-                if cancel is not None and cancel():
-                    stopped = "cancelled"
-                    break
-                if budget and time.monotonic() - t0 > budget:
-                    stopped = "time budget"
-                    break
+                halt = "cancelled" if cancel is not None and cancel() else ""
+                halt = halt or ("time budget" if budget and time.monotonic() - t0 > budget else "")
                 # warm-up: at least 10 steps, at most 3 % of the steps or 5 % of the time budget
                 warm = min(1.0, (step + 1) / 10, max((step + 1) / max(1, total * 0.03), frac() / 0.05))
                 lr = peak_lr * warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac())))
+                stopped, lr = sync.step(halt, lr, stopped)  # several processes: rank 0's, all stop at one step
+                if stopped != "epochs":
+                    break
                 for g in opt.param_groups:
                     g["lr"] = lr
                 x, y = batches.next()
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                    loss = task.loss(module, x, y, card)
+                    loss = task.loss(net, x, y, card)
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(opt)
@@ -281,7 +283,7 @@ def train(
                 step += 1
                 if average is not None:
                     average.update(step, expected_total())
-                running.append(float(loss.detach()))
+                running.append(sync.mean(float(loss.detach())))  # the global batch's
                 yield Progress(
                     step,
                     expected_total(),
@@ -290,7 +292,7 @@ def train(
                 )
             if not running or (step == validated_step and best_state is not None):
                 break  # no step since the last validation: it still holds
-            if (
+            if not sync.main or (  # rank 0 alone validates; settle() brings its decision to the others
                 stopped == "epochs"
                 and epoch < cfg.epochs
                 and budget

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from .card import rename_classes
+from .distributed import is_main, world_size
 from .evaluation import evaluate
 from .model_files import SegModel, load_model, save_model
 from .models import available, get_spec
@@ -179,5 +180,7 @@ def train_model(
         checkpoint=out,
         unlabelled=unlabelled,
     )
-    save_model(result.model, out)
+    (result.model.card.training or {})["processes"] = world_size()  # the global batch: batch_size x processes
+    if is_main():  # several processes (torchrun): rank 0 alone writes the model
+        save_model(result.model, out)
     return result
