@@ -31,6 +31,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from .models.base import ObjectModel
+
 #: Why training stops, as sent between processes ("" : it goes on).
 STOPS = ("", "epochs", "cancelled", "time budget", "early stopping")
 
@@ -175,7 +177,9 @@ class Sync:
     ) -> torch.nn.Module:
         """``module`` in DistributedDataParallel (itself with one process). ``find_unused_parameters``
         only where a trial step (two plain crops, weights, buffers and random state restored) leaves a
-        trainable parameter without a gradient: it costs a graph walk per step."""
+        trainable parameter without a gradient (it costs a graph walk per step), and for object models
+        (their heads may go without a loss on a crop without objects). An object model's
+        :meth:`~.models.base.ObjectModel.loss` is what DDP runs as the forward pass."""
         if self.size == 1:
             return module
         from torch.nn.parallel import DistributedDataParallel
@@ -194,7 +198,33 @@ class Sync:
             for n, b in module.named_buffers():
                 b.copy_(saved[n])
         ids = [torch.cuda.current_device()] if device.type == "cuda" else None
+        if isinstance(module, ObjectModel):
+            return _ObjectLoss(
+                DistributedDataParallel(_LossForward(module), device_ids=ids, find_unused_parameters=True)
+            )
         return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=unused)
+
+
+class _LossForward(torch.nn.Module):
+    """An object model whose forward pass is its loss (what DDP synchronises is the forward)."""
+
+    def __init__(self, model: ObjectModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.model.loss(x, y)
+
+
+class _ObjectLoss(ObjectModel):
+    """What the tasks see of an object model under DDP: its ``loss`` runs through DistributedDataParallel."""
+
+    def __init__(self, ddp: torch.nn.Module) -> None:
+        super().__init__()
+        self.ddp = ddp
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.ddp(x, y)
 
 
 def strip_gpus(argv: Sequence[str]) -> list[str]:

@@ -173,7 +173,7 @@ def test_per_process_dice_and_batch_norm(tmp_path, norm, tol):
     assert rel < tol, (two["losses"], one["losses"])
 
 
-def _tiny_data(tmp_path: Path) -> list[str]:
+def _tiny_data(tmp_path: Path, model: str = "unet") -> list[str]:
     from napari_segsuite import sample_data as sd
     from napari_segsuite.io import write_labels
 
@@ -182,11 +182,12 @@ def _tiny_data(tmp_path: Path) -> list[str]:
     for i in range(3):
         s = sd.nuclei_2d(seed=i, shape=(96, 96))
         write_labels(tmp_path / "img" / f"n{i}.tif", s["image"])
-        write_labels(tmp_path / "lab" / f"n{i}.tif", s["semantic"])
+        write_labels(tmp_path / "lab" / f"n{i}.tif", s["semantic"] if model == "unet" else s["instances"])
     return [
-        "train", "--model", "unet", "--images", str(tmp_path / "img"), "--labels", str(tmp_path / "lab"),
+        "train", "--model", model, "--images", str(tmp_path / "img"), "--labels", str(tmp_path / "lab"),
         "--out", str(tmp_path / "model"), "--patch-size", "64", "--batch-size", "2",
-        "--arg", "base_filters=4", "--arg", "depth=2", "--device", "cpu",
+        "--device", "cpu",
+        *(["--arg", "base_filters=4", "--arg", "depth=2"] if model == "unet" else ["--arg", "width=16"]),
     ]  # fmt: skip
 
 
@@ -209,10 +210,12 @@ def test_gpus_runs_the_same_command_under_torchrun(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_cli_trains_with_two_cpu_processes(tmp_path):
+@pytest.mark.parametrize("model", ["unet", "solo"])
+def test_cli_trains_with_two_cpu_processes(tmp_path, model):
     """``segsuite train --gpus 2 --device cpu``: torchrun, 2 gloo processes, one model written, one summary
-    printed; a time budget and early stopping decided on rank 0 end both processes."""
-    argv = [*_tiny_data(tmp_path), "--gpus", "2", "--epochs", "100", "--time-budget", "6", "--patience", "1"]
+    printed; a time budget and early stopping decided on rank 0 end both processes. SOLO: an object
+    model, whose loss DDP runs as the forward pass."""
+    argv = [*_tiny_data(tmp_path, model), "--gpus", "2", "--epochs", "100", "--time-budget", "6", "--patience", "1"]
     src = str(Path(__file__).resolve().parents[2] / "src")
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]))
     env.pop("WORLD_SIZE", None)
