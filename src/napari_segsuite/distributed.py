@@ -184,25 +184,37 @@ class Sync:
             return module
         from torch.nn.parallel import DistributedDataParallel
 
-        from .augment import crop_batch
-
-        saved = {n: b.detach().clone() for n, b in module.named_buffers()}
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            x, y = crop_batch(train, patch, 2, np.random.default_rng(0), False)
-            loss(module, x.to(device), y.to(device)).backward()
-        trainable = [p for p in module.parameters() if p.requires_grad]
-        unused = any(p.grad is None for p in trainable)
-        for p in trainable:
-            p.grad = None
-        with torch.no_grad():
-            for n, b in module.named_buffers():
-                b.copy_(saved[n])
         ids = [torch.cuda.current_device()] if device.type == "cuda" else None
         if isinstance(module, ObjectModel):
-            return _ObjectLoss(
-                DistributedDataParallel(_LossForward(module), device_ids=ids, find_unused_parameters=True)
-            )
+            ddp = DistributedDataParallel(_LossForward(module), device_ids=ids, find_unused_parameters=True)
+            return _ObjectLoss(ddp)
+        unused = has_unused_parameters(module, loss, train, patch, device)
         return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=unused)
+
+
+def has_unused_parameters(
+    module: torch.nn.Module,
+    loss: Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor],
+    train: list,
+    patch: tuple[int, ...],
+    device: torch.device,
+) -> bool:
+    """Whether a trial step of ``loss`` on two plain crops leaves a trainable parameter of ``module``
+    without a gradient; gradients, buffers (batch-norm statistics) and random state are left as they were."""
+    from .augment import crop_batch
+
+    saved = {n: b.detach().clone() for n, b in module.named_buffers()}
+    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if device.type == "cuda" else []):
+        x, y = crop_batch(train, patch, 2, np.random.default_rng(0), False)
+        loss(module, x.to(device), y.to(device)).backward()
+    trainable = [p for p in module.parameters() if p.requires_grad]
+    unused = any(p.grad is None for p in trainable)
+    for p in trainable:
+        p.grad = None
+    with torch.no_grad():
+        for n, b in module.named_buffers():
+            b.copy_(saved[n])
+    return unused
 
 
 class _LossForward(torch.nn.Module):

@@ -173,6 +173,31 @@ def test_per_process_dice_and_batch_norm(tmp_path, norm, tol):
     assert rel < tol, (two["losses"], one["losses"])
 
 
+def test_unused_parameters_are_found_and_the_trial_step_leaves_no_trace():
+    """A head the loss never reaches asks for ``find_unused_parameters``; batch-norm statistics,
+    gradients and torch's random state are as before the trial step."""
+    from napari_segsuite import sample_data as sd
+    from napari_segsuite.model_files import new_model
+    from napari_segsuite.samples import prepare_samples
+    from napari_segsuite.tasks import get_task
+
+    d = sd.nuclei_2d(seed=0, shape=(64, 64))
+    model = new_model("unet", label_values=[0, 1], depth=2, base_filters=4)
+    samples = prepare_samples(model, [d["image"]], [d["semantic"]], None, None, None)
+    task, module = get_task(model.card.kind), model.module.train()
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    rng_state = torch.random.get_rng_state()
+    used = lambda m, x, y: task.loss(m, x, y, model.card)  # noqa: E731
+    assert not ddp.has_unused_parameters(module, used, samples, (64, 64), torch.device("cpu"))
+    assert torch.equal(torch.random.get_rng_state(), rng_state)
+    module.spare = torch.nn.Conv2d(1, 1, 1)  # a parameter no loss reaches
+    rng_state = torch.random.get_rng_state()
+    assert ddp.has_unused_parameters(module, used, samples, (64, 64), torch.device("cpu"))
+    assert all(p.grad is None for p in module.parameters())
+    assert all(torch.equal(before[k], v) for k, v in module.state_dict().items() if k in before)
+    assert torch.equal(torch.random.get_rng_state(), rng_state)
+
+
 def _tiny_data(tmp_path: Path, model: str = "unet") -> list[str]:
     from napari_segsuite import sample_data as sd
     from napari_segsuite.io import write_labels
