@@ -101,23 +101,23 @@ def _env(rank: int, world: int, port: int) -> dict[str, str]:
     return env
 
 
-def _two_ranks(tmp_path: Path, batch: int, norm: bool, steps: int, ce_only: bool) -> dict:
+def _runs(tmp_path: Path, batch: int, norm: bool, steps: int, ce_only: bool) -> tuple[dict, dict]:
+    """Rank 0's record of 2 processes with ``batch`` crops each, and that of 1 process (this one, while
+    the two start) with ``2 * batch``."""
+    assert not ddp.launched()
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     out, port = tmp_path / "ddp.json", _free_port()
     args = [sys.executable, str(script), str(out), str(batch), str(int(norm)), str(steps), str(int(ce_only))]
     procs = [subprocess.Popen(args, env=_env(r, 2, port), stderr=subprocess.PIPE, text=True) for r in range(2)]
-    errs = [p.communicate(timeout=120)[1] for p in procs]
+    try:
+        ns: dict = {"__name__": "worker"}
+        exec(compile(WORKER, "worker", "exec"), ns)
+        ns["run"](tmp_path / "one.json", 2 * batch, norm, steps, ce_only)
+    finally:
+        errs = [p.communicate(timeout=120)[1] for p in procs]
     assert all(p.returncode == 0 for p in procs), errs
-    return json.loads(out.read_text())
-
-
-def _one_rank(tmp_path: Path, batch: int, norm: bool, steps: int, ce_only: bool) -> dict:
-    assert not ddp.launched()
-    ns: dict = {"__name__": "worker"}
-    exec(compile(WORKER, "worker", "exec"), ns)
-    ns["run"](tmp_path / "one.json", batch, norm, steps, ce_only)
-    return json.loads((tmp_path / "one.json").read_text())
+    return json.loads(out.read_text()), json.loads((tmp_path / "one.json").read_text())
 
 
 def _compare(two: dict, one: dict) -> tuple[float, float]:
@@ -133,8 +133,7 @@ def test_two_gloo_processes_match_one_with_the_global_batch(tmp_path):
     that is a mean over samples (cross-entropy) and a network without batch statistics: DDP's averaged
     gradients are then the global batch's. Tolerance: relative loss difference 1e-4, weights 1e-5
     (float sums in another order; measured: about 1e-7 and 1e-8)."""
-    two = _two_ranks(tmp_path, 2, False, 3, True)
-    one = _one_rank(tmp_path, 4, False, 3, True)
+    two, one = _runs(tmp_path, 2, False, 3, True)
     assert two["steps"] == one["steps"] == 5 and two["epochs"] == one["epochs"] == 2
     assert two["stopped"] == one["stopped"] == "cancelled"
     rel, w = _compare(two, one)
@@ -143,8 +142,9 @@ def test_two_gloo_processes_match_one_with_the_global_batch(tmp_path):
     assert w < 1e-5
 
 
-def test_broadcast_stop_and_sync_with_one_process():
-    """Without a process group every agreement returns what it is given and sends nothing."""
+def test_broadcast_stop_and_sync_with_one_process(monkeypatch):
+    """Without a process group every agreement returns what it is given and sends nothing; another
+    rank crops with a generator of its own."""
     assert not ddp.active() and ddp.is_main() and ddp.world_size() == 1
     assert ddp.broadcast_stop("time budget", 0.5) == ("time budget", [0.5])
     rng = np.random.default_rng(0)
@@ -156,6 +156,10 @@ def test_broadcast_stop_and_sync_with_one_process():
     assert sync.mean(0.25) == 0.25
     module = torch.nn.Conv2d(1, 1, 1)
     assert sync.wrap(module, lambda m, x, y: m(x).sum(), [], (8, 8), torch.device("cpu")) is module
+    monkeypatch.setattr(ddp, "rank", lambda: 1)  # rank 1 of a group: crops of its own, the split's rng untouched
+    other, crops = ddp.Sync.begin(5, rng)
+    assert crops is not rng and other.seed != 5 and not other.main
+    assert crops.integers(1 << 30) != np.random.default_rng(5).integers(1 << 30)
     assert ddp.strip_gpus(["train", "--gpus", "2", "--out", "m", "--gpus=3"]) == ["train", "--out", "m"]
 
 
@@ -166,8 +170,7 @@ def test_per_process_dice_and_batch_norm(tmp_path, norm, tol):
     batch and batch norm normalises with the batch's statistics, both per process under DDP (2 crops
     each, not 4), so the curves differ a little from the global batch's. Measured over 5 steps: without
     norm a relative loss difference of 1.3e-3 (weights 6e-6); with batch norm 8e-3 (weights 4e-3)."""
-    two = _two_ranks(tmp_path, 2, norm, 3, False)
-    one = _one_rank(tmp_path, 4, norm, 3, False)
+    two, one = _runs(tmp_path, 2, norm, 3, False)
     rel, w = _compare(two, one)
     print(f"cross-entropy + Dice, norm {norm}: rel loss diff {rel:.2e}, weight diff {w:.2e}")
     assert rel < tol, (two["losses"], one["losses"])
