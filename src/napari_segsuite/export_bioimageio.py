@@ -119,7 +119,10 @@ def _axes(v: Any, model: SegModel, steps: tuple[int, ...], n_out: int | None = N
     names = ("z", "y", "x")[-model.card.spatial_dims :]
     c = model.card
     if n_out is not None:
-        kind = "class" if c.kind == "semantic" and n_out == c.num_classes else "map"
+        from .tasks import get_task
+
+        task = get_task(c.kind)  # class maps alone (semantic): channels named as classes
+        kind = "class" if task.gives_classes and not task.gives_ids and n_out == c.num_classes else "map"
         chans = [v.Identifier(f"{kind}{i}") for i in range(n_out)]
         axes: list[Any] = [v.BatchAxis(), v.ChannelAxis(channel_names=chans)]
         for n in names:

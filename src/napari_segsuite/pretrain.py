@@ -13,16 +13,20 @@ No Qt or napari here.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from .models.base import ObjectModel
-from .progress import Progress, Work
+from .progress import Progress, Work, map_progress
+
+log = logging.getLogger(__name__)
 
 #: Edge of the blanked-out blocks, pixels, and the share of them blanked.
 BLOCK, MASKED = 8, 1 / 3
@@ -142,3 +146,38 @@ def pretrain(
     if reset:
         reset_head(module)
     return step
+
+
+def pretrain_share(
+    module: nn.Module,
+    pool: Sequence[np.ndarray],
+    patch: tuple[int, ...],
+    batch_size: int,
+    lr: float,
+    device: torch.device,
+    cfg: Any,
+    total: int,
+    cancel: Callable[[], bool] | None,
+) -> Work[float | None]:
+    """Training's pre-training: ``cfg.pretrain`` (a :class:`~.training.TrainConfig`) of its time
+    budget, or of its ``total`` steps without one, on ``pool``; reported as step 0 of ``total``.
+
+    Returns:
+        The time budget left for training on the labels (``None`` without a budget).
+    """
+    t0, budget = time.monotonic(), cfg.time_budget
+    work = pretrain(
+        module,
+        pool,
+        patch,
+        batch_size,
+        lr=lr,
+        device=device,
+        steps=None if budget else max(1, round(cfg.pretrain * total)),
+        seconds=cfg.pretrain * budget if budget else None,
+        seed=cfg.seed,
+        cancel=cancel,
+    )
+    steps = yield from map_progress(work, lambda p: Progress(0, total, p.note, p.metrics))
+    log.info("pre-trained for %d steps in %.0f s", steps, time.monotonic() - t0)
+    return max(1.0, budget - (time.monotonic() - t0)) if budget else budget

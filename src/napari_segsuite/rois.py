@@ -36,8 +36,9 @@ def check_rois(
         ValueError: the model gives no objects (a semantic model), or a ROI set would replace a file.
     """
     from .checks import check_outputs
+    from .tasks import get_task
 
-    if model.card.kind == "semantic":
+    if not get_task(model.card.kind).gives_ids:
         raise ValueError(
             f"--rois writes one ROI per object, and '{model.name}' is a semantic model (classes, not objects); "
             "use an instance or panoptic model, or leave out --rois (nothing was written)."

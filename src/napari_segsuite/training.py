@@ -30,8 +30,8 @@ from .inference import pick_device
 from .model_files import SegModel, save_model
 from .models.base import encoder_of
 from .plan import TrainPlan, plan
-from .pretrain import pretrain
-from .progress import Progress, Work, map_progress
+from .pretrain import pretrain_share
+from .progress import Progress, Work
 from .samples import Sample, pad_to, prepare_samples, split_samples, unlabelled_inputs
 from .tasks import IGNORE, get_task, score_of
 
@@ -198,24 +198,7 @@ def train(
     budget = cfg.time_budget
     if cfg.pretrain > 0 and not card.parent:
         pool = [s.x for s in train_s] + unlabelled_inputs(model, unlabelled or [], rgb)
-        pre_steps = yield from map_progress(
-            pretrain(
-                module,
-                pool,
-                patch,
-                batch_size,
-                lr=peak_lr,
-                device=device,
-                steps=None if budget else max(1, round(cfg.pretrain * total)),
-                seconds=cfg.pretrain * budget if budget else None,
-                seed=cfg.seed,
-                cancel=cancel,
-            ),
-            lambda p: Progress(0, total, p.note, p.metrics),
-        )
-        log.info("pre-trained for %d steps in %.0f s", pre_steps, time.monotonic() - t0)
-        if budget:
-            budget = max(1.0, budget - (time.monotonic() - t0))
+        budget = yield from pretrain_share(module, pool, patch, batch_size, peak_lr, device, cfg, total, cancel)
         t0 = time.monotonic()
     best_iou, best_state, best_metrics, best_epoch = -1.0, None, None, 0
     history: list[dict[str, float]] = []

@@ -56,20 +56,9 @@ def _finetune_work(
 ) -> Any:
     images = [np.array(im) for im in images]  # copied here, off the GUI thread (labels were copied at the click)
     try:
-        result = yield from train_model(
-            spec,
-            images,
-            labels,
-            cfg,
-            out,
-            names=names,
-            rgb=rgb,
-            sparse=sparse,
-            instances=instances,
-            things=things,
-            class_names=class_names,
-            cancel=cancel.is_set,
-        )
+        kw: dict[str, Any] = {"names": names, "rgb": rgb, "sparse": sparse, "instances": instances}
+        kw |= {"things": things, "class_names": class_names, "cancel": cancel.is_set}
+        result = yield from train_model(spec, images, labels, cfg, out, **kw)
     finally:
         release_model_path(out)  # the reserved folder, if no model was saved into it
     return out, result
