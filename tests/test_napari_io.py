@@ -26,6 +26,7 @@ def test_manifest_contributes_reader_writer_and_segment_menu():
     assert [c.command for c in m.contributions.menus["napari/layers/segment"]] == [
         "napari-segsuite.open_segment_widget",
         "napari-segsuite.open_finetune_widget",
+        "napari-segsuite.open_annotate_widget",
     ]
     commands = {c.id: c.python_name for c in m.contributions.commands}
     assert commands[m.contributions.readers[0].command] == "napari_segsuite.napari_io:get_reader"

@@ -358,6 +358,8 @@ def train(
             "parent_name": (card.parent or {}).get("name"),
             "parent_path": (card.parent or {}).get("path"),
         }
+    if checkpoint is not None and sync.main and best_state is not None:  # with the final card (calibration, summary)
+        save_model(SegModel(copy.deepcopy(module).cpu(), model.card), checkpoint)
     return TrainResult(model, history, stopped)
 
 

@@ -126,7 +126,7 @@ def test_3d_model_on_a_2d_image_and_on_one_slice(make_napari_viewer):
     assert seg.run() is None and seg.controls.worker is None
     assert "'tiny3d' is a 3D model and 'flat' is a 2D image" in seg.controls.status.value
     seg.image.value, seg.model.value, seg.current_slice.value = volume, path, True
-    assert seg.run() is None and "untick 'Only the current slice'" in seg.controls.status.value
+    assert seg.run() is None and "untick 'Current slice'" in seg.controls.status.value
 
     _, fin = viewer.window.add_plugin_dock_widget("napari-segsuite", "Fine-tune")
     labels = viewer.add_labels((np.arange(32 * 32).reshape(32, 32) % 2).astype(np.uint8), name="flat labels")

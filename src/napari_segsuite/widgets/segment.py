@@ -106,7 +106,9 @@ class SegmentWidget(Container):
         self.device = ComboBox(
             label="Device", choices=DEVICES, value="auto", tooltip="auto: CUDA GPU, then Apple GPU, then CPU"
         )
-        self.current_slice = CheckBox(text="Only the current slice (volumes)", value=False)
+        self.current_slice = CheckBox(
+            text="Current slice", value=False, tooltip="Volumes: segment only the slice in view"
+        )
         self.rois_btn = PushButton(
             text="Save ROIs…", tooltip="Write the selected objects layer as an ImageJ/Fiji ROI set (.zip)"
         )
@@ -116,7 +118,7 @@ class SegmentWidget(Container):
         self.export_btn = PushButton(text="Export…")
         self.import_btn = PushButton(text="Import…")
         store_row = Container(
-            widgets=[self.rename_btn, self.delete_btn, self.export_btn, self.import_btn],
+            widgets=[self.rename_btn, self.delete_btn, self.export_btn, self.import_btn, self.rois_btn],
             layout="horizontal",
             labels=False,
         )
@@ -126,9 +128,8 @@ class SegmentWidget(Container):
                 self.model,
                 self.info,
                 store_row,
-                self.tile,
-                self.device,
-                Container(widgets=[self.current_slice, self.rois_btn], layout="horizontal", labels=False),
+                # one row: the three docks fit a laptop screen
+                Container(widgets=[self.tile, self.device, self.current_slice], layout="horizontal"),
             ]
         )
         # short enough for any screen (about 300 px): no scroll area; the run controls sit under the form
@@ -199,7 +200,7 @@ class SegmentWidget(Container):
         if self.current_slice.value and spatial_ndim == 3:
             if m.card.spatial_dims == 3:
                 return self.controls.refuse(
-                    f"'{m.name}' is a 3D model: it segments the whole volume; untick 'Only the current slice'."
+                    f"'{m.name}' is a 3D model: it segments the whole volume; untick 'Current slice'."
                 )
             z = int(self._viewer.dims.current_step[0])
         shape = tuple(data.shape[1:] if z is not None else data.shape)
