@@ -47,9 +47,7 @@ class ClassIndex:
     def of(cls, train: list[Sample], rng: np.random.Generator, most: int = CLASS_POINTS) -> ClassIndex:
         points: list[dict[int, np.ndarray]] = []
         for s in train:
-            m = s.truth.classes if s.truth.classes is not None else s.y
-            if m.ndim > s.x.ndim - 1:  # (ids, classes) targets: the classes
-                m = m[-1]
+            m = s.class_map
             flat = m.ravel()
             found: dict[int, np.ndarray] = {}
             for c in np.unique(flat):

@@ -109,7 +109,7 @@ def calibrate_inference(
     if isinstance(model.module, ObjectModel):
         return None
     truths = [s.truth for s in samples]
-    tried: list[tuple[float, bool, Any, dict[str, Any]]] = []
+    tried: dict[bool, tuple[float, Any, dict[str, Any]]] = {}  # tta -> score, card, metrics
     for tta in (False, True):
         maps = sample_maps(model, samples, device, amp, tile, tta=tta)
         assert maps is not None
@@ -117,10 +117,10 @@ def calibrate_inference(
         if task.wants_calibration(trial):
             task.calibrate(maps, truths, trial)
         metrics = evaluate_samples(SegModel(model.module, trial), samples, device, amp, tile, maps=maps)
-        tried.append((float(metrics["score"]), tta, trial, metrics))
-    (plain_score, _, plain, plain_metrics), (tta_score, _, mirrored, tta_metrics) = tried
+        tried[tta] = (float(metrics["score"]), trial, metrics)
+    plain_score, tta_score = tried[False][0], tried[True][0]
     use_tta = tta_score >= plain_score + TTA_MIN_GAIN
-    chosen, metrics = (mirrored, tta_metrics) if use_tta else (plain, plain_metrics)
+    _, chosen, metrics = tried[use_tta]
     card.threshold, card.postprocessing, card.tta = chosen.threshold, dict(chosen.postprocessing), use_tta
     metrics["tta_gain"] = tta_score - plain_score
     return metrics

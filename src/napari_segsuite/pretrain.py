@@ -25,6 +25,7 @@ from torch import nn
 
 from .models.base import ObjectModel
 from .progress import Progress, Work, map_progress
+from .samples import pad_end
 
 log = logging.getLogger(__name__)
 
@@ -68,14 +69,7 @@ def crops(images: Sequence[np.ndarray], patch: tuple[int, ...], n: int, rng: np.
     weights = np.array([im[0].size for im in images], np.float64)
     out = []
     for i in rng.choice(len(images), size=n, p=weights / weights.sum()):
-        im = images[i]
-        extra = [max(0, p - s) for p, s in zip(patch, im.shape[1:])]
-        if any(extra):
-            im = np.pad(
-                im,
-                [(0, 0)] + [(0, e) for e in extra],
-                mode="reflect" if all(e < s for e, s in zip(extra, im.shape[1:])) else "edge",
-            )
+        im = pad_end(images[i], patch)
         starts = [int(rng.integers(0, s - p + 1)) for s, p in zip(im.shape[1:], patch)]
         c = torch.from_numpy(np.ascontiguousarray(im[(slice(None), *(slice(a, a + p) for a, p in zip(starts, patch)))]))
         for axis in range(1, c.ndim):

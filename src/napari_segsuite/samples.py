@@ -31,6 +31,12 @@ class Sample:
     def y(self) -> np.ndarray:
         return self.truth.y
 
+    @property
+    def class_map(self) -> np.ndarray:
+        """The class index of each pixel (``IGNORE`` where unknown), of the sample's spatial shape."""
+        m = self.truth.classes if self.truth.classes is not None else self.truth.y
+        return m[-1] if m.ndim > self.x.ndim - 1 else m  # (ids, classes) targets: the classes
+
     def window(self, part: slice, axis: int = -2) -> Sample:
         """The sample's part ``part`` along spatial ``axis`` (negative: from the end; default: the rows)."""
 
@@ -162,38 +168,32 @@ def _split_one(s: Sample, fraction: float) -> tuple[list[Sample], list[Sample], 
     the rest's (the most classes present in both parts, then the most pixels of the rarer classes);
     the bottom rows where all slabs are alike. A slab of background alone would score any model
     that finds nothing as perfect and keep the first epoch's weights."""
-    classes = s.truth.classes if s.truth.classes is not None else s.y
+    classes = s.class_map
     spatial = s.x.shape[1:]
-    if classes.ndim > len(spatial):  # (ids, classes) targets
-        classes = classes[-1]
     names = _AXIS_NAMES[len(spatial)]
     order = [len(spatial) - 2] + [a for a in range(len(spatial)) if a != len(spatial) - 2]  # Y first
-    best: tuple[tuple[int, int], int, bool, int] | None = None
+    best: tuple[tuple[int, int], int, slice, slice, str] | None = None
     for axis in order:
         n = spatial[axis]
         k = int(round(n * fraction))
         least = MIN_HELD_OUT["z" if names[axis] == "Z" else "plane"]
         if k < least or n - k < least:
             continue
-        for at_end in (True, False):
-            held, kept = (slice(n - k, n), slice(0, n - k)) if at_end else (slice(0, k), slice(k, n))
-            cv = _class_counts(np.take(classes, range(held.start, held.stop), axis=axis))
-            ct = _class_counts(np.take(classes, range(kept.start, kept.stop), axis=axis))
+        for held, kept, end in ((slice(n - k, n), slice(0, n - k), "last"), (slice(0, k), slice(k, n), "first")):
+            cv = _class_counts(classes[(slice(None),) * axis + (held,)])
+            ct = _class_counts(classes[(slice(None),) * axis + (kept,)])
             m = max(len(cv), len(ct))
             cv, ct = np.pad(cv, (0, m - len(cv))), np.pad(ct, (0, m - len(ct)))
-            shared = int(((cv > 0) & (ct > 0)).sum())
-            rare = int(cv.sum() - cv.max()) if cv.any() else 0
-            score = (shared, rare)
+            score = (int(((cv > 0) & (ct > 0)).sum()), int(cv.sum() - cv.max()) if cv.any() else 0)
             if best is None or score > best[0]:
-                best = (score, axis, at_end, k)
+                best = (score, axis, held, kept, end)
     if best is None:
         return [s], [s], "none held out (one small image): validated on the training image"
-    (shared, _), axis, at_end, k = best
-    n = spatial[axis]
-    held, kept = (slice(n - k, n), slice(0, n - k)) if at_end else (slice(0, k), slice(k, n))
-    axis_from_end = axis - len(spatial)
-    where = ("last" if at_end else "first") + f" {k} {'slices' if names[axis] == 'Z' else 'pixels'} along {names[axis]}"
+    (shared, _), axis, held, kept, end = best
+    k = held.stop - held.start
+    where = f"{end} {k} {'slices' if names[axis] == 'Z' else 'pixels'} along {names[axis]}"
     note = f"the {where} of the one image ({shared} classes in both parts)"
+    axis_from_end = axis - len(spatial)
     return [s.window(kept, axis_from_end)], [s.window(held, axis_from_end)], note
 
 
@@ -203,14 +203,23 @@ def _class_counts(classes: np.ndarray) -> np.ndarray:
     return np.bincount(flat[flat >= 0].astype(np.int64))
 
 
+def pad_end(x: np.ndarray, patch: tuple[int, ...]) -> np.ndarray:
+    """``(C, *spatial)`` padded at the end of each spatial axis up to ``patch`` (reflected, or the edge
+    repeated where the image is too small to reflect); unchanged where it is large enough."""
+    spatial = x.shape[1:]
+    extra = [max(0, p - n) for p, n in zip(patch, spatial)]
+    if not any(extra):
+        return x
+    mode = "reflect" if all(e < n for e, n in zip(extra, spatial)) else "edge"
+    return np.pad(x, [(0, 0)] + [(0, e) for e in extra], mode=mode)  # type: ignore[call-overload]
+
+
 def pad_to(s: Sample, patch: tuple[int, ...]) -> Sample:
     """Pad a sample at the end of each spatial axis up to ``patch``; padded targets are ``IGNORE``."""
     spatial = s.x.shape[1:]
     extra = [max(0, p - n) for p, n in zip(patch, spatial)]
     if not any(extra):
         return s
-    mode = "reflect" if all(e < n for e, n in zip(extra, spatial)) else "edge"
-    x = np.pad(s.x, [(0, 0)] + [(0, e) for e in extra], mode=mode)  # type: ignore[call-overload]
     lead = [(0, 0)] * (s.y.ndim - len(spatial))
     y = np.pad(s.y, lead + [(0, e) for e in extra], constant_values=IGNORE)
-    return Sample(x, Targets(y, s.truth.classes, s.truth.ids))
+    return Sample(pad_end(s.x, patch), Targets(y, s.truth.classes, s.truth.ids))

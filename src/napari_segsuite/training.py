@@ -24,7 +24,7 @@ import torch
 from .augment import Batches, ClassIndex, batch_threads, crop_batch
 from .averaging import WeightAverage
 from .checks import check_learnable, check_train_config
-from .distributed import Sync
+from .distributed import Sync, world_size
 from .evaluation import calibrate_inference, evaluate_samples
 from .inference import pick_device
 from .model_files import SegModel, save_model
@@ -150,7 +150,8 @@ def train(
         config: :class:`TrainConfig`; defaults when ``None``.
         names: Names for error messages and the training summary.
         cancel: Polled every step; when it returns True, training stops and the best model so far is returned.
-        checkpoint: A folder the best model is saved to (atomically) at every improvement, so a crash loses nothing.
+        checkpoint: A folder the best model is saved to (atomically) at every improvement, so a crash loses
+            nothing, and the returned model at the end (by rank 0 alone under torchrun).
         unlabelled: Images without labels, used by self-supervised pre-training (``config.pretrain``).
 
     Yields:
@@ -358,7 +359,7 @@ def train(
             "parent_name": (card.parent or {}).get("name"),
             "parent_path": (card.parent or {}).get("path"),
         }
-    if checkpoint is not None and sync.main and best_state is not None:  # with the final card (calibration, summary)
+    if checkpoint is not None and sync.main:  # the model as returned: final card (calibration, summary)
         save_model(SegModel(copy.deepcopy(module).cpu(), model.card), checkpoint)
     return TrainResult(model, history, stopped)
 
@@ -392,6 +393,7 @@ def _annotate(
         "stopped": stopped,
         "config": asdict(cfg),
         "batch_size": tp.batch_size,
+        "processes": world_size(),  # the global batch: batch_size x processes
         "patch": list(tp.patch),
         "plan": asdict(tp),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S"),

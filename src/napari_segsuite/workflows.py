@@ -14,9 +14,8 @@ from typing import Any
 import numpy as np
 
 from .card import rename_classes
-from .distributed import is_main, world_size
 from .evaluation import evaluate
-from .model_files import SegModel, load_model, save_model
+from .model_files import SegModel, load_model
 from .models import available, get_spec
 from .plan import anisotropic_levels, builder_arg, voxel_size_from_objects
 from .preprocess import infer_axes
@@ -180,7 +179,4 @@ def train_model(
         checkpoint=out,
         unlabelled=unlabelled,
     )
-    (result.model.card.training or {})["processes"] = world_size()  # the global batch: batch_size x processes
-    if is_main():  # several processes (torchrun): rank 0 alone writes the model
-        save_model(result.model, out)
-    return result
+    return result  # train() saved it to ``out`` (rank 0 alone under torchrun)
