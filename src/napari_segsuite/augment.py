@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -261,7 +261,7 @@ class Batches:
     seeded makers give the same batches in the same order every run). One maker: one thread, as
     :class:`Prefetch`. For GPUs, whose steps outrun one CPU thread's crops and augmentation."""
 
-    def __init__(self, makers: list[Callable[[], Batch]], depth: int = 2, *, enabled: bool = True) -> None:
+    def __init__(self, makers: Sequence[Callable[[], Batch]], depth: int = 2, *, enabled: bool = True) -> None:
         self._parts = [Prefetch(m, depth, enabled=enabled) for m in makers]
         self._turn = 0
 

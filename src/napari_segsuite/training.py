@@ -15,6 +15,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -233,13 +234,12 @@ def train(
     noise = torch.Generator().manual_seed(sync.seed)
     net = sync.wrap(module, lambda m, x, y: task.loss(m, x, y, card), train_s, patch, device)  # DDP
     index = ClassIndex.of(train_s, np.random.default_rng(cfg.seed + 1))
-    threads = batch_threads(device.type)
-    makers = [lambda: crop_batch(train_s, patch, batch_size, rng, cfg.augment, noise, index)]
-    for k in range(1, threads):  # more threads beside a GPU, each with generators of its own
-        rng_k, noise_k = np.random.default_rng([sync.seed, k]), torch.Generator().manual_seed(sync.seed * 1000 + k)
-        makers.append(
-            lambda r=rng_k, g=noise_k: crop_batch(train_s, patch, batch_size, r, cfg.augment, g, index)  # type: ignore[misc]
-        )
+    # one crop thread on the CPU, more beside a GPU: each with random generators of its own
+    gens = [(rng, noise)] + [
+        (np.random.default_rng([sync.seed, k]), torch.Generator().manual_seed(sync.seed * 1000 + k))
+        for k in range(1, batch_threads(device.type))
+    ]
+    makers = [partial(crop_batch, train_s, patch, batch_size, r, cfg.augment, g, index) for r, g in gens]
     batches = Batches(makers, enabled=cfg.prefetch)
     last_val_end, last_val_seconds, validated_step = t0, 0.0, -1
     try:
