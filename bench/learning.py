@@ -12,6 +12,11 @@ Cases (each trains from random weights under ``--seconds`` and scores the held-o
   contrast of a few percent to 20 % against their surroundings, smooth tissue texture, a bias field and
   noise) in both hemispheres, `unet3d`, one hemisphere -> the other, mean IoU over the 10 structures
   and the rest. The shape of the brain-atlas task (rare classes, context), generated, not real.
+- ``nuclei-real``: a real fluorescence nuclei image with its instance mask (``img2d.tif``,
+  ``mask2d.tif`` in ``$SEGSUITE_REAL``, default ``real-data/``: ``bench/real_data.sh`` takes them from
+  the StarDist wheel), `unet-instance`, left half -> right half, AP50.
+- ``nuclei-3d-real``: a real nuclei volume with slices thicker than pixels (``img3d.tif``,
+  ``mask3d.tif`` in ``$SEGSUITE_REAL``), `unet3d-instance`, left half -> right half, AP50.
 - ``nuclei-3d``: generated nuclei volumes with slices twice as thick as pixels (every other slice of an
   isotropic volume), `unet3d-instance`, one volume -> another, AP50. Generated, not real.
 
@@ -40,6 +45,23 @@ from napari_segsuite.workflows import evaluate, model_for_training
 ISBI = Path(
     os.environ.get("SEGSUITE_ISBI", Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "isbi2012")
 )
+
+REAL = Path(os.environ.get("SEGSUITE_REAL", "real-data"))
+
+
+def _halves(name: str, model: str, voxel: Any) -> dict[str, Any]:
+    """Left half of a real image (or volume) with its instance mask to train, right half to test."""
+    import tifffile
+
+    img, lab = tifffile.imread(REAL / f"img{name}.tif"), tifffile.imread(REAL / f"mask{name}.tif").astype(np.int32)
+    half = img.shape[-1] // 2
+    return {
+        "model": model,
+        "train": ([img[..., :half]], [lab[..., :half]]),
+        "test": ([img[..., half:]], [lab[..., half:]]),
+        "voxel": voxel,
+        "score": "ap50",
+    }
 
 
 def _isbi(lo: int, hi: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -111,6 +133,10 @@ def case(name: str) -> dict[str, Any]:
             "voxel": (1.0, 1.0, 1.0),
             "score": "mean_iou",
         }
+    if name == "nuclei-real":
+        return _halves("2d", "unet-instance", None)
+    if name == "nuclei-3d-real":
+        return _halves("3d", "unet3d-instance", None)
     if name == "nuclei-3d":
         (a, la), (b, lb) = _nuclei(0), _nuclei(1)
         return {
@@ -127,20 +153,21 @@ def run(
     name: str,
     seconds: float,
     seed: int,
-    average: bool = False,
+    average: bool | None = None,
     steps: int | None = None,
     labelled: int | None = None,
     pretrain: float = 0.0,
+    build: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     c = case(name)
     (ti, tl), (vi, vl) = c["train"], c["test"]
     unlabelled = []
     if labelled:  # the first N training images keep their labels, the others serve pre-training only
         ti, tl, unlabelled = ti[:labelled], tl[:labelled], ti[labelled:]
-    model = model_for_training(c["model"], ti, tl, voxel_size=c["voxel"])
-    cfg = TrainConfig(
-        time_budget=seconds, epochs=100_000, seed=seed, voxel_size=c["voxel"], average=average, pretrain=pretrain
-    )
+    model = model_for_training(c["model"], ti, tl, voxel_size=c["voxel"], **(build or {}))
+    cfg = TrainConfig(time_budget=seconds, epochs=100_000, seed=seed, voxel_size=c["voxel"], pretrain=pretrain)
+    if average is not None:
+        cfg.average = average
     if steps:  # a fixed number of steps, in epochs of 20, whatever the machine's load
         cfg.time_budget, cfg.epochs, cfg.steps_per_epoch, cfg.patience = None, max(1, steps // 20), 20, 0
     t0 = time.monotonic()
@@ -174,18 +201,29 @@ def main() -> int:
     ap.add_argument(
         "--pretrain", type=float, default=0.0, help="TrainConfig.pretrain: share of the budget pre-training"
     )
-    ap.add_argument("--average", action="store_true", help="train with TrainConfig.average (weight EMA)")
+    ap.add_argument(
+        "--average",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="train with(out) TrainConfig.average (weight EMA); default: the product's default",
+    )
+    ap.add_argument(
+        "--build", default="", help="builder arguments as JSON values, e.g. 'distance=false,base_filters=32'"
+    )
     ap.add_argument("--json", action="store_true", help="one JSON line per case instead of the table")
     args = ap.parse_args()
     if not (ISBI / "image").is_dir():
         print(f"ISBI data not found at {ISBI}", file=sys.stderr)
         return 1
     if not args.json:
-        print(f"{args.seconds:.0f} s of training per case, seed {args.seed}, weight averaging {args.average}")
+        print(
+            f"{args.seconds:.0f} s of training per case, seed {args.seed}, weight averaging {'default' if args.average is None else args.average}"
+        )
         print("| case | model | batch x crop | steps | stopped | held-out score | validation score | eval s |")
         print("|---|---|---|---|---|---|---|---|")
     for name in args.cases.split(","):
-        r = run(name, args.seconds, args.seed, args.average, args.steps, args.labelled, args.pretrain)
+        build = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.build.split(",") if kv)}
+        r = run(name, args.seconds, args.seed, args.average, args.steps, args.labelled, args.pretrain, build)
         if args.json:
             print(json.dumps(r), flush=True)
         else:

@@ -59,7 +59,7 @@ def bare_loop(
     p = plan(model, samples, cfg, dev.type)
     samples = [pad_to(s, p.patch) for s in samples]  # as the product pads a volume thinner than the crop
     xs = [s.x for s in samples]
-    ys = [s.truth.y for s in samples]
+    ys = [s.y if s.y.ndim == len(p.patch) else s.y[0] for s in samples]  # classes: the bare loop is cross-entropy
     module = model.module.to(dev).train()
     opt = torch.optim.Adam(module.parameters(), lr=1e-3)
     steps, t0 = 0, time.perf_counter()

