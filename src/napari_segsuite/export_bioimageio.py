@@ -89,6 +89,8 @@ def _cover(model: SegModel, x: np.ndarray, y: np.ndarray, path: Path) -> None:
 
 
 def _readme(model: SegModel, formats: list[str]) -> str:
+    from .tasks import get_task
+
     c = model.card
     lines = [
         f"# {c.display_name}",
@@ -98,7 +100,7 @@ def _readme(model: SegModel, formats: list[str]) -> str:
         f"- Architecture: `{c.architecture}` ({c.spatial_dims}D), builder arguments `{json.dumps(c.build)}`",
         f"- Input: {c.in_channels} channel(s), raw intensities; the package normalises them "
         f"({json.dumps(c.normalization)}).",
-        f"- Output: {c.num_classes} raw map(s) per pixel ({c.kind} task). "
+        f"- Output: {get_task(c.kind).output_channels(c)} raw map(s) per pixel ({c.kind} task). "
         + ("Classes: " + ", ".join(f"{n} (label value {v})" for n, v in zip(c.class_names, c.label_values)) + ".")
         + " For semantic models the most probable class (argmax over the channel axis) is each pixel's class.",
         f"- Weight formats: {', '.join(formats)}.",

@@ -302,11 +302,11 @@ def train(
                 if key in val:
                     row[f"val_{key}"] = val[key] or 0.0
             history.append(row)
-            # ties go to the later model: it has trained longer, at a lower learning rate, and a small
-            # validation set scores many steps alike
-            improved = val["score"] >= best_iou
-            if improved:
-                best_iou, best_epoch = val["score"], epoch
+            # a tie keeps the later model (it has trained longer, at a lower learning rate, and a small
+            # validation set scores many steps alike) but is no improvement: patience runs on
+            improved = val["score"] > best_iou
+            if improved or val["score"] == best_iou:
+                best_iou, best_epoch = val["score"], epoch if improved else best_epoch
                 best_state = copy.deepcopy({n: t.detach().cpu() for n, t in scored.module.state_dict().items()})
                 best_metrics = val
                 if checkpoint is not None:

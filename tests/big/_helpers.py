@@ -15,8 +15,8 @@ class Threshold(torch.nn.Module):
 
 
 def instance_model():
-    m = new_model("unet-instance", label_values=[0, 1, 2], depth=2, base_filters=4)
-    m.module = Threshold().eval()
+    m = new_model("unet-instance", label_values=[0, 1, 2], depth=2, base_filters=4, distance=False)
+    m.module = Threshold().eval()  # three maps: no distance map
     return m
 
 

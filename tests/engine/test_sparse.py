@@ -73,10 +73,10 @@ def test_sparse_instance_labels_ignore_unannotated_pixels():
     sparse[:, 48:] = 0  # ...with the right half left unannotated
     model = model_for_training("unet-instance", [s["image"]], [sparse], sparse=True)
     (sample,) = prepare_samples(model, [s["image"]], [sparse])
-    assert (sample.y[:, 48:] == -1).all()  # ignored, though objects lie there
+    assert (sample.y[..., 48:] == -1).all()  # ignored (classes and distances), though objects lie there
     dense = prepare_samples(model_for_training("unet-instance", [s["image"]], [ids]), [s["image"]], [ids])[0]
-    inner = slice(None), slice(0, 44)  # away from the cut, the targets equal the dense ones
-    np.testing.assert_array_equal(sample.y[inner], dense.y[inner])
+    inner = slice(None), slice(0, 44)  # away from the cut, the class targets equal the dense ones
+    np.testing.assert_array_equal(sample.truth.classes[inner], dense.truth.classes[inner])
     obj = model_for_training("solo", [s["image"]], [sparse], sparse=True)
     (os_,) = prepare_samples(obj, [s["image"]], [sparse])
     assert (os_.y[0][:, 48:] == -1).all() and set(np.unique(os_.y[0][:, :48])) <= set(np.unique(ids))

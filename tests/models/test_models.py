@@ -38,7 +38,8 @@ def test_forward_backward_any_size(spec, shape):
         assert out.ndim == 0 and torch.isfinite(out)
     else:
         out = model(x)
-        maps = get_task(spec.kind).output_channels(SimpleNamespace(num_classes=3))  # e.g. panoptic: + centre, offsets
+        card = SimpleNamespace(num_classes=3, build=dict(spec.defaults), architecture=spec.name)
+        maps = get_task(spec.kind).output_channels(card)  # e.g. panoptic: + centre, offsets; instance: + distance
         assert out.shape == (2, maps, *shape)
     out.mean().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
