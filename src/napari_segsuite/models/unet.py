@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -151,16 +153,17 @@ def build_unet_instance(
     """A 2D :class:`UNet` with the 3 output classes of :mod:`napari_segsuite.tasks.instance` and, with
     ``distance`` (new models), the normalised distance map of :mod:`napari_segsuite.tasks.distance`
     (``False`` is what models saved before it have)."""
+    return _instance_unet(
+        "unet-instance", num_classes, distance, weights, in_channels=in_channels, base_filters=base_filters,
+        depth=depth, upsample=upsample,
+    )  # fmt: skip
+
+
+def _instance_unet(name: str, num_classes: int, distance: bool, weights: str | None, **unet: Any) -> nn.Module:
+    """A :class:`UNet` with the three classes of :mod:`napari_segsuite.tasks.instance` (and the distance map)."""
     if num_classes != 3:
-        raise ValueError(f"unet-instance predicts 3 classes (background, interior, boundary), not {num_classes}.")
-    model = UNet(
-        in_channels=in_channels,
-        num_classes=3 + int(distance),
-        base_filters=base_filters,
-        depth=depth,
-        upsample=upsample,
-    )
-    return load_local(model, weights)
+        raise ValueError(f"{name} predicts 3 classes (background, interior, boundary), not {num_classes}.")
+    return load_local(UNet(num_classes=3 + int(distance), **unet), weights)
 
 
 @register(
@@ -185,15 +188,7 @@ def build_unet3d_instance(
 ) -> nn.Module:
     """A 3D :class:`UNet` with the 3 output classes of :mod:`napari_segsuite.tasks.instance` (and the
     distance map with ``distance``), run on whole volumes."""
-    if num_classes != 3:
-        raise ValueError(f"unet3d-instance predicts 3 classes (background, interior, boundary), not {num_classes}.")
-    model = UNet(
-        in_channels=in_channels,
-        num_classes=3 + int(distance),
-        base_filters=base_filters,
-        depth=depth,
-        upsample=upsample,
-        spatial_dims=3,
-        xy_only_levels=xy_only_levels,
-    )
-    return load_local(model, weights)
+    return _instance_unet(
+        "unet3d-instance", num_classes, distance, weights, in_channels=in_channels, base_filters=base_filters,
+        depth=depth, upsample=upsample, spatial_dims=3, xy_only_levels=xy_only_levels,
+    )  # fmt: skip
