@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .augment import Batches, ClassIndex, batch_threads, crop_batch
+from .augment import Batches, ClassIndex, background_batches, batch_threads, crop_batch
 from .averaging import WeightAverage
 from .checks import check_learnable, check_train_config
 from .distributed import Sync, world_size
@@ -69,9 +69,8 @@ class TrainConfig:
             post-processing (two-class semantic models: the decision threshold; instance maps: the
             watershed settings) and whether test-time augmentation pays (:func:`~.evaluation.calibrate_inference`).
         prefetch: Make the next batch (crops, augmentation) in background threads while the model trains
-            on a GPU. On the CPU batches are made between steps whatever this says: the cores that would
-            make them are the ones training (a thread beside them cost 7 % of the steps on 2 cores, and
-            a batch takes about 1 % of a step there).
+            on a GPU; on the CPU batches are made between steps whatever this says
+            (:func:`~.augment.background_batches`).
         average: Validate and keep an exponential moving average of the weights over about the last
             tenth of the run (:class:`~.averaging.WeightAverage`) rather than the latest weights (on
             real nuclei, 300 s on the CPU: held-out AP50 0.83-0.92 from one validation to the next
@@ -245,7 +244,7 @@ def train(
         for k in range(1, batch_threads(device.type))
     ]
     makers = [partial(crop_batch, train_s, patch, batch_size, r, cfg.augment, g, index) for r, g in gens]
-    batches = Batches(makers, enabled=cfg.prefetch and device.type != "cpu")
+    batches = Batches(makers, enabled=cfg.prefetch and background_batches(device.type))
     last_val_end, last_val_seconds, validated_step = t0, 0.0, -1
     try:
         while epoch < cfg.epochs and (stopped := sync.settle(stopped)) == "epochs":

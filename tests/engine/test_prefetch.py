@@ -40,8 +40,12 @@ def test_an_idle_prefetch_thread_ends_and_comes_back_in_order():
 
 
 def test_an_abandoned_training_generator_does_not_keep_its_thread(monkeypatch):
-    """A training generator kept but never resumed nor closed (a front end that forgot it)."""
+    """A training generator kept but never resumed nor closed (a front end that forgot it). Batch
+    threads run beside a GPU; here they are asked for on the CPU."""
+    from napari_segsuite import training
+
     monkeypatch.setattr(augment, "IDLE_SECONDS", 0.3)
+    monkeypatch.setattr(training, "background_batches", lambda device_type: True)
     s = sd.nuclei_2d(seed=0, shape=(64, 64))
     model = new_model("unet", label_values=[0, 1], base_filters=4, depth=2)
     cfg = TrainConfig(epochs=1, steps_per_epoch=3, patch_size=32, batch_size=2, device="cpu", calibrate=False)
@@ -68,3 +72,15 @@ def test_batches_from_several_threads_come_in_turn_and_in_order():
         b.close()
     assert got == [("a", 0), ("b", 0), ("c", 0), ("a", 1), ("b", 1), ("c", 1), ("a", 2)]
     assert batch_threads("cpu", 16) == 1 and batch_threads("cuda", 16) == 4 and batch_threads("cuda", 2) == 1
+
+
+def test_on_the_cpu_batches_are_made_between_steps():
+    """No batch thread beside CPU training: the cores that would run it are the ones training."""
+    s = sd.nuclei_2d(seed=0, shape=(64, 64))
+    model = new_model("unet", label_values=[0, 1], base_filters=4, depth=2)
+    cfg = TrainConfig(epochs=1, steps_per_epoch=3, patch_size=32, batch_size=2, device="cpu", calibrate=False)
+    before = {t for t in threading.enumerate() if t.name == "segsuite-batches"}
+    gen = train(model, [s["image"]] * 2, [s["semantic"]] * 2, cfg)
+    next(gen)
+    assert {t for t in threading.enumerate() if t.name == "segsuite-batches"} <= before
+    gen.close()
