@@ -52,7 +52,7 @@ def normalised_distance(inst: np.ndarray, spacing: Sequence[float] | None = None
 
 
 def distance_targets(known: np.ndarray, per_slice: bool, spacing: Sequence[float] | None = None) -> np.ndarray:
-    """Integer distance targets (``DIST_SCALE`` = 1) of object ids ``(S, H, W)`` (2D models: per slice)
+    """Integer distance targets (``DIST_SCALE`` stands for 1) of object ids ``(S, H, W)`` (2D models: per slice)
     or a volume ``(Z, Y, X)`` (native 3D models, in physical units of ``spacing``)."""
     if per_slice:
         d = np.stack([normalised_distance(sl) for sl in known])
@@ -71,14 +71,10 @@ def distance_loss(logit: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logit.float()[valid], t[valid])
 
 
-def split_by_distance(
-    foreground: np.ndarray, dist: np.ndarray, seed_threshold: float, sigma: float | Sequence[float] = 0.0
-) -> tuple[np.ndarray, int]:
+def split_by_distance(foreground: np.ndarray, dist: np.ndarray, seed_threshold: float) -> tuple[np.ndarray, int]:
     """Objects of ``foreground`` split by a seeded watershed on the predicted distance map: one seed
     per connected region where ``dist`` exceeds ``seed_threshold``; each object grows from its
     seed down the distance map. Returns ``(ids, number of seeded objects)`` (foreground pixels no
     seed reaches are 0)."""
-    if sigma:
-        dist = ndi.gaussian_filter(dist, sigma)
     seeds, n = ndi.label((dist > seed_threshold) & foreground)
     return watershed(-dist, seeds, mask=foreground), n

@@ -156,8 +156,9 @@ DISTANCE_GRID = {"mask_threshold": (0.3, 0.4, 0.5, 0.6), "seed_threshold": (0.3,
 
 def has_distance(card: ModelCard) -> bool:
     """Whether a map model predicts the distance map (:mod:`.distance`) after its three classes.
-    Models saved before it existed have no ``distance`` in their card and predict three maps."""
-    return bool(card.build.get("distance", False)) and not _is_object_model(card)
+    Models saved before it existed (and object models, whose builders take no ``distance``) have
+    none in their card and predict three maps."""
+    return bool(card.build.get("distance", False))
 
 
 def _grid(values: dict[str, tuple[float, ...]], **fixed: Any) -> list[dict[str, Any]]:
