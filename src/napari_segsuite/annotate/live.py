@@ -312,7 +312,8 @@ class LiveTrainer:
         module, old = self.model.module, self.classes
         name, head = _output_conv(module, old)
         size = (int(head.kernel_size[0]), int(head.kernel_size[-1]))
-        new = nn.Conv2d(head.in_channels, k, size, padding=head.padding, bias=head.bias is not None)  # type: ignore[arg-type].to(self.device)
+        pad = head.padding if isinstance(head.padding, str) else (int(head.padding[0]), int(head.padding[-1]))
+        new = nn.Conv2d(head.in_channels, k, size, padding=pad, bias=head.bias is not None).to(self.device)
         with torch.no_grad():
             new.weight[:old] = head.weight
             if new.bias is not None and head.bias is not None:
