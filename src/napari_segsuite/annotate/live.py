@@ -12,6 +12,7 @@ each stroke and :meth:`LiveTrainer.set_view` when the camera moves (both cheap, 
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
 from collections.abc import Iterator
@@ -188,6 +189,10 @@ class LiveTrainer:
     def classes(self) -> int:
         """K: the number of classes the model has."""
         return self.model.card.num_classes
+
+    def snapshot(self) -> SegModel:
+        """A copy of the model as its predictions show it (the averaged weights), to use beside the loop."""
+        return SegModel(copy.deepcopy(self._average.module).eval(), self.model.card.model_copy(deep=True))
 
     # --- the loop (one worker thread) --------------------------------------------------------------
     def run(self) -> Iterator[LivePrediction]:

@@ -87,6 +87,9 @@ class AnnotateWidget(Container):
         self.margins = (4, 0, 4, 0)
         self.scroll = scroll_above(self, body, min_height=12)
         self.add_section("Click and box", self.tools)
+        from .annotate_live import add_live_section  # scribbles with live training, correct this next
+
+        self.live = add_live_section(self, viewer)
         self._maps: dict[tuple, PlaneMaps] = {}
         self._models: dict[str, Any] = {}
         self.session: AnnotationSession | None = None

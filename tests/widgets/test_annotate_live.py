@@ -1,0 +1,105 @@
+"""The Annotate dock's Scribbles (live training) section: strokes in, a live prediction refreshed over
+the view while the viewer keeps answering, Accept into the labels, undo; Correct this next moves the camera."""
+
+import time
+
+import numpy as np
+import torch
+from scipy import ndimage as ndi
+
+from napari_segsuite import sample_data as sd
+from napari_segsuite.annotate.live import LiveConfig
+from napari_segsuite.widgets.annotate_live import camera
+
+#: The longest the GUI thread may go without running a 10 ms timer during live training (under test
+#: load on 2 cores: typically 0.05-0.2 s, see bench/live.py).
+STALL_LIMIT = 0.5
+
+
+def _stroke_indices(mask, rng, n=5, half=5):
+    pts = np.argwhere(mask)
+    ys, xs = [], []
+    for y, x in pts[rng.integers(0, len(pts), n)]:
+        for dx in range(-half, half):
+            if 0 <= x + dx < mask.shape[1] and mask[y, x + dx]:
+                ys.append(y)
+                xs.append(x + dx)
+    return np.array(ys), np.array(xs)
+
+
+def test_live_training_from_the_dock(make_napari_viewer, qtbot):
+    from qtpy.QtCore import QTimer
+
+    torch.set_num_threads(1)
+    viewer = make_napari_viewer(show=True)
+    s = sd.nuclei_2d(seed=1, shape=(192, 192))
+    sem = s["semantic"]
+    image = viewer.add_image(s["image"], name="nuclei")
+    _, dock = viewer.window.add_plugin_dock_widget("napari-segsuite", "Annotate")
+    dock.image.value = image
+    labels = dock.new_labels()
+    live = dock.live
+    live.config = LiveConfig(refresh=0.6, after_stroke=0.4, patch=96)
+    scribbles = live.new_scribbles()
+    assert scribbles.name == "nuclei scribbles" and str(scribbles.mode) == "paint"
+    rng = np.random.default_rng(0)
+    fg, bg = ndi.binary_erosion(sem == 1, iterations=2), ndi.binary_erosion(sem == 0, iterations=4)
+    scribbles.data_setitem(_stroke_indices(fg, rng), 2)
+    scribbles.data_setitem(_stroke_indices(bg, rng), 1)
+    qtbot.wait(200)
+
+    gaps, last = [], [time.perf_counter()]
+
+    def tick():
+        now = time.perf_counter()
+        gaps.append(now - last[0])
+        last[0] = now
+
+    timer = QTimer()
+    timer.setInterval(10)
+    timer.timeout.connect(tick)
+    timer.start()
+    live.start()
+    assert live.controls.worker is not None and not live.controls.start_btn.enabled
+    qtbot.waitUntil(lambda: live.refreshes >= 2, timeout=30_000)
+    prediction = viewer.layers["nuclei live prediction"]
+    assert prediction.data.any() and set(np.unique(prediction.data)) <= {0, 1, 2}
+    # a stroke while it trains: picked up, and a later refresh has learnt from it
+    scribbles.data_setitem(_stroke_indices(fg, rng, n=2), 2)
+    qtbot.waitUntil(lambda: bool(live.stroke_delays), timeout=20_000)
+    timer.stop()
+    stall = max(gaps[1:])
+    print(
+        f"\nlive training from the dock: {live.refreshes} refreshes, stroke to refresh {live.stroke_delays[0]:.2f} s, "
+        f"longest stall {stall * 1000:.0f} ms over {len(gaps)} ticks"
+    )
+    assert stall < STALL_LIMIT, f"the viewer stalled for {stall:.2f} s"
+    assert live.stroke_delays[0] < 5.0
+
+    live.toggle_pause()
+    assert live.trainer.paused and live.pause_btn.text == "Resume"
+    live.toggle_pause()
+    assert not live.trainer.paused
+
+    # Accept: into the dock's Labels layer, one undo step
+    painted_by_user = (slice(0, 10), slice(0, 10))
+    labels.data_setitem(np.nonzero(np.ones((10, 10), bool)), 9)
+    n = live.accept()
+    assert n > 0 and (labels.data[painted_by_user] == 9).all()
+    assert set(np.unique(labels.data)) <= {0, 2, 9}  # class 1 (background) is not copied by default
+    assert (labels.data == 2).sum() == n
+    labels.undo()
+    assert (labels.data == 2).sum() == 0 and (labels.data[painted_by_user] == 9).all()
+
+    live.controls.cancel_btn.clicked()  # Stop
+    qtbot.waitUntil(lambda: live.controls.worker is None, timeout=15_000)
+    assert "Stopped after" in live.controls.status.value
+
+    # Correct this next: the camera goes to the live model's least certain tile
+    cam = camera(viewer)
+    cam.center, cam.zoom = (0, 0), 0.5
+    worker = live.correct_next()
+    with qtbot.waitSignal(worker.finished, timeout=15_000):
+        pass
+    qtbot.wait(50)
+    assert cam.zoom > 1.0 and "uncertain" in live.controls.status.value
