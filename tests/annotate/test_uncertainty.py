@@ -49,3 +49,21 @@ def test_the_ambiguous_image_and_its_ambiguous_tile_come_first():
     vol = np.stack([_image(), _image(grey_at=(10, 150)), _image()])
     ((_, u),) = drive(rank_images(model, [vol]))
     assert u.tile[0] == slice(1, 2) and u.tile[1].start <= 30 < u.tile[1].stop
+
+
+def test_segment_next_takes_the_most_uncertain_image_and_object_models_keep_the_order():
+    from napari_segsuite.annotate.uncertainty import segment_most_uncertain
+    from napari_segsuite.models.base import ObjectModel
+
+    model = _threshold_model()
+    images = [_image(), _image(grey_at=(100, 100))]
+    pick, seg, ranking = drive(segment_most_uncertain(model, images, [None, None]))
+    assert pick == 1 and [i for i, _ in ranking] == [1, 0] and seg.semantic.shape == (256, 256)
+    pick, _, ranking = drive(segment_most_uncertain(model, images[:1], [None]))  # one image: nothing to rank
+    assert pick == 0 and ranking is None
+
+    class Objects(ObjectModel):  # no maps to score
+        def forward(self, x):
+            raise AssertionError("not called")
+
+    assert drive(rank_images(SegModel(Objects(), model.card), images)) is None

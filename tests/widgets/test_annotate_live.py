@@ -103,3 +103,35 @@ def test_live_training_from_the_dock(make_napari_viewer, qtbot):
         pass
     qtbot.wait(50)
     assert cam.zoom > 1.0 and "uncertain" in live.controls.status.value
+
+
+def test_segment_next_image_ranks_the_candidates_by_uncertainty(make_napari_viewer, qtbot, monkeypatch):
+    """Fine-tune's Segment next image scores every image not in the set and segments the least certain."""
+    from napari_segsuite.annotate import uncertainty
+    from napari_segsuite.model_files import new_model, save_model
+    from napari_segsuite.store import model_dir
+    from napari_segsuite.widgets import finetune
+
+    model = new_model("unet", label_values=[0, 1], depth=1, base_filters=2)
+    model.card.name = "tiny"
+    path = str(save_model(model, model_dir() / "tiny"))
+    calls = []
+
+    def spy(model, images, rgbs):
+        pick, seg, ranking = yield from uncertainty.segment_most_uncertain(model, images, rgbs)
+        calls.append((len(images), pick, ranking))
+        return pick, seg, ranking
+
+    monkeypatch.setattr(finetune, "segment_most_uncertain", spy)
+    viewer = make_napari_viewer()
+    for seed, name in ((0, "trained"), (1, "a"), (2, "b")):
+        viewer.add_image(sd.nuclei_2d(seed=seed, shape=(64, 64))["image"], name=name)
+    _, fin = viewer.window.add_plugin_dock_widget("napari-segsuite", "Fine-tune")
+    fin.trainset.image.value = viewer.layers["trained"]
+    fin.last_path = path
+    assert fin.segment_next() is not None
+    qtbot.waitUntil(lambda: fin.controls.worker is None, timeout=30_000)
+    ((n, pick, ranking),) = calls
+    assert n == 2 and ranking is not None and ranking[0][0] == pick
+    assert viewer.layers[-1].name == f"{['a', 'b'][pick]} · tiny"
+    assert fin.trainset.image.value is viewer.layers[["a", "b"][pick]]

@@ -21,6 +21,7 @@ from ..model_files import SegModel
 from ..models.base import ObjectModel
 from ..preprocess import infer_axes, normalize, to_slices
 from ..progress import Progress, Work
+from ..tasks import Segmentation
 
 Region = tuple[slice, ...]
 
@@ -121,8 +122,29 @@ def rank_images(
     return sorted(out, key=lambda r: -r[1].score)
 
 
+def segment_most_uncertain(
+    model: SegModel, images: Sequence[np.ndarray], rgbs: Sequence[bool | None]
+) -> Work[tuple[int, Segmentation, list[tuple[int, Uncertainty]] | None]]:
+    """Segment the image the model is least sure of (the first when there is one, or the model has no
+    maps): ``(its index, its segmentation, the ranking or None)``, for "Segment next image"."""
+    from ..inference import segment
+
+    ranking = (yield from rank_images(model, images, rgbs)) if len(images) > 1 else None
+    pick = ranking[0][0] if ranking else 0
+    seg = yield from segment(model, np.asarray(images[pick]), rgb=rgbs[pick])
+    return pick, seg, ranking
+
+
 def _slices(n: int) -> list[int]:
     return sorted({int(round(v)) for v in np.linspace(0, n - 1, min(n, VOLUME_SLICES))})
 
 
-__all__ = ["Uncertainty", "image_uncertainty", "pixel_uncertainty", "rank_images", "score_maps", "tile_scores"]
+__all__ = [
+    "Uncertainty",
+    "image_uncertainty",
+    "pixel_uncertainty",
+    "rank_images",
+    "score_maps",
+    "segment_most_uncertain",
+    "tile_scores",
+]

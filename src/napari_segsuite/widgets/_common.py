@@ -311,3 +311,12 @@ def check_fit(
             f"{have} images, or agree to convert."
         )
     return f"converted '{image}' from {conv} for '{model}'"
+
+
+def fits_as_is(model: str, in_channels: int | None, spatial_dims: int, layer: Any) -> bool:
+    """Whether an image layer fits the model without a conversion to ask about (:func:`check_fit`)."""
+    shape = tuple((layer.data[0] if getattr(layer, "multiscale", False) else layer.data).shape)
+    try:
+        return check_fit(model, in_channels, spatial_dims, layer.name, shape, bool(layer.rgb), lambda _q: False) == ""
+    except ValueError:
+        return False

@@ -15,9 +15,9 @@ import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, LineEdit, PushButton, SpinBox
 from napari.utils.notifications import show_info
 
+from ..annotate.uncertainty import segment_most_uncertain
 from ..card import ModelCard
 from ..checks import check_labels_vary
-from ..inference import segment
 from ..model_files import load_model
 from ..models import available, get_spec
 from ..store import delete_model, release_model_path, reserve_model_path
@@ -25,7 +25,7 @@ from ..tasks import score_of
 from ..training import TrainConfig
 from ..workflows import train_model
 from ._choices import _base_choices, _card_of, _class_image, _is_object_model, _takes, _task_of, guide_text, plan_text
-from ._common import RunControls, ask, check_fit, os_error_text, row, scroll_above, wrapped_label
+from ._common import RunControls, ask, check_fit, fits_as_is, os_error_text, row, scroll_above, wrapped_label
 from ._events import on_models_changed, store_events
 from ._layers import add_result, layer_array, layer_data
 from .class_names import ClassNames
@@ -356,7 +356,8 @@ class FinetuneWidget(Container):
             self.base.value = c["parent_path"]
 
     def segment_next(self) -> Any:
-        """Segment the next image not yet in the training set with the model just trained."""
+        """Segment the image not yet in the training set that the model just trained is least sure of
+        (:func:`~..annotate.uncertainty.segment_most_uncertain`; the next one in layer order for object models)."""
         if self.controls.busy():
             return None
         if self.last_path is None:
@@ -375,15 +376,17 @@ class FinetuneWidget(Container):
             return self.controls.refuse(str(err))
         if ts._pairs == [] and ts.image.value is not None and ts.labels_layer.value is not None:
             ts.add_pair()  # the pair just trained on stays in the set
-        path = self.last_path
+        path, first = self.last_path, image
+        layers = [image, *ts.next_images(lambda la: la is not first and fits_as_is(path, in_ch, dims, la))]
 
-        def work(data: Any, rgb: bool) -> Any:
+        def work(datas: list, rgbs: list) -> Any:
             model = load_model(path)
-            result = yield from segment(model, data, rgb=rgb)
-            return result, model.card
+            pick, result, _ranking = yield from segment_most_uncertain(model, datas, rgbs)
+            return result, model.card, pick
 
         def done(result: tuple) -> None:
-            seg, card = result
+            seg, card, pick = result
+            image = layers[pick]
             if image not in self._viewer.layers:
                 self.controls.status.value = f"Image layer '{image.name}' was removed during the run: no result added."
                 return
@@ -403,13 +406,13 @@ class FinetuneWidget(Container):
 
         self.controls.watch(
             self._viewer,
-            [image],
+            layers,
             lambda la: self.controls.stop(f"Stopped: image layer '{la.name}' was removed during the run; no result."),
         )
         self.next_worker = self.controls.launch(
             work,
-            data,
-            bool(image.rgb),
+            [data, *(layer_data(la) for la in layers[1:])],  # the others copied in the worker
+            [bool(la.rgb) for la in layers],
             on_yield=lambda p: self.controls.show_progress(p.step, p.total, p.note),
             on_done=done,
         )

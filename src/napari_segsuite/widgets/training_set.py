@@ -102,12 +102,18 @@ class TrainingSet(Container):
         current = self._current()
         return [] if self._check_pair(*current) else [current]
 
-    def next_image(self) -> Any:
-        """The first image layer that is neither in the set nor picked above, or ``None``."""
+    def next_images(self, fits: Callable[[Any], bool] | None = None) -> list[Any]:
+        """The image layers that are neither in the set nor picked above (and that ``fits``), in layer order."""
         used = {id(p[0]) for p in self._pairs} | {id(self.image.value)}
-        return next(
-            (la for la in self._viewer.layers if isinstance(la, napari.layers.Image) and id(la) not in used), None
-        )
+        return [
+            la
+            for la in self._viewer.layers
+            if isinstance(la, napari.layers.Image) and id(la) not in used and (fits is None or fits(la))
+        ]
+
+    def next_image(self) -> Any:
+        """The first of :meth:`next_images`, or ``None``."""
+        return next(iter(self.next_images()), None)
 
     # --- pairs ---
     def _check_pair(self, image: Any, labels: Any, objects: Any = None) -> str | None:
