@@ -4,12 +4,13 @@ the view while the viewer keeps answering, Accept into the labels, undo; Correct
 import time
 
 import numpy as np
+import pytest
 import torch
 from scipy import ndimage as ndi
 
 from napari_segsuite import sample_data as sd
 from napari_segsuite.annotate.live import LiveConfig
-from napari_segsuite.widgets.annotate_live import camera
+from napari_segsuite.widgets.annotate_live import camera, visible_region
 
 #: The longest the GUI thread may go without running a 10 ms timer during live training (under test
 #: load on 2 cores: typically 0.05-0.2 s, see bench/live.py).
@@ -76,6 +77,11 @@ def test_live_training_from_the_dock(make_napari_viewer, qtbot):
     assert stall < STALL_LIMIT, f"the viewer stalled for {stall:.2f} s"
     assert live.stroke_delays[0] < 5.0
 
+    # zoomed in, the prediction covers what is on screen, not the whole image
+    cam = camera(viewer)
+    cam.center, cam.zoom = (40, 50), 8.0
+    (ys, xs) = visible_region(viewer, prediction)
+    assert 0 < ys.stop - ys.start < 192 and 0 < xs.stop - xs.start < 192 and ys.start <= 40 < ys.stop
     live.toggle_pause()
     assert live.trainer.paused and live.pause_btn.text == "Resume"
     live.toggle_pause()
@@ -96,7 +102,6 @@ def test_live_training_from_the_dock(make_napari_viewer, qtbot):
     assert "Stopped after" in live.controls.status.value
 
     # Correct this next: the camera goes to the live model's least certain tile
-    cam = camera(viewer)
     cam.center, cam.zoom = (0, 0), 0.5
     worker = live.correct_next()
     with qtbot.waitSignal(worker.finished, timeout=15_000):
@@ -135,3 +140,41 @@ def test_segment_next_image_ranks_the_candidates_by_uncertainty(make_napari_view
     assert n == 2 and ranking is not None and ranking[0][0] == pick
     assert viewer.layers[-1].name == f"{['a', 'b'][pick]} · tiny"
     assert fin.trainset.image.value is viewer.layers[["a", "b"][pick]]
+
+
+@pytest.mark.screenshot
+def test_readme_screenshot_live(make_napari_viewer, qtbot):
+    """docs/screenshots/annotate_live.png: image, strokes and the live prediction, the section open, on a laptop screen."""
+    from pathlib import Path
+
+    torch.set_num_threads(1)
+    viewer = make_napari_viewer(show=True)
+    viewer.open_sample("napari-segsuite", "nuclei2d")
+    _, dock = viewer.window.add_plugin_dock_widget("napari-segsuite", "Annotate")
+    viewer.window._qt_window.resize(1366, 768)
+    image = viewer.layers["nuclei 2D"]
+    sem = viewer.layers["nuclei 2D ground truth (semantic)"].data > 0
+    for layer in list(viewer.layers):
+        if layer is not image:
+            viewer.layers.remove(layer)
+    dock.image.value = image
+    dock.new_labels()
+    live = dock.live
+    for section in dock.sections.native.findChildren(type(dock.sections.native)):
+        if section.objectName().startswith("section: "):
+            section.head.setChecked(section.objectName().endswith("(live training)"))
+    scribbles = live.new_scribbles()
+    rng = np.random.default_rng(0)
+    fg, bg = ndi.binary_erosion(sem, iterations=2), ndi.binary_erosion(~sem, iterations=5)
+    for mask, value, half in ((fg, 2, 7), (bg, 1, 12)):
+        lines = np.zeros(mask.shape, bool)
+        lines[_stroke_indices(mask, rng, n=8, half=half)] = True
+        scribbles.data_setitem(np.nonzero(ndi.binary_dilation(lines) & mask), value)  # 3-pixel brush strokes
+    live.start()
+    qtbot.waitUntil(lambda: live.refreshes >= 6, timeout=60_000)
+    live.toggle_pause()
+    qtbot.wait(300)
+    docs = Path(__file__).parents[2] / "docs" / "screenshots"
+    assert viewer.screenshot(str(docs / "annotate_live.png"), canvas_only=False).shape[:2] == (768, 1366)
+    live.stop()
+    qtbot.waitUntil(lambda: live.controls.worker is None, timeout=15_000)

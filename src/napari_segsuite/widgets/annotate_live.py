@@ -9,6 +9,7 @@ the prediction into the dock's Labels layer where you have not labelled (undo: C
 from __future__ import annotations
 
 import time
+import warnings
 from typing import Any
 
 import napari
@@ -42,15 +43,31 @@ def show_region(layer: Any, region: tuple[slice, ...], values: np.ndarray) -> No
     """Write ``values`` into ``layer.data[region]`` and redraw only that part (no undo history, no
     wholesale refresh): what napari's own painting does after a stroke."""
     layer.data[region] = values
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # private access from a plugin: napari's own painting path
+        try:
+            point = layer._slice_input.point  # the slice on screen; a region on another slice needs no redraw
+            if layer.ndim == 3 and not region[0].start <= round(float(point[0])) < region[0].stop:
+                return
+            texture = layer.colormap._data_to_texture(values.reshape(values.shape[-2:]))
+            layer._slice.image.view[region[-2:]] = texture
+            layer._accumulate_updated_slice(region)
+            layer._partial_labels_refresh()
+        except (AttributeError, TypeError, IndexError, ValueError):  # another napari: the whole layer
+            layer.refresh()
+
+
+def _background_clear(layer: Any) -> None:
+    """Class 1 (the background) drawn transparent, the other classes in the colours their strokes have."""
     try:
-        point = layer._slice_input.point  # the slice on screen; a region on another slice needs no redraw
-        if layer.ndim == 3 and not region[0].start <= round(float(point[0])) < region[0].stop:
-            return
-        layer._slice.image.view[region[-2:]] = layer.colormap._data_to_texture(values.reshape(values.shape[-2:]))
-        layer._accumulate_updated_slice(region)
-        layer._partial_labels_refresh()
-    except (AttributeError, TypeError, IndexError, ValueError):  # another napari: the whole layer
-        layer.refresh()
+        from napari.utils.colormaps import DirectLabelColormap
+
+        colors = {v: np.array(layer.colormap.map(v), np.float32) for v in range(2, 256)}
+        layer.colormap = DirectLabelColormap(
+            color_dict={None: "transparent", 0: "transparent", 1: "transparent", **colors}
+        )
+    except (ImportError, AttributeError, TypeError, ValueError):  # another napari: all classes shown
+        pass
 
 
 def camera(viewer: Any) -> Any:
@@ -155,9 +172,14 @@ class LiveSection(Container):
         if name in self._viewer.layers and self._viewer.layers[name].data.shape == shape:
             return self._viewer.layers[name]
         layer = self._viewer.add_labels(
-            np.zeros(shape, np.uint8), name=name, scale=image.scale, translate=image.translate, opacity=0.45
+            np.zeros(shape, np.uint8), name=name, scale=image.scale, translate=image.translate, opacity=0.5
         )
-        self._viewer.layers.selection.active = self.scribbles.value  # keep painting the scribbles
+        _background_clear(layer)
+        scribbles = self.scribbles.value
+        if scribbles in self._viewer.layers:  # under the strokes, which stay in view and selected
+            layers = self._viewer.layers
+            layers.move(layers.index(layer), layers.index(scribbles))
+            layers.selection.active = scribbles
         return layer
 
     # --- the run --------------------------------------------------------------------------------------
