@@ -62,10 +62,9 @@ def _background_clear(layer: Any) -> None:
     try:
         from napari.utils.colormaps import DirectLabelColormap
 
-        colors = {v: np.array(layer.colormap.map(v), np.float32) for v in range(2, 256)}
-        layer.colormap = DirectLabelColormap(
-            color_dict={None: "transparent", 0: "transparent", 1: "transparent", **colors}
-        )
+        colors: dict[int | None, Any] = {None: "transparent", 0: "transparent", 1: "transparent"}
+        colors.update({v: np.array(layer.colormap.map(v), np.float32) for v in range(2, 256)})
+        layer.colormap = DirectLabelColormap(color_dict=colors)
     except (ImportError, AttributeError, TypeError, ValueError):  # another napari: all classes shown
         pass
 
