@@ -178,3 +178,44 @@ def test_readme_screenshot_live(make_napari_viewer, qtbot):
     assert viewer.screenshot(str(docs / "annotate_live.png"), canvas_only=False).shape[:2] == (768, 1366)
     live.stop()
     qtbot.waitUntil(lambda: live.controls.worker is None, timeout=15_000)
+
+
+def test_live_training_on_a_volume_predicts_the_slice_on_screen(make_napari_viewer, qtbot):
+    torch.set_num_threads(1)
+    viewer = make_napari_viewer()
+    s = sd.nuclei_2d(seed=2, shape=(96, 96))
+    image = viewer.add_image(np.stack([s["image"]] * 3), name="vol")
+    _, dock = viewer.window.add_plugin_dock_widget("napari-segsuite", "Annotate")
+    dock.image.value = image
+    live = dock.live
+    live.config = LiveConfig(refresh=0.3, patch=64)
+    scribbles = live.new_scribbles()
+    rng = np.random.default_rng(0)
+    sem = s["semantic"]
+    for mask, value in (
+        (ndi.binary_erosion(sem == 1, iterations=2), 2),
+        (ndi.binary_erosion(sem == 0, iterations=4), 1),
+    ):
+        ys, xs = _stroke_indices(mask, rng)
+        scribbles.data_setitem((np.full(len(ys), 1), ys, xs), value)
+    viewer.dims.current_step = (2, *viewer.dims.current_step[1:])
+    live.start()
+    qtbot.waitUntil(lambda: live.refreshes >= 1, timeout=20_000)
+    prediction = viewer.layers["vol live prediction"]
+    assert prediction.data[2].any() and not prediction.data[0].any() and not prediction.data[1].any()
+    live.stop()
+    qtbot.waitUntil(lambda: live.controls.worker is None, timeout=15_000)
+    # Correct this next with the model picked above (no live model): the slice and the tile
+    from napari_segsuite.model_files import new_model, save_model
+    from napari_segsuite.store import model_dir
+
+    model = new_model("unet", label_values=[0, 1], depth=1, base_filters=2)
+    path = str(save_model(model, model_dir() / "tiny"))
+    dock.model.reset_choices()
+    dock.model.value = path
+    live.trainer = None
+    worker = live.correct_next()
+    with qtbot.waitSignal(worker.finished, timeout=15_000):
+        pass
+    qtbot.wait(50)
+    assert "uncertain" in live.controls.status.value and viewer.dims.current_step[0] in (0, 1, 2)
