@@ -134,7 +134,7 @@ def split_by_seeds(
     return make_edit(labels, win, after, nid)
 
 
-def line_pixels(shape: tuple[int, int], points: Sequence[Point]) -> np.ndarray:
+def line_pixels(shape: tuple[int, ...], points: Sequence[Point] | np.ndarray) -> np.ndarray:
     """The pixels of the polyline through ``points`` (``(y, x)``), as a bool ``shape`` mask (8-connected)."""
     pts = np.round(np.asarray(points, float)).astype(int)
     out = np.zeros(shape, bool)
@@ -149,7 +149,7 @@ def line_pixels(shape: tuple[int, int], points: Sequence[Point]) -> np.ndarray:
 
 def split_by_line(
     labels: np.ndarray,
-    points: Sequence[Point],
+    points: Sequence[Point] | np.ndarray,
     *,
     object_id: int | None = None,
     next_id: int | None = None,
