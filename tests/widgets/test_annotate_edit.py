@@ -144,3 +144,78 @@ def test_propagate_in_z_and_whole_object_delete(make_napari_viewer):
     assert not (labels.data == 1).any() and (labels.data == 2).sum() == 14 * 16
     labels.undo()
     np.testing.assert_array_equal(labels.data, propagated)
+
+
+def test_keys_switch_the_edit_tools_and_are_not_napari_shortcuts(dock):
+    from app_model.types import KeyBinding
+    from napari.utils.shortcuts import default_shortcuts
+
+    from napari_segsuite.widgets.annotate_edit import EDIT_KEYS
+
+    viewer, w, _ = dock
+    napari_keys = {str(KeyBinding.from_str(str(k))) for keys in default_shortcuts.values() for k in keys}
+    for key, tool in EDIT_KEYS.items():
+        assert str(KeyBinding.from_str(key)) not in napari_keys, key
+        viewer.keymap[KeyBinding.from_str(key)](viewer)
+        assert w.edit.tool.value == tool and w.tool.value == "off"
+
+
+def test_propagate_with_a_model_runs_in_a_worker(make_napari_viewer, qtbot):
+    from napari_segsuite import sample_data as sd
+    from napari_segsuite.model_files import save_model
+    from napari_segsuite.store import model_dir
+    from napari_segsuite.workflows import model_for_training
+
+    s = sd.nuclei_3d(seed=0, shape=(5, 48, 48), n=8)
+    model = model_for_training("unet-instance", [s["image"][2]], [s["instances"][2]], base_filters=4, depth=2)
+    model.card.name = "tiny"
+    save_model(model, model_dir() / "tiny")
+    viewer = make_napari_viewer()
+    image = viewer.add_image(s["image"], name="stack")
+    truth = s["instances"][2]
+    obj = int(np.bincount(truth.ravel())[1:].argmax() + 1)
+    lab = np.zeros(s["instances"].shape, np.int32)
+    lab[2][truth == obj] = 3
+    labels = viewer.add_labels(lab.copy(), name="objects")
+    _, w = viewer.window.add_plugin_dock_widget("napari-segsuite", "Annotate")
+    w.image.value, w.labels_layer.value = image, labels
+    w.model.reset_choices()
+    w.model.value = next(v for v in w.model.choices if v.endswith("tiny"))
+    viewer.dims.set_current_step(0, 2)
+    labels.selected_label = 3
+    assert w.edit.propagate() is not None  # a worker: each slice's maps come from the model
+    qtbot.waitUntil(lambda: w.controls.worker is None, timeout=60_000)
+    assert w.controls.status.value.startswith("Object 3 propagated")
+    np.testing.assert_array_equal(labels.data[2], lab[2])
+    assert set(np.unique(labels.data)) <= {0, 3}
+
+
+@pytest.mark.screenshot
+def test_screenshot(make_napari_viewer, qtbot):
+    """docs/screenshots/annotate_edit.png: the Edit objects section on a laptop screen, a volume's object propagated."""
+    from pathlib import Path
+
+    from napari_segsuite import sample_data as sd
+
+    viewer = make_napari_viewer(show=True)
+    s = sd.nuclei_3d(seed=1, shape=(24, 128, 128), n=14)
+    image = viewer.add_image(s["image"], name="nuclei 3D")
+    _, w = viewer.window.add_plugin_dock_widget("napari-segsuite", "Annotate")
+    viewer.window._qt_window.resize(1366, 768)
+    w.image.value = image
+    labels = w.new_labels()
+    truth = s["instances"]
+    z = truth.shape[0] // 2
+    ids = [i for i in np.argsort(-np.bincount(truth[z].ravel())) if i][:5]
+    for k, i in enumerate(ids, 1):
+        labels.data[z][truth[z] == i] = k
+    viewer.dims.set_current_step(0, z)
+    for k in range(1, len(ids) + 1):
+        labels.selected_label = k
+        w.edit.propagate()
+    w.sections.native.layout().itemAt(0).widget().head.setChecked(False)  # fold "Click and box"
+    w.edit.tool.value = "split"
+    assert (labels.data[z - 2] > 0).any() and (labels.data[z + 2] > 0).any()
+    qtbot.wait(50)
+    docs = Path(__file__).parents[2] / "docs" / "screenshots"
+    assert viewer.screenshot(str(docs / "annotate_edit.png"), canvas_only=False).shape[:2] == (768, 1366)

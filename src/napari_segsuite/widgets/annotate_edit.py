@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import CheckBox, Container, PushButton, RadioButtons, SpinBox
+from magicgui.widgets import CheckBox, Container, Label, PushButton, RadioButtons, SpinBox
 
 from ..annotate import Edit, compute_maps
 from ..annotate import edit as ops
@@ -76,13 +76,14 @@ class EditObjects(Container):
         )
         super().__init__(
             widgets=[
-                self.tool,
+                row(Label(value="Edit"), self.tool),
                 self.whole,
                 row(self.fill_btn, self.fill_all_btn),
                 row(self.small_btn, self.min_size),
                 self.propagate_btn,
                 self.help,
-            ]
+            ],
+            labels=False,
         )
         self.margins = (0, 0, 0, 0)
         self._first: tuple[int, ...] | None = None
