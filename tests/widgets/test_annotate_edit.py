@@ -107,6 +107,7 @@ def test_cut_by_a_drawn_line_and_the_buttons(dock):
     assert labels.data[70, 90] == 0 and ((labels.data != start).sum()) == 1
     labels.undo()
     np.testing.assert_array_equal(labels.data, start)
+    assert w.edit.propagate_btn.native.isHidden() and w.edit.whole.native.isHidden()  # for volumes only
     assert w.edit.propagate() is None and "volume" in w.controls.status.value  # a 2D image
 
 
@@ -122,6 +123,7 @@ def test_propagate_in_z_and_whole_object_delete(make_napari_viewer):
     labels = viewer.add_labels(lab.copy(), name="objects")
     _, w = viewer.window.add_plugin_dock_widget("napari-segsuite", "Annotate")
     w.image.value, w.labels_layer.value = image, labels
+    assert not w.edit.propagate_btn.native.isHidden()
     viewer.dims.set_current_step(0, 6)
     labels.selected_label = 1
     w.edit.propagate()

@@ -89,6 +89,7 @@ class EditObjects(Container):
         self._first: tuple[int, ...] | None = None
         self.tool.changed.connect(lambda _=None: self._tool_changed())
         dock.tool.changed.connect(lambda _=None: self._dock_tool_changed())
+        dock.labels_layer.changed.connect(lambda _=None: self._labels_changed())
         self.fill_btn.changed.connect(lambda _=None: self.fill_holes())
         self.fill_all_btn.changed.connect(lambda _=None: self.fill_holes(all_objects=True))
         self.small_btn.changed.connect(lambda _=None: self.remove_small())
@@ -97,6 +98,7 @@ class EditObjects(Container):
         for key, tool in EDIT_KEYS.items():
             self._viewer.bind_key(key, lambda _v, t=tool: setattr(self.tool, "value", t), overwrite=True)
         self.native.destroyed.connect(lambda *_: self._disconnect(self._viewer))
+        self._labels_changed()
 
     def _disconnect(self, viewer: Any) -> None:
         if self._on_mouse in viewer.mouse_drag_callbacks:
@@ -130,6 +132,13 @@ class EditObjects(Container):
             "split": "Split: click inside the object twice, once in each part.",
             "delete": "Delete: click an object.",
         }[self.tool.value]
+
+    def _labels_changed(self) -> None:
+        """What only a volume needs shows only for a volume's labels."""
+        labels = self._dock.labels_layer.value
+        volume = labels is None or labels.ndim == 3
+        self.whole.visible = self.propagate_btn.visible = volume
+        self._first = None
 
     def _dock_tool_changed(self) -> None:
         if self._dock.tool.value != "off":
@@ -315,7 +324,7 @@ class EditObjects(Container):
         rgb = bool(image.rgb)
         if not dock.model.value:
             try:
-                edits = propagate(np.asarray(labels.data), np.asarray(data), obj, z, rgb=rgb)
+                edits = propagate(np.asarray(labels.data), data, obj, z, rgb=rgb)  # a lazy image: its slices only
             except ValueError as err:
                 self._refuse(str(err))
                 return None
@@ -328,7 +337,7 @@ class EditObjects(Container):
         return dock.controls.launch(
             _propagate_work,
             np.array(labels.data),
-            np.asarray(data),
+            data,
             obj,
             z,
             dock._models.get(path, path),
