@@ -35,6 +35,8 @@ Window = tuple[slice, slice]
 class Edit:
     """What an operation changed: the window at ``(y0, x0)``, its labels ``before`` and ``after``.
 
+    A window of a volume has 3D ``before`` and ``after`` and starts at slice ``z0``.
+
     Attributes:
         object_id: The object made or changed (0 for a box with several objects or a removal).
     """
@@ -44,13 +46,18 @@ class Edit:
     before: np.ndarray
     after: np.ndarray
     object_id: int = 0
+    z0: int = 0
 
     @property
     def changed(self) -> bool:
         return bool((self.before != self.after).any())
 
     def indices(self, z: int | None = None) -> tuple[np.ndarray, ...]:
-        """Coordinates of the changed pixels in the plane ``(ys, xs)``, or in a volume ``(zs, ys, xs)``."""
+        """Coordinates of the changed pixels in the plane ``(ys, xs)``, or in a volume ``(zs, ys, xs)``
+        (a plane's window: on slice ``z``; a volume's window: ``z`` is not needed)."""
+        if self.before.ndim == 3:
+            zs, ys, xs = np.nonzero(self.before != self.after)
+            return (zs + self.z0, ys + self.y0, xs + self.x0)
         ys, xs = np.nonzero(self.before != self.after)
         ys, xs = ys + self.y0, xs + self.x0
         return (ys, xs) if z is None else (np.full(len(ys), z), ys, xs)

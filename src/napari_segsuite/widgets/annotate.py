@@ -6,7 +6,8 @@ sees another object); **Ctrl-click** (or a right click) says "not this": it take
 object being refined, or deletes the object under it when none is. Tool *Box*: draw a rectangle (a
 Shapes layer ``annotate boxes`` is made for it) and the objects inside it are added. Keys: **K** the
 click tool, **J** the box tool, **N** finish the object (the next click starts a new one); none of
-them is one of napari's own. Every change goes through ``Labels.data_setitem``, so napari's undo
+them is one of napari's own. The *Edit objects* section (:mod:`.annotate_edit`) merges, splits,
+cuts, deletes, fills and propagates objects. Every change goes through ``Labels.data_setitem``, so napari's undo
 (Ctrl-Z on the Labels layer) takes it back. The model's maps are computed once per image or slice,
 in a worker, at the first click there (or with *Compute maps*).
 """
@@ -27,6 +28,7 @@ from ._common import RunControls, scroll_above, wrapped_label
 from ._events import on_models_changed
 from ._layers import layer_choices
 from ._sections import collapsible
+from .annotate_edit import EditObjects
 
 NO_MODEL = "none (classical)"
 TOOLS = ["off", "click", "box"]
@@ -87,6 +89,8 @@ class AnnotateWidget(Container):
         self.margins = (4, 0, 4, 0)
         self.scroll = scroll_above(self, body, min_height=12)
         self.add_section("Click and box", self.tools)
+        self.edit = EditObjects(self)  # merge, split, cut, delete, fill, remove small, propagate in Z
+        self.add_section("Edit objects", self.edit)
         from .annotate_live import add_live_section  # scribbles with live training, correct this next
 
         self.live = add_live_section(self, viewer)
