@@ -79,12 +79,14 @@ def test_pause_resume_stop_from_another_thread(scene):
     preds = []
     thread = threading.Thread(target=lambda: preds.extend(trainer.run()), daemon=True)
     thread.start()
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 15
     while trainer.step < 3 and time.monotonic() < deadline:
         time.sleep(0.05)
     trainer.pause()
-    time.sleep(0.4)  # the step under way ends
-    paused_at = trainer.step
+    paused_at = -1
+    while trainer.step != paused_at and time.monotonic() < deadline:  # the step under way ends
+        paused_at = trainer.step
+        time.sleep(0.4)
     time.sleep(0.6)
     assert trainer.paused and trainer.step == paused_at
     trainer.resume()
