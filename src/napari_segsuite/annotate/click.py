@@ -224,7 +224,9 @@ class AnnotationSession:
         neg = [(y - oy, x - ox) for y, x in self.neg]
         maps = self.maps
         if maps.fg is not None and maps.instances is not None:
-            return regions.from_maps(maps.fg[win], maps.instances[win], maps.smooth[win], pos, neg, maps.size)
+            return regions.from_maps(
+                maps.fg[win], maps.instances[win], maps.smooth[win], pos, neg, maps.size, maps.threshold
+            )
         if maps.x is not None:
             return self._from_point_model(win, pos, neg)
         return regions.classical(maps.smooth[win], pos, neg, maps.size)

@@ -37,6 +37,8 @@ class PlaneMaps:
         size: Typical object diameter in pixels (median of the model's objects, else :data:`DEFAULT_SIZE`).
         x: The normalised ``(C, H, W)`` image for a point model (``mask_at``), else ``None``.
         model: The model the maps come from (``None``: classical).
+        threshold: The foreground probability the model's objects start at (its calibrated mask
+            threshold where it has one); clicks move it per object.
     """
 
     smooth: np.ndarray
@@ -46,6 +48,7 @@ class PlaneMaps:
     size: float = DEFAULT_SIZE
     x: np.ndarray | None = None
     model: SegModel | None = None
+    threshold: float = 0.5
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -141,6 +144,7 @@ def compute_maps(
         seg = get_task(card.kind).postprocess(probs, card)
         ids = seg.instances if seg.instances is not None else ndi.label(np.asarray(seg.semantic) > 0)[0]
         maps = maps_from_instances(smooth, np.asarray(ids), 1.0 - probs[0])
+        maps.threshold = float(card.postprocessing.get("mask_threshold", 0.5))
     maps.model = model
     return maps
 

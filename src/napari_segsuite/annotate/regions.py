@@ -56,21 +56,29 @@ def from_maps(
     pos: Seeds,
     neg: Seeds,
     size: float,
+    threshold: float = 0.5,
 ) -> np.ndarray:
     """The object from a model's cached maps: one positive click and nothing else is the model's own
-    object under it; otherwise a seeded watershed over the foreground, where the clicked objects'
-    pixels count as foreground, the other objects' cores and the negative clicks compete, and the
-    model's cuts between other objects stay cut. A positive click where the model saw background
-    adds the region of weaker foreground around it (or, failing that, the image's region)."""
+    object under it; otherwise a seeded watershed over the foreground, where the other objects' cores
+    and the negative clicks compete, and the model's cuts between other objects stay cut.
+
+    The clicks move this object's foreground threshold (from ``threshold``, the model's): a positive
+    click where the foreground is weaker lowers it to take that pixel in, a negative click where it is
+    stronger (but weaker than at every positive click) raises it to leave that pixel out. An object
+    the model drew a little too large or too small shrinks or grows along its whole edge, as the
+    model's map says, not in a blob around the click. A positive click where the model saw (almost)
+    background adds the region of weaker foreground around it (or, failing that, the image's region);
+    a negative click the threshold cannot leave out competes as a seed."""
     hit = {int(inst[y, x]) for y, x in pos} - {0}
     if len(pos) == 1 and not neg and hit:
         return inst == hit.pop()
+    t = _click_threshold(fg, pos, neg, threshold)
     mine = np.isin(inst, list(hit)) if hit else np.zeros(inst.shape, bool)
-    region = (fg > 0.5) | mine
+    region = fg > t
     for y, x in pos:
         if region[y, x]:
             continue
-        weak, _ = ndi.label(fg > 0.25)
+        weak, _ = ndi.label(fg > WEAK)
         grown = (weak == weak[y, x]) if weak[y, x] else np.zeros_like(region)
         if grown.sum() < max(4.0, (size / 4) ** 2):
             grown = classical(smooth, [(y, x)], [], size) | _disk_marks(region.shape, [(y, x)], max(1, int(size / 8)))
@@ -78,8 +86,26 @@ def from_maps(
     cuts = find_boundaries(inst, mode="inner") & (inst > 0) & ~mine
     dist = ndi.gaussian_filter(ndi.distance_transform_edt(region & ~cuts).astype(np.float32), 1.0)
     others = (inst > 0) & ~mine & (dist >= 2.0)
-    others |= _disk_marks(region.shape, neg)
+    others |= _disk_marks(region.shape, [(y, x) for y, x in neg if region[y, x]])
     return seeded_split(region, dist, pos, others)
+
+
+#: Foreground below this counts as the model's background: clicks do not lower the threshold under it.
+WEAK = 0.25
+#: How far past a clicked pixel's foreground the threshold moves to take it in or leave it out.
+CLICK_MARGIN = 0.02
+
+
+def _click_threshold(fg: np.ndarray, pos: Seeds, neg: Seeds, threshold: float) -> float:
+    """The object's foreground threshold after its clicks (see :func:`from_maps`)."""
+    lo = min(float(fg[y, x]) for y, x in pos)
+    t = threshold
+    if WEAK < lo <= t:  # take the weakest positive pixel in
+        t = lo - CLICK_MARGIN
+    stronger = [v for y, x in neg if t < (v := float(fg[y, x])) < lo - CLICK_MARGIN]
+    if stronger:  # leave out negative pixels that every positive one is stronger than
+        t = min(max(stronger) + CLICK_MARGIN, lo - CLICK_MARGIN)
+    return t
 
 
 def _side(smooth: np.ndarray, pos: Seeds) -> np.ndarray:
