@@ -1,11 +1,14 @@
 """Objects as object models give them (a mask, a score and a class each) and how they become a label
-image: each pixel to the best-scoring object that claims it."""
+image: each pixel to the best-scoring object that claims it; 2D objects of consecutive slices linked
+into 3D ones."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
+
+from .ap import _iou_matrix
 
 
 @dataclass
@@ -73,3 +76,33 @@ def paste(
         "class": np.array(cls, np.int64),
         "score": np.array(scores, np.float32),
     }
+
+
+def link_slices(stack: np.ndarray, min_overlap: float = 0.5) -> np.ndarray:
+    """3D ids from per-slice 2D ids ``(Z, Y, X)``: an object continues into the next slice when their
+    intersection covers at least ``min_overlap`` of the smaller of the two (so the small tip of a
+    round object still joins its body), one-to-one, best overlaps first; otherwise it starts a new id."""
+    out = np.zeros(stack.shape, np.int32)
+    next_id = 1
+    prev: np.ndarray | None = None
+    for z in range(stack.shape[0]):
+        cur = np.asarray(stack[z])
+        lut = np.zeros(int(cur.max()) + 1, np.int32)
+        if prev is not None and cur.max() > 0 and prev.max() > 0:
+            iou = _iou_matrix(cur, prev, of_smaller=True)  # rows: this slice's ids, cols: previous 3D ids
+            cand = np.argwhere(iou >= min_overlap)
+            order = np.argsort(-iou[cand[:, 0], cand[:, 1]])
+            used_j: set[int] = set()
+            for i, j in cand[order]:
+                if lut[i + 1] == 0 and j not in used_j:
+                    lut[i + 1] = j + 1
+                    used_j.add(int(j))
+        for i in np.unique(cur[cur > 0]):
+            if lut[i] == 0:
+                lut[i] = next_id
+                next_id += 1
+            else:
+                next_id = max(next_id, int(lut[i]) + 1)
+        out[z] = lut[cur]
+        prev = out[z]
+    return out
