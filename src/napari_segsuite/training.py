@@ -26,7 +26,7 @@ from .augment import Batches, ClassIndex, background_batches, batch_threads, cro
 from .averaging import WeightAverage
 from .checks import check_learnable, check_train_config
 from .distributed import Sync, world_size
-from .evaluation import calibrate_inference, evaluate_samples
+from .evaluation import calibrate_inference, calibration_helpers, evaluate_samples
 from .inference import pick_device
 from .model_files import SegModel, save_model
 from .models.base import encoder_of
@@ -181,7 +181,7 @@ def train(
     train_s, val_s, val_note = split_samples(samples, cfg.val_fraction, rng)
     tp = plan(model, train_s, cfg, device.type)
     patch, batch_size, spe, peak_lr, val_tile = tp.patch, tp.batch_size, tp.steps_per_epoch, tp.lr, tp.val_tile
-    train_s = [pad_to(s, patch) for s in train_s]
+    helpers, train_s = calibration_helpers(val_s, train_s), [pad_to(s, patch) for s in train_s]
     sync, rng = Sync.begin(cfg.seed, rng)  # several processes (torchrun): the same split, crops of their own
     total = cfg.epochs * spe
 
@@ -353,7 +353,7 @@ def train(
     held_out = not val_note.startswith("none held out")
     if best_metrics is not None and cfg.calibrate and stopped != "cancelled" and held_out:
         # post-processing and test-time augmentation chosen on the validation images
-        best_metrics = calibrate_inference(model, val_s, device, use_amp, val_tile) or best_metrics
+        best_metrics = calibrate_inference(model, val_s, device, use_amp, val_tile, helpers) or best_metrics
     _annotate(model, cfg, tp, samples, train_s, val_note, history, best_epoch, best_metrics, stopped, step, t_start)
     if parent_val is not None and best_metrics is not None:
         model.card.comparison = {

@@ -36,3 +36,19 @@ def test_volumes_may_hold_out_slices_and_alike_slabs_keep_the_bottom_rows():
     lab2 = np.tile((np.arange(96) % 3).astype(np.uint8), (96, 1))
     _, val2, note2 = _split(lab2.astype(np.float32), lab2, "unet")
     assert "last 19 pixels along Y" in note2 and val2[0].x.shape[-2:] == (19, 96)
+
+
+def test_calibration_reads_the_training_part_of_a_single_image_too():
+    """A slab of one image holds too few objects to choose post-processing alone: the training part joins
+    the choice (not the score). Several validation images choose alone (no extra inference)."""
+    from napari_segsuite.evaluation import calibration_helpers
+
+    lab = np.zeros((128, 160), np.uint8)
+    lab[10:120:12, 4:150] = 1
+    img = lab.astype(np.float32)
+    train, val, _ = _split(img, lab, "unet")
+    assert calibration_helpers(val, train) == train
+    model = new_model("unet", label_values=[0, 1])
+    samples = prepare_samples(model, [img] * 6, [lab] * 6)
+    train, val, _ = split_samples(samples, 0.34, np.random.default_rng(0))
+    assert len(val) > 1 and calibration_helpers(val, train) == []
