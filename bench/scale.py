@@ -48,6 +48,10 @@ def model(args: argparse.Namespace):
     return new_model("unet", label_values=[0, 1], depth=2, base_filters=args.filters)
 
 
+def overlap(args: argparse.Namespace) -> dict:
+    return {} if args.overlap is None else {"overlap": args.overlap}
+
+
 def child(args: argparse.Namespace) -> None:
     """One size in this process: blockwise zarr -> zarr, then the bare forward pass."""
     import torch
@@ -62,9 +66,7 @@ def child(args: argparse.Namespace) -> None:
     img = open_lazy(args.image).data
     out = zarr.create_array(args.out, shape=img.shape, chunks=(1024, 1024), dtype=output_roles(m, img)["classes"])
     t0 = time.perf_counter()
-    drive(
-        segment_blocks(m, img, {"classes": out}, block=args.block, tile=args.tile, overlap=args.overlap, device="cpu")
-    )
+    drive(segment_blocks(m, img, {"classes": out}, block=args.block, tile=args.tile, device="cpu", **overlap(args)))
     seconds = time.perf_counter() - t0
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     # the bare network over the same pixels: non-overlapping tiles, same batch size
@@ -104,8 +106,8 @@ def workers(args: argparse.Namespace) -> None:
         ):
             t0 = time.perf_counter()
             work = segment_blocks(
-                m, src, {"classes": out}, block=args.block, tile=args.tile, overlap=args.overlap, device="cpu", client=client,
-                model_path=str(Path(args.out) / "model"),
+                m, src, {"classes": out}, block=args.block, tile=args.tile, device="cpu", client=client,
+                model_path=str(Path(args.out) / "model"), **overlap(args),
             )  # fmt: skip
             drive(work)
             result[f"seconds_{n}"] = time.perf_counter() - t0
@@ -126,7 +128,9 @@ def main() -> None:
     p.add_argument("--sizes", default="2048,4096,8192,16384", help="image edges, comma separated")
     p.add_argument("--block", type=int, default=2048, help="block edge (default 2048)")
     p.add_argument("--tile", type=int, default=512)
-    p.add_argument("--overlap", type=float, default=0.25, help="tile overlap (default 0.25, the in-memory default)")
+    p.add_argument(
+        "--overlap", type=float, default=None, help="tile overlap, pixels or a share below 1 (default: the library's)"
+    )
     p.add_argument("--filters", type=int, default=8, help="UNet base filters (default 8)")
     p.add_argument("--workers-size", type=int, default=4096, help="image edge for the 1 vs 2 workers run (0: skip)")
     p.add_argument("--child", choices=["size", "workers"], help=argparse.SUPPRESS)
@@ -138,7 +142,8 @@ def main() -> None:
     if args.child == "workers":
         return workers(args)
     common = ["--block", str(args.block), "--tile", str(args.tile), "--filters", str(args.filters)]
-    common += ["--overlap", str(args.overlap)]
+    if args.overlap is not None:
+        common += ["--overlap", str(args.overlap)]
     sizes = [int(s) for s in args.sizes.split(",")]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
