@@ -3,7 +3,8 @@
 For each size a synthetic uint8 zarr image is written to a temporary folder; a fresh Python process
 per size segments it from zarr to zarr (``segment_blocks``) with a small randomly initialised UNet and
 reports its peak resident memory (``ru_maxrss``) and time, then times the bare network's forward pass
-over the same number of pixels (non-overlapping tiles, same batch size) in the same process.
+over the same number of pixels (non-overlapping tiles, same batch size) in the same process, before
+and after the blockwise run (their mean; "drift" is after / before, how much the machine's load moved).
 Goals (issue 15): peak memory at the largest size <= 1.3x that at the smallest; throughput >= 0.9x the
 bare forward pass. Then one size runs on a local dask cluster of 1 and of 2 workers: time and whether
 the outputs are identical.
@@ -65,20 +66,27 @@ def child(args: argparse.Namespace) -> None:
     m = model(args)
     img = open_lazy(args.image).data
     out = zarr.create_array(args.out, shape=img.shape, chunks=(1024, 1024), dtype=output_roles(m, img)["classes"])
+    # the bare network over the same pixels: non-overlapping tiles, same batch size; timed before and
+    # after the blockwise run and averaged, so a machine whose load drifts weighs on both alike
+    n_tiles = int(np.ceil(img.shape[0] * img.shape[1] / args.tile**2))
+    x = torch.randn(4, 1, args.tile, args.tile)
+    m.module.eval()
+
+    def bare() -> float:
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            for _ in range(int(np.ceil(n_tiles / 4))):
+                m.module(x).softmax(1)
+        return time.perf_counter() - t0
+
+    before = bare()
     t0 = time.perf_counter()
     drive(segment_blocks(m, img, {"classes": out}, block=args.block, tile=args.tile, device="cpu", **overlap(args)))
     seconds = time.perf_counter() - t0
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    # the bare network over the same pixels: non-overlapping tiles, same batch size
-    n_tiles = int(np.ceil(img.shape[0] * img.shape[1] / args.tile**2))
-    x = torch.randn(4, 1, args.tile, args.tile)
-    m.module.eval()
-    t0 = time.perf_counter()
-    with torch.inference_mode():
-        for _ in range(int(np.ceil(n_tiles / 4))):
-            m.module(x).softmax(1)
-    bare = time.perf_counter() - t0
-    print(json.dumps({"seconds": seconds, "peak_mb": peak_mb, "bare_seconds": bare}))
+    after = bare()
+    bare_s = (before + after) / 2
+    print(json.dumps({"seconds": seconds, "peak_mb": peak_mb, "bare_seconds": bare_s, "bare_spread": after / before}))
 
 
 def workers(args: argparse.Namespace) -> None:
@@ -152,12 +160,16 @@ def main() -> None:
             write_image(image, size)
             r = run(["--child", "size", "--image", str(image), "--out", f"{tmp}/out{size}.zarr", *common])
             rows.append((size, r))
-        print(f"{'size':>7} {'peak MB':>8} {'x smallest':>10} {'s':>7} {'Mpx/s':>7} {'bare Mpx/s':>10} {'ratio':>6}")
+        print(
+            f"{'size':>7} {'peak MB':>8} {'x smallest':>10} {'s':>7} {'Mpx/s':>7} {'bare Mpx/s':>10} {'ratio':>6} "
+            f"{'drift':>6}"
+        )
         for size, r in rows:
             mpx = size * size / 1e6
             print(
                 f"{size:>7} {r['peak_mb']:>8.0f} {r['peak_mb'] / rows[0][1]['peak_mb']:>10.2f} {r['seconds']:>7.1f} "
-                f"{mpx / r['seconds']:>7.2f} {mpx / r['bare_seconds']:>10.2f} {r['bare_seconds'] / r['seconds']:>6.2f}"
+                f"{mpx / r['seconds']:>7.2f} {mpx / r['bare_seconds']:>10.2f} {r['bare_seconds'] / r['seconds']:>6.2f} "
+                f"{r['bare_spread']:>6.2f}"
             )
         if args.workers_size:
             image = Path(tmp) / f"img{args.workers_size}.zarr"
