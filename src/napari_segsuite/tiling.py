@@ -19,16 +19,18 @@ from .tasks import instance
 
 Corner = tuple[int, ...]
 
-#: Default overlap of neighbouring tiles, in pixels: a margin tied to the network's border effects
-#: rather than to the tile (a share of the tile would grow with it and cost more pixels for nothing).
+#: Default overlap of neighbouring tiles, in pixels: a margin for the network's border effects, which
+#: do not grow with the tile (a share of the tile would cost more pixels for nothing on large tiles).
 OVERLAP = 32
 
 
 def margin(tile: int, overlap: float) -> int:
-    """Overlap in pixels along an axis of tiles ``tile`` long: ``overlap`` >= 1 is pixels, below 1 a
-    share of the tile; at most half the tile."""
-    o = int(overlap) if overlap >= 1 else int(tile * overlap)
-    return max(0, min(o, tile // 2))
+    """Overlap in pixels along an axis of tiles ``tile`` long: ``overlap`` >= 1 is pixels, at most a
+    quarter of the tile (small tiles, e.g. a volume's Z, keep the share they had); below 1 a share of
+    the tile, at most half."""
+    if overlap >= 1:
+        return min(int(overlap), tile // 4)
+    return max(0, min(int(tile * overlap), tile // 2))
 
 
 def tile_starts(size: int, tile: int, stride: int) -> list[int]:

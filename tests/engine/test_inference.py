@@ -29,7 +29,8 @@ def test_tile_starts_cover_the_image():
 
 
 def test_margin_is_pixels_or_a_share_of_the_tile():
-    assert margin(512, 32) == 32 and margin(512, 0.25) == 128 and margin(40, 32) == 20 and margin(64, 0) == 0
+    assert margin(512, 32) == 32 and margin(512, 0.25) == 128 and margin(40, 32) == 10 and margin(64, 0) == 0
+    assert margin(64, 0.5) == 32 and margin(32, 32) == 8  # a volume's Z tiles keep the share they had
 
 
 @pytest.mark.parametrize("overlap", [OVERLAP, 16, 0.25])
