@@ -153,23 +153,24 @@ def main() -> None:
     if args.overlap is not None:
         common += ["--overlap", str(args.overlap)]
     sizes = [int(s) for s in args.sizes.split(",")]
-    rows = []
+    first_peak = 0.0
     with tempfile.TemporaryDirectory() as tmp:
-        for size in sizes:
+        print(
+            f"{'size':>7} {'peak MB':>8} {'x smallest':>10} {'s':>7} {'Mpx/s':>7} {'bare Mpx/s':>10} {'ratio':>6} "
+            f"{'drift':>6}",
+            flush=True,
+        )
+        for size in sizes:  # a row as each size is done: the largest can take long
             image = Path(tmp) / f"img{size}.zarr"
             write_image(image, size)
             r = run(["--child", "size", "--image", str(image), "--out", f"{tmp}/out{size}.zarr", *common])
-            rows.append((size, r))
-        print(
-            f"{'size':>7} {'peak MB':>8} {'x smallest':>10} {'s':>7} {'Mpx/s':>7} {'bare Mpx/s':>10} {'ratio':>6} "
-            f"{'drift':>6}"
-        )
-        for size, r in rows:
+            first_peak = first_peak or r["peak_mb"]
             mpx = size * size / 1e6
             print(
-                f"{size:>7} {r['peak_mb']:>8.0f} {r['peak_mb'] / rows[0][1]['peak_mb']:>10.2f} {r['seconds']:>7.1f} "
+                f"{size:>7} {r['peak_mb']:>8.0f} {r['peak_mb'] / first_peak:>10.2f} {r['seconds']:>7.1f} "
                 f"{mpx / r['seconds']:>7.2f} {mpx / r['bare_seconds']:>10.2f} {r['bare_seconds'] / r['seconds']:>6.2f} "
-                f"{r['bare_spread']:>6.2f}"
+                f"{r['bare_spread']:>6.2f}",
+                flush=True,
             )
         if args.workers_size:
             image = Path(tmp) / f"img{args.workers_size}.zarr"
