@@ -181,10 +181,16 @@ def block_tiles(job: Job, block: Block) -> list[tuple[int, ...]]:
 def tile_cache(job: Job, blocks: list[Block]) -> TileCache:
     """A cache of the tiles more than one of ``blocks`` blends (those under block borders)."""
     uses: dict[Hashable, int] = {}
+    parts: dict[Hashable, list[tuple[int, int]]] = {}  # per key: the tile's span the later blocks need
+    tiled = len(job.spatial) - len(job.ts)
     for b in blocks:
         for key in block_tiles(job, b):
             uses[key] = uses.get(key, 0) + 1
-    return TileCache({k: n for k, n in uses.items() if n > 1})
+            if uses[key] > 1:
+                span = [(max(0, g.start - c), min(t, g.stop - c)) for c, t, g in zip(key[1:], job.ts, b.region[tiled:])]
+                parts[key] = [(min(a, c), max(e, f)) for (a, e), (c, f) in zip(parts.get(key, span), span)]
+    shared = {k: n for k, n in uses.items() if n > 1}
+    return TileCache(shared, {k: tuple(slice(a, b) for a, b in parts[k]) for k in shared})
 
 
 def run_block(model: SegModel, job: Job, block: Block, data: Any, cache: TileCache | None = None) -> Work[BlockResult]:

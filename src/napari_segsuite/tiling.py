@@ -248,17 +248,18 @@ def blend_tiles(
         nonlocal done
         while done < len(coords):
             corner = coords[done]
+            whole = tuple(slice(0, t) for t in ts)
             if shared is not None:
-                m = shared[0].use(shared[1](corner), ready.pop(corner, None))
-            elif corner in ready:
-                m = ready.pop(corner)
+                got = shared[0].use(shared[1](corner), ready.pop(corner, None))
             else:
+                got = (ready.pop(corner), whole) if corner in ready else None
+            if got is None:
                 return
-            if m is None:
-                return
-            w = tuple(slice(c, c + t) for c, t in zip(corner, ts))
-            acc[(slice(None), *w)] += m * weight
-            norm[w] += weight
+            m, part = got  # the tile's maps over ``part`` of it (all of it but for a kept tile)
+            w = tuple(slice(c + p.start, c + p.stop) for c, p in zip(corner, part))
+            wt = weight[part]
+            acc[(slice(None), *w)] += m * wt
+            norm[w] += wt
             done += 1
 
     def blend(corners: list[Corner], batch: torch.Tensor) -> None:
@@ -282,26 +283,32 @@ def blend_tiles(
 
 class TileCache:
     """Maps of tiles that several blocks blend (a tile under a block border), computed by the first
-    and kept until the last has used them: ``uses`` counts the blocks that will ask for each key."""
+    and kept until the last has used them: ``uses`` counts the blocks that will ask for each key,
+    ``parts`` says which part of the tile they need (the rest is not kept; default: all of it)."""
 
-    def __init__(self, uses: dict[Hashable, int]) -> None:
+    def __init__(self, uses: dict[Hashable, int], parts: dict[Hashable, tuple[slice, ...]] | None = None) -> None:
         self.uses = dict(uses)
-        self.maps: dict[Hashable, torch.Tensor] = {}
+        self.parts = parts or {}
+        self.maps: dict[Hashable, tuple[torch.Tensor, tuple[slice, ...]]] = {}
 
     def __contains__(self, key: Hashable) -> bool:
         return key in self.maps
 
-    def use(self, key: Hashable, maps: torch.Tensor | None) -> torch.Tensor | None:
+    def use(self, key: Hashable, maps: torch.Tensor | None) -> tuple[torch.Tensor, tuple[slice, ...]] | None:
         """One block's use of tile ``key``: the maps it just computed, or ``None`` to take the kept ones
-        (``None`` back when there are none yet); kept while more blocks will ask for them."""
+        (``None`` back when there are none yet); returns the maps and the part of the tile they cover."""
         if maps is None and key not in self.maps:
             return None
         left = self.uses.get(key, 1) - 1
         self.uses[key] = left
-        m = self.maps.pop(key) if maps is None else maps
+        if maps is None:
+            got = self.maps.pop(key)
+        else:
+            got = (maps, tuple(slice(0, n) for n in maps.shape[1:]))
         if left > 0:
-            self.maps[key] = m.clone() if maps is not None else m
-        return m
+            part = self.parts.get(key, got[1])
+            self.maps[key] = (got[0][(slice(None), *part)].clone(), part) if maps is not None else got
+        return got
 
 
 def predict_objects(
