@@ -3,7 +3,8 @@
 For each size a synthetic uint8 zarr image is written to a temporary folder; a fresh Python process
 per size segments it from zarr to zarr (``segment_blocks``) with a small randomly initialised UNet and
 reports its peak resident memory (``ru_maxrss``) and time, then times the bare network's forward pass
-over the same number of pixels (non-overlapping tiles, same batch size) in the same process.
+over the same number of pixels (non-overlapping tiles, same batch size) in the same process, before
+and after the blockwise run (their mean; "drift" is after / before, how much the machine's load moved).
 Goals (issue 15): peak memory at the largest size <= 1.3x that at the smallest; throughput >= 0.9x the
 bare forward pass. Then one size runs on a local dask cluster of 1 and of 2 workers: time and whether
 the outputs are identical.
@@ -48,6 +49,10 @@ def model(args: argparse.Namespace):
     return new_model("unet", label_values=[0, 1], depth=2, base_filters=args.filters)
 
 
+def overlap(args: argparse.Namespace) -> dict:
+    return {} if args.overlap is None else {"overlap": args.overlap}
+
+
 def child(args: argparse.Namespace) -> None:
     """One size in this process: blockwise zarr -> zarr, then the bare forward pass."""
     import torch
@@ -61,22 +66,27 @@ def child(args: argparse.Namespace) -> None:
     m = model(args)
     img = open_lazy(args.image).data
     out = zarr.create_array(args.out, shape=img.shape, chunks=(1024, 1024), dtype=output_roles(m, img)["classes"])
-    t0 = time.perf_counter()
-    drive(
-        segment_blocks(m, img, {"classes": out}, block=args.block, tile=args.tile, overlap=args.overlap, device="cpu")
-    )
-    seconds = time.perf_counter() - t0
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    # the bare network over the same pixels: non-overlapping tiles, same batch size
+    # the bare network over the same pixels: non-overlapping tiles, same batch size; timed before and
+    # after the blockwise run and averaged, so a machine whose load drifts weighs on both alike
     n_tiles = int(np.ceil(img.shape[0] * img.shape[1] / args.tile**2))
     x = torch.randn(4, 1, args.tile, args.tile)
     m.module.eval()
+
+    def bare() -> float:
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            for _ in range(int(np.ceil(n_tiles / 4))):
+                m.module(x).softmax(1)
+        return time.perf_counter() - t0
+
+    before = bare()
     t0 = time.perf_counter()
-    with torch.inference_mode():
-        for _ in range(int(np.ceil(n_tiles / 4))):
-            m.module(x).softmax(1)
-    bare = time.perf_counter() - t0
-    print(json.dumps({"seconds": seconds, "peak_mb": peak_mb, "bare_seconds": bare}))
+    drive(segment_blocks(m, img, {"classes": out}, block=args.block, tile=args.tile, device="cpu", **overlap(args)))
+    seconds = time.perf_counter() - t0
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    after = bare()
+    bare_s = (before + after) / 2
+    print(json.dumps({"seconds": seconds, "peak_mb": peak_mb, "bare_seconds": bare_s, "bare_spread": after / before}))
 
 
 def workers(args: argparse.Namespace) -> None:
@@ -104,8 +114,8 @@ def workers(args: argparse.Namespace) -> None:
         ):
             t0 = time.perf_counter()
             work = segment_blocks(
-                m, src, {"classes": out}, block=args.block, tile=args.tile, overlap=args.overlap, device="cpu", client=client,
-                model_path=str(Path(args.out) / "model"),
+                m, src, {"classes": out}, block=args.block, tile=args.tile, device="cpu", client=client,
+                model_path=str(Path(args.out) / "model"), **overlap(args),
             )  # fmt: skip
             drive(work)
             result[f"seconds_{n}"] = time.perf_counter() - t0
@@ -126,7 +136,9 @@ def main() -> None:
     p.add_argument("--sizes", default="2048,4096,8192,16384", help="image edges, comma separated")
     p.add_argument("--block", type=int, default=2048, help="block edge (default 2048)")
     p.add_argument("--tile", type=int, default=512)
-    p.add_argument("--overlap", type=float, default=0.25, help="tile overlap (default 0.25, the in-memory default)")
+    p.add_argument(
+        "--overlap", type=float, default=None, help="tile overlap, pixels or a share below 1 (default: the library's)"
+    )
     p.add_argument("--filters", type=int, default=8, help="UNet base filters (default 8)")
     p.add_argument("--workers-size", type=int, default=4096, help="image edge for the 1 vs 2 workers run (0: skip)")
     p.add_argument("--child", choices=["size", "workers"], help=argparse.SUPPRESS)
@@ -138,21 +150,27 @@ def main() -> None:
     if args.child == "workers":
         return workers(args)
     common = ["--block", str(args.block), "--tile", str(args.tile), "--filters", str(args.filters)]
-    common += ["--overlap", str(args.overlap)]
+    if args.overlap is not None:
+        common += ["--overlap", str(args.overlap)]
     sizes = [int(s) for s in args.sizes.split(",")]
-    rows = []
+    first_peak = 0.0
     with tempfile.TemporaryDirectory() as tmp:
-        for size in sizes:
+        print(
+            f"{'size':>7} {'peak MB':>8} {'x smallest':>10} {'s':>7} {'Mpx/s':>7} {'bare Mpx/s':>10} {'ratio':>6} "
+            f"{'drift':>6}",
+            flush=True,
+        )
+        for size in sizes:  # a row as each size is done: the largest can take long
             image = Path(tmp) / f"img{size}.zarr"
             write_image(image, size)
             r = run(["--child", "size", "--image", str(image), "--out", f"{tmp}/out{size}.zarr", *common])
-            rows.append((size, r))
-        print(f"{'size':>7} {'peak MB':>8} {'x smallest':>10} {'s':>7} {'Mpx/s':>7} {'bare Mpx/s':>10} {'ratio':>6}")
-        for size, r in rows:
+            first_peak = first_peak or r["peak_mb"]
             mpx = size * size / 1e6
             print(
-                f"{size:>7} {r['peak_mb']:>8.0f} {r['peak_mb'] / rows[0][1]['peak_mb']:>10.2f} {r['seconds']:>7.1f} "
-                f"{mpx / r['seconds']:>7.2f} {mpx / r['bare_seconds']:>10.2f} {r['bare_seconds'] / r['seconds']:>6.2f}"
+                f"{size:>7} {r['peak_mb']:>8.0f} {r['peak_mb'] / first_peak:>10.2f} {r['seconds']:>7.1f} "
+                f"{mpx / r['seconds']:>7.2f} {mpx / r['bare_seconds']:>10.2f} {r['bare_seconds'] / r['seconds']:>6.2f} "
+                f"{r['bare_spread']:>6.2f}",
+                flush=True,
             )
         if args.workers_size:
             image = Path(tmp) / f"img{args.workers_size}.zarr"

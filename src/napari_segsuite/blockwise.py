@@ -8,8 +8,9 @@ into arrays it is given (zarr on disk, or numpy for small inputs), one block at 
 sit at tile centres; a block reads every tile of that grid that touches its region and blends them in
 the same order, and the network always runs on full batches (:func:`~.tiling.run_tiles`), so each
 pixel's maps, and so its classes, come out bit for bit as in memory. Normalisation uses the whole
-image's percentiles from the same strided sample (:func:`norm_stats`). The price: a tile cut by a
-block border is computed by both blocks (about one tile per border per axis).
+image's percentiles from the same strided sample (:func:`norm_stats`). A tile cut by a block border
+is blended by both blocks but computed once: here, its maps wait in a :class:`~.tiling.TileCache` for
+the second block (on a dask cluster each block computes it).
 
 **Objects**: each block post-processes its core plus a halo (:data:`HALO` pixels) and writes its core;
 :class:`~.stitch.Stitcher` makes the ids global and joins objects cut by block borders. A 2D model on a
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -47,7 +49,7 @@ from .preprocess import (
 from .progress import Progress, Work, drive
 from .stitch import Box, Stitcher, shift
 from .tasks import get_task, instance
-from .tiling import blend_tiles, grid_starts, pad_mode, pad_to, predict_objects, tile_shape
+from .tiling import OVERLAP, TileCache, blend_tiles, grid_starts, pad_mode, pad_to, predict_objects, tile_shape
 
 #: Default block edge (pixels): about the memory of a 2048 x 2048 image in memory, whatever the image's size.
 BLOCK = 2048
@@ -67,7 +69,7 @@ class Job:
     stats: NormStats | None
     tile: int = 512
     tile_z: int = 32
-    overlap: float = 0.25
+    overlap: float = OVERLAP
     batch_size: int = 4
     device: str = "auto"
     amp: bool = True
@@ -152,7 +154,7 @@ def make_job(model: SegModel, data: Any, **settings: Any) -> Job:
         job.tta = card.tta
     tiled = spatial[1:] if job.per_slice else spatial
     tiles = (job.tile_z, job.tile, job.tile) if len(tiled) == 3 else (job.tile, job.tile)
-    job.ts, job.padded = tile_shape(tuple(tiled), tiles, card.divisible_by)
+    job.ts, job.padded = tile_shape(tuple(tiled), tiles, card.divisible_by, job.overlap)
     job.starts = [] if objects else grid_starts(job.padded, job.ts, job.overlap)
     return job
 
@@ -164,8 +166,35 @@ class BlockResult:
     ids: np.ndarray | None = None  # object ids 1..n over the region
 
 
-def run_block(model: SegModel, job: Job, block: Block, data: Any) -> Work[BlockResult]:
-    """Segment one block: read it, normalise it, run the tiles, post-process its region."""
+def block_tiles(job: Job, block: Block) -> list[tuple[int, ...]]:
+    """Keys ``(slice, *corner)`` of the grid's tiles a map model's block blends (corners in the image;
+    the slice is the Z of a 2D model over a volume, else 0): what its :class:`TileCache` counts."""
+    if job.objects or not job.starts:
+        return []
+    tiled = len(job.spatial) - len(job.ts)
+    region = block.region[tiled:]
+    hit = [[s for s in st if s < g.stop and s + t > g.start] for st, t, g in zip(job.starts, job.ts, region)]
+    zs = range(block.region[0].start, block.region[0].stop) if job.per_slice else range(1)
+    return [(z, *corner) for z in zs for corner in itertools.product(*hit)]
+
+
+def tile_cache(job: Job, blocks: list[Block]) -> TileCache:
+    """A cache of the tiles more than one of ``blocks`` blends (those under block borders)."""
+    uses: dict[Hashable, int] = {}
+    parts: dict[Hashable, list[tuple[int, int]]] = {}  # per key: the tile's span the later blocks need
+    tiled = len(job.spatial) - len(job.ts)
+    for b in blocks:
+        for key in block_tiles(job, b):
+            uses[key] = uses.get(key, 0) + 1
+            if uses[key] > 1:
+                span = [(max(0, g.start - c), min(t, g.stop - c)) for c, t, g in zip(key[1:], job.ts, b.region[tiled:])]
+                parts[key] = [(min(a, c), max(e, f)) for (a, e), (c, f) in zip(parts.get(key, span), span)]
+    shared = {k: n for k, n in uses.items() if n > 1}
+    return TileCache(shared, {k: tuple(slice(a, b) for a, b in parts[k]) for k in shared})
+
+
+def run_block(model: SegModel, job: Job, block: Block, data: Any, cache: TileCache | None = None) -> Work[BlockResult]:
+    """Segment one block: read it, normalise it, run the tiles (those in ``cache`` only once), post-process its region."""
     from .inference import pick_device
 
     card, task = model.card, get_task(model.card.kind)
@@ -188,7 +217,8 @@ def run_block(model: SegModel, job: Job, block: Block, data: Any) -> Work[BlockR
             )  # fmt: skip
             segs.append((None, ids))
             continue
-        maps = yield from _maps(model, job, part, block.read[tiled:], block.region[tiled:], dev)
+        z = block.read[0].start + i if job.per_slice else 0
+        maps = yield from _maps(model, job, part, block.read[tiled:], block.region[tiled:], dev, (cache, z))
         seg = task.postprocess(maps[(slice(None), *local_region)], card)
         segs.append((seg.semantic, seg.instances))
         yield Progress(i + 1, len(parts), f"block {block.index}")
@@ -203,8 +233,11 @@ def run_block(model: SegModel, job: Job, block: Block, data: Any) -> Work[BlockR
     return out
 
 
-def _maps(model: SegModel, job: Job, part: np.ndarray, read: Box, region: Box, dev: torch.device) -> Work[np.ndarray]:
-    """Blended maps over one read box, from the whole image's tiles that touch it (same order, same bits)."""
+def _maps(
+    model: SegModel, job: Job, part: np.ndarray, read: Box, region: Box, dev: torch.device, shared: tuple[Any, int]
+) -> Work[np.ndarray]:
+    """Blended maps over one read box, from the whole image's tiles that touch it (same order, same bits);
+    ``shared``: a :class:`TileCache` (or ``None``) and the part's slice."""
     card, task = model.card, get_task(model.card.kind)
     spatial = job.spatial[-len(job.ts) :]
     starts, size = [], []
@@ -214,11 +247,18 @@ def _maps(model: SegModel, job: Job, part: np.ndarray, read: Box, region: Box, d
         size.append(max(r.stop - r.start, st[-1] + job.ts[ax]))  # beyond the image only where it is padded
     x = pad_to(part, tuple(size), pad_mode(spatial, job.padded))
     n_tiles = math.prod(len(s) for s in job.starts)
+    cache, z = shared
+    origin = [r.start for r in read]
+
+    def key(corner: tuple[int, ...]) -> Hashable:
+        return (z, *(c + o for c, o in zip(corner, origin)))
+
     bs = max(1, job.batch_size // 2) if len(job.ts) == 3 else job.batch_size
     maps = yield from blend_tiles(
         model.module, x, job.ts, starts, job.overlap, num_classes=task.output_channels(card), batch_size=bs,
         device=dev, amp=job.amp, activate=lambda out: task.activate(out, card), full_batches=n_tiles > 1,
         flips=MIRRORS if job.tta else ((),), unmirror=lambda maps, dims: task.unmirror(maps, dims, card),
+        shared=None if cache is None else (cache, key),
     )  # fmt: skip
     return maps[(slice(None), *(slice(0, r.stop - r.start) for r in read))].numpy()
 
@@ -309,8 +349,9 @@ def segment_blocks(
         from .inference import pick_device
 
         model.module.to(pick_device(job.device)).eval()
+        cache = tile_cache(job, todo)
         for k, b in enumerate(todo):
-            work = run_block(model, job, b, data)
+            work = run_block(model, job, b, data, cache)
             while True:
                 try:
                     p = next(work)

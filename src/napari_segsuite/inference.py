@@ -19,7 +19,7 @@ from .models.base import ObjectModel
 from .preprocess import LabelMap, infer_axes, normalize, to_slices
 from .progress import Progress, Work, map_progress
 from .tasks import Segmentation, get_task, instance
-from .tiling import predict_objects, predict_probs
+from .tiling import OVERLAP, predict_objects, predict_probs
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def predict_maps(
     x: np.ndarray,
     *,
     tile: int | tuple[int, ...] = 512,
-    overlap: float = 0.25,
+    overlap: float = OVERLAP,
     batch_size: int = 4,
     device: torch.device | None = None,
     amp: bool = True,
@@ -94,7 +94,7 @@ def segment_slice(
     x: np.ndarray,
     *,
     tile: int | tuple[int, ...] = 512,
-    overlap: float = 0.25,
+    overlap: float = OVERLAP,
     batch_size: int = 4,
     device: torch.device | None = None,
     amp: bool = True,
@@ -155,7 +155,7 @@ def segment(
     rgb: bool | None = None,
     tile: int = 512,
     tile_z: int = 32,
-    overlap: float = 0.25,
+    overlap: float = OVERLAP,
     batch_size: int = 4,
     device: str | torch.device = "auto",
     amp: bool = True,

@@ -279,7 +279,7 @@ def norm_stats(data: Any, rgb: bool, in_channels: int, spec: dict[str, Any] | No
             first = (z * vol[1] + y0) * vol[2]
             skip = (-first) % step
             for c in range(in_channels):
-                samples[c].append(band[:, c].ravel()[skip::step])
+                samples[c].append(band[:, c].ravel()[skip::step].copy())  # a view would keep the band
     return stats_from_samples([np.concatenate(s) for s in samples], spec, finite=finite, any_finite=any_finite)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 
 import numpy as np
 import torch
@@ -18,6 +18,19 @@ from .progress import Progress, Work
 from .tasks import instance
 
 Corner = tuple[int, ...]
+
+#: Default overlap of neighbouring tiles, in pixels: a margin for the network's border effects, which
+#: do not grow with the tile (a share of the tile would cost more pixels for nothing on large tiles).
+OVERLAP = 32
+
+
+def margin(tile: int, overlap: float) -> int:
+    """Overlap in pixels along an axis of tiles ``tile`` long: ``overlap`` >= 1 is pixels, at most a
+    quarter of the tile (small tiles, e.g. a volume's Z, keep the share they had); below 1 a share of
+    the tile, at most half."""
+    if overlap >= 1:
+        return min(int(overlap), tile // 4)
+    return max(0, min(int(tile * overlap), tile // 2))
 
 
 def tile_starts(size: int, tile: int, stride: int) -> list[int]:
@@ -51,22 +64,34 @@ def _round_up(v: int, m: int) -> int:
 
 
 def pad_input(
-    image: np.ndarray, tiles: tuple[int, ...], divisible_by: int
+    image: np.ndarray, tiles: tuple[int, ...], divisible_by: int, overlap: float | None = None
 ) -> tuple[torch.Tensor, tuple[int, ...], tuple[int, ...]]:
     """The image as a tensor padded (reflect, or replicate when too small) at the end of each spatial axis
-    to at least one tile, with tiles rounded up to ``divisible_by``; returns ``(x, tile shape, padded shape)``."""
+    to at least one tile, with tiles as :func:`tile_shape` makes them; returns ``(x, tile shape, padded shape)``."""
     spatial = tuple(image.shape[1:])
-    ts, padded = tile_shape(spatial, tiles, divisible_by)
+    ts, padded = tile_shape(spatial, tiles, divisible_by, overlap)
     return pad_to(image, padded, pad_mode(spatial, padded)), ts, padded
 
 
 def tile_shape(
-    spatial: tuple[int, ...], tiles: tuple[int, ...], divisible_by: int
+    spatial: tuple[int, ...], tiles: tuple[int, ...], divisible_by: int, overlap: float | None = None
 ) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """The tile shape (rounded up to ``divisible_by``, no larger than the image needs) and the padded image shape."""
+    """The tile shape (rounded up to ``divisible_by``, no larger than the image needs) and the padded image shape.
+
+    With ``overlap`` (a map model's sliding window, :func:`grid_starts`), each axis takes as few tiles
+    as cover it with at least that overlap, and the tiles shrink to what they need to cover it: an
+    image of 4096 pixels in tiles of 512 with a 32-pixel overlap takes 9 tiles of 484, not 9 of 512.
+    """
     m = max(1, divisible_by)
-    ts = tuple(_round_up(min(t, n), m) for t, n in zip(tiles, spatial))
-    return ts, tuple(max(n, t) for n, t in zip(spatial, ts))
+    ts = []
+    for t, n in zip(tiles, spatial):
+        t = _round_up(min(t, n), m)
+        o = margin(t, overlap) if overlap is not None else 0
+        if overlap is not None and n > t:
+            k = math.ceil((n - o) / (t - o))
+            t = min(t, _round_up(math.ceil((n + (k - 1) * o) / k), m))
+        ts.append(t)
+    return tuple(ts), tuple(max(n, t) for n, t in zip(spatial, ts))
 
 
 def pad_mode(spatial: tuple[int, ...], padded: tuple[int, ...]) -> str:
@@ -95,16 +120,18 @@ def run_tiles(
     fn: Callable[[list[Corner], torch.Tensor], None],
     *,
     full_batches: bool | None = None,
+    coords: list[Corner] | None = None,
 ) -> Work[None]:
     """The one tile loop: cut ``x`` ``(C, *padded)`` into tiles ``ts`` at every combination of
-    ``starts``, and call ``fn(corners, batch)`` per batch of up to ``batch_size`` tiles on ``device``.
+    ``starts`` (or at ``coords``), and call ``fn(corners, batch)`` per batch of up to ``batch_size``
+    tiles on ``device``.
 
     ``full_batches`` (default: when there is more than one tile) fills a short last batch with copies
     of its last tile (their outputs are dropped): a network on the CPU may give a tile slightly
     different numbers in a batch of another size, and the blockwise path (:mod:`.blockwise`), which
     batches the same tiles differently, must give the same bits as the whole-image path.
     """
-    coords = list(itertools.product(*starts))
+    coords = list(itertools.product(*starts)) if coords is None else coords
     full = len(coords) > 1 if full_batches is None else full_batches
     n_batches = math.ceil(len(coords) / batch_size)
     for b in range(n_batches):
@@ -119,7 +146,7 @@ def run_tiles(
 def grid_starts(padded: Sequence[int], ts: Sequence[int], overlap: float) -> list[list[int]]:
     """Tile starts per axis of a map model's sliding window over a (padded) image: the one tile grid of
     :func:`predict_probs` and of the blockwise path."""
-    return [tile_starts(p, t, max(1, int(t * (1 - overlap)))) for p, t in zip(padded, ts)]
+    return [tile_starts(p, t, max(1, t - margin(t, overlap))) for p, t in zip(padded, ts)]
 
 
 def softmax(out: torch.Tensor) -> torch.Tensor:
@@ -132,7 +159,7 @@ def predict_probs(
     *,
     num_classes: int,
     tile: int | tuple[int, ...] = 512,
-    overlap: float = 0.25,
+    overlap: float = OVERLAP,
     batch_size: int = 4,
     divisible_by: int = 1,
     device: torch.device | None = None,
@@ -149,7 +176,8 @@ def predict_probs(
         num_classes: ``M``, the number of maps after ``activate``.
         tile: Tile edge per spatial axis (an int applies to all), rounded up to ``divisible_by``;
             an image no larger than the tile runs whole.
-        overlap: Fraction of the tile shared by neighbours, blended with :func:`blend_window`.
+        overlap: Pixels (>= 1) or share of the tile (< 1) shared by neighbours, blended with
+            :func:`blend_window`; tiles shrink to what covering the image takes (:func:`tile_shape`).
         activate: Raw output to maps that average across tiles (the task's; default softmax).
         flips: Test-time augmentation: each tile also runs mirrored along these tensor axes (negative:
             from the end, e.g. ``(-1,)`` X, ``(-2, -1)`` Y and X) and the mirrored maps, mirrored back,
@@ -166,7 +194,7 @@ def predict_probs(
     device = device or next(module.parameters()).device
     spatial = image.shape[1:]
     tiles = (tile,) * len(spatial) if isinstance(tile, int) else tuple(tile)
-    x, ts, padded = pad_input(image, tiles, divisible_by)
+    x, ts, padded = pad_input(image, tiles, divisible_by, overlap)
     starts = grid_starts(padded, ts, overlap)
     probs = yield from blend_tiles(
         module,
@@ -201,14 +229,38 @@ def blend_tiles(
     full_batches: bool | None = None,
     flips: Sequence[tuple[int, ...]] = ((),),
     unmirror: Callable[[torch.Tensor, tuple[int, ...]], torch.Tensor] | None = None,
+    shared: tuple[TileCache, Callable[[Corner], Hashable]] | None = None,
 ) -> Work[torch.Tensor]:
     """Blended ``(M, *x.shape[1:])`` maps of the tiles at ``starts`` (corners in ``x``'s own coordinates),
     accumulated tile by tile in the order of :func:`run_tiles` (pixels no tile covers come out NaN);
-    ``flips`` and ``unmirror`` as in :func:`predict_probs`."""
-    weight = torch.from_numpy(blend_window(ts, tuple(int(t * overlap) for t in ts)))
+    ``flips`` and ``unmirror`` as in :func:`predict_probs`. ``shared``: a :class:`TileCache` and each
+    corner's key in it; tiles found there are not computed again."""
+    weight = torch.from_numpy(blend_window(ts, tuple(margin(t, overlap) for t in ts)))
     region = tuple(x.shape[1:])
     acc = torch.zeros((num_classes, *region))
     norm = torch.zeros(region)
+    coords = list(itertools.product(*starts))
+    todo = coords if shared is None else [c for c in coords if shared[1](c) not in shared[0]]
+    ready: dict[Corner, torch.Tensor] = {}
+    done = 0
+
+    def flush() -> None:  # accumulate in the order of ``coords`` whatever was computed when
+        nonlocal done
+        while done < len(coords):
+            corner = coords[done]
+            whole = tuple(slice(0, t) for t in ts)
+            if shared is not None:
+                got = shared[0].use(shared[1](corner), ready.pop(corner, None))
+            else:
+                got = (ready.pop(corner), whole) if corner in ready else None
+            if got is None:
+                return
+            m, part = got  # the tile's maps over ``part`` of it (all of it but for a kept tile)
+            w = tuple(slice(c + p.start, c + p.stop) for c, p in zip(corner, part))
+            wt = weight[part]
+            acc[(slice(None), *w)] += m * wt
+            norm[w] += wt
+            done += 1
 
     def blend(corners: list[Corner], batch: torch.Tensor) -> None:
         total: torch.Tensor | None = None
@@ -221,13 +273,42 @@ def blend_tiles(
                 total = m_ if total is None else total + m_
         assert total is not None
         maps = (total / len(flips)).cpu()
-        for m, corner in zip(maps, corners):
-            w = tuple(slice(c, c + t) for c, t in zip(corner, ts))
-            acc[(slice(None), *w)] += m * weight
-            norm[w] += weight
+        ready.update(zip(corners, maps))
+        flush()
 
-    yield from run_tiles(x, ts, starts, batch_size, device, blend, full_batches=full_batches)
+    yield from run_tiles(x, ts, starts, batch_size, device, blend, full_batches=full_batches, coords=todo)
+    flush()
     return acc.div_(norm)
+
+
+class TileCache:
+    """Maps of tiles that several blocks blend (a tile under a block border), computed by the first
+    and kept until the last has used them: ``uses`` counts the blocks that will ask for each key,
+    ``parts`` says which part of the tile they need (the rest is not kept; default: all of it)."""
+
+    def __init__(self, uses: dict[Hashable, int], parts: dict[Hashable, tuple[slice, ...]] | None = None) -> None:
+        self.uses = dict(uses)
+        self.parts = parts or {}
+        self.maps: dict[Hashable, tuple[torch.Tensor, tuple[slice, ...]]] = {}
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self.maps
+
+    def use(self, key: Hashable, maps: torch.Tensor | None) -> tuple[torch.Tensor, tuple[slice, ...]] | None:
+        """One block's use of tile ``key``: the maps it just computed, or ``None`` to take the kept ones
+        (``None`` back when there are none yet); returns the maps and the part of the tile they cover."""
+        if maps is None and key not in self.maps:
+            return None
+        left = self.uses.get(key, 1) - 1
+        self.uses[key] = left
+        if maps is None:
+            got = self.maps.pop(key)
+        else:
+            got = (maps, tuple(slice(0, n) for n in maps.shape[1:]))
+        if left > 0:
+            part = self.parts.get(key, got[1])
+            self.maps[key] = (got[0][(slice(None), *part)].clone(), part) if maps is not None else got
+        return got
 
 
 def predict_objects(
@@ -235,7 +316,7 @@ def predict_objects(
     image: np.ndarray,
     *,
     tile: int = 512,
-    overlap: float = 0.25,
+    overlap: float = OVERLAP,
     batch_size: int = 4,
     divisible_by: int = 1,
     device: torch.device | None = None,
@@ -258,7 +339,7 @@ def predict_objects(
     device = device or next(module.parameters()).device
     spatial = image.shape[1:]
     x, ts, padded = pad_input(image, (tile, tile), divisible_by)
-    ov = [min(max(int(t * overlap), module.max_object_size), t // 2) for t in ts]
+    ov = [min(max(margin(t, overlap), module.max_object_size), t // 2) for t in ts]
     starts = [tile_starts(p, t, max(1, t - o)) for p, t, o in zip(padded, ts, ov)]
     cores = [dict(zip(st, core_bounds(st, t))) for st, t in zip(starts, ts)]
     kept: list[instance.Obj] = []

@@ -5,7 +5,7 @@ import torch
 from napari_segsuite.inference import pick_device, predict
 from napari_segsuite.model_files import new_model
 from napari_segsuite.progress import Progress, drive
-from napari_segsuite.tiling import blend_window, predict_probs, tile_starts
+from napari_segsuite.tiling import OVERLAP, blend_window, grid_starts, margin, predict_probs, tile_shape, tile_starts
 
 
 class Pointwise(torch.nn.Module):
@@ -26,6 +26,29 @@ def test_tile_starts_cover_the_image():
         for s in starts:
             covered[s : s + tile] = True
         assert covered.all() and max(starts) + min(tile, size) == size
+
+
+def test_margin_is_pixels_or_a_share_of_the_tile():
+    assert margin(512, 32) == 32 and margin(512, 0.25) == 128 and margin(40, 32) == 10 and margin(64, 0) == 0
+    assert margin(64, 0.5) == 32 and margin(32, 32) == 8  # a volume's Z tiles keep the share they had
+
+
+@pytest.mark.parametrize("overlap", [OVERLAP, 16, 0.25])
+def test_fitted_tiles_are_as_few_and_as_small_as_cover_the_image(overlap):
+    for n, t, m in [(4096, 512, 1), (2048, 512, 16), (1000, 256, 8), (513, 512, 1), (300, 64, 4), (100, 512, 1)]:
+        (ts,), (padded,) = tile_shape((n,), (t,), m, overlap)
+        [starts] = grid_starts((padded,), (ts,), overlap)
+        o = margin(_round(t, m), overlap)
+        assert ts <= max(_round(t, m), _round(n, m)) and ts % m == 0 and padded == max(n, ts)
+        if n > t:
+            assert len(starts) == -(-(n - o) // (_round(t, m) - o))  # no more tiles than full-size ones take
+            assert all(b - a <= ts - margin(ts, overlap) for a, b in zip(starts, starts[1:]))  # overlap kept
+        assert starts[0] == 0 and starts[-1] + ts == padded
+    assert tile_shape((4096, 4096), (512, 512), 1, 32) == ((484, 484), (4096, 4096))
+
+
+def _round(v, m):
+    return -(-v // m) * m
 
 
 def test_tiled_equals_whole_for_pointwise_model():
