@@ -17,3 +17,31 @@ def _isolated_model_store(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("SEGSUITE_MODEL_DIR", str(tmp_path_factory.mktemp("models")))
     torch.manual_seed(0)
     np.random.seed(0)
+
+
+@pytest.fixture
+def event_loop_gaps():
+    """``start()`` starts a 10 ms timer on the Qt event loop and returns the list its ticks fill with the
+    gaps (seconds) between them: the longest is the longest stall. The timer stops with the test."""
+    import time
+
+    from qtpy.QtCore import QTimer
+
+    gaps: list[float] = []
+    last = [time.perf_counter()]
+    timer = QTimer()
+
+    def tick():
+        now = time.perf_counter()
+        gaps.append(now - last[0])
+        last[0] = now
+
+    def start() -> list[float]:
+        last[0] = time.perf_counter()
+        timer.setInterval(10)
+        timer.timeout.connect(tick)
+        timer.start()
+        return gaps
+
+    yield start
+    timer.stop()

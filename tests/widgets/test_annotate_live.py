@@ -1,8 +1,6 @@
 """The Annotate dock's Scribbles (live training) section: strokes in, a live prediction refreshed over
 the view while the viewer keeps answering, Accept into the labels, undo; Correct this next moves the camera."""
 
-import time
-
 import numpy as np
 import pytest
 import torch
@@ -28,9 +26,7 @@ def _stroke_indices(mask, rng, n=5, half=5):
     return np.array(ys), np.array(xs)
 
 
-def test_live_training_from_the_dock(make_napari_viewer, qtbot):
-    from qtpy.QtCore import QTimer
-
+def test_live_training_from_the_dock(make_napari_viewer, qtbot, event_loop_gaps):
     torch.set_num_threads(1)
     viewer = make_napari_viewer(show=True)
     s = sd.nuclei_2d(seed=1, shape=(192, 192))
@@ -49,17 +45,7 @@ def test_live_training_from_the_dock(make_napari_viewer, qtbot):
     scribbles.data_setitem(_stroke_indices(bg, rng), 1)
     qtbot.wait(200)
 
-    gaps, last = [], [time.perf_counter()]
-
-    def tick():
-        now = time.perf_counter()
-        gaps.append(now - last[0])
-        last[0] = now
-
-    timer = QTimer()
-    timer.setInterval(10)
-    timer.timeout.connect(tick)
-    timer.start()
+    gaps = event_loop_gaps()
     live.start()
     assert live.controls.worker is not None and not live.controls.start_btn.enabled
     qtbot.waitUntil(lambda: live.refreshes >= 2, timeout=30_000)
@@ -68,7 +54,6 @@ def test_live_training_from_the_dock(make_napari_viewer, qtbot):
     # a stroke while it trains: picked up, and a later refresh has learnt from it
     scribbles.data_setitem(_stroke_indices(fg, rng, n=2), 2)
     qtbot.waitUntil(lambda: bool(live.stroke_delays), timeout=20_000)
-    timer.stop()
     stall = max(gaps[1:])
     print(
         f"\nlive training from the dock: {live.refreshes} refreshes, stroke to refresh {live.stroke_delays[0]:.2f} s, "

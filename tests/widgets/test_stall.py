@@ -2,7 +2,6 @@
 dtype are made in the worker; the GUI thread only adds the layer (bench/stall.py prints the numbers)."""
 
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -12,7 +11,9 @@ from napari_segsuite.model_files import new_model, save_model
 from napari_segsuite.store import model_dir
 
 
-def _segment_measured(make_napari_viewer, qtbot, monkeypatch, reps: int) -> tuple[list[float], list[str], object]:
+def _segment_measured(
+    make_napari_viewer, qtbot, monkeypatch, event_loop_gaps, reps: int
+) -> tuple[list[float], list[str], object]:
     """Segment a (256 * reps)^2 image with a tiny instance model; the gaps of a 10 ms timer, the threads
     the objects table was made on, and the result layer."""
     from qtpy.QtCore import QTimer
@@ -36,34 +37,22 @@ def _segment_measured(make_napari_viewer, qtbot, monkeypatch, reps: int) -> tupl
     seg.image.value, seg.model.value, seg.tile.value = image, path, 1024
     qtbot.wait(300)  # the image's own first draw is napari's
 
-    gaps: list[float] = []
-    last = [time.perf_counter()]
-
-    def tick():
-        now = time.perf_counter()
-        gaps.append(now - last[0])
-        last[0] = now
-
-    timer = QTimer()
-    timer.setInterval(10)
-    timer.timeout.connect(tick)
-    timer.start()
+    gaps = event_loop_gaps()
     QTimer.singleShot(20, seg.run)
     qtbot.waitUntil(lambda: len(viewer.layers) == 2, timeout=120_000)
     qtbot.wait(300)  # the result's first draw
-    timer.stop()
     return gaps, tables_made_on, viewer.layers[-1]
 
 
-def test_segment_result_is_made_off_the_gui_thread(make_napari_viewer, qtbot, monkeypatch):
-    _, tables_made_on, result = _segment_measured(make_napari_viewer, qtbot, monkeypatch, 1)
+def test_segment_result_is_made_off_the_gui_thread(make_napari_viewer, qtbot, monkeypatch, event_loop_gaps):
+    _, tables_made_on, result = _segment_measured(make_napari_viewer, qtbot, monkeypatch, event_loop_gaps, 1)
     assert result.data.dtype == np.uint16 and "area" in result.features  # napari shows uint16 ids as they are
     assert tables_made_on and "MainThread" not in tables_made_on
 
 
 @pytest.mark.slow  # about 30 s on a loaded 2-core machine
-def test_segment_2048_does_not_stall_the_viewer(make_napari_viewer, qtbot, monkeypatch):
-    gaps, tables_made_on, result = _segment_measured(make_napari_viewer, qtbot, monkeypatch, 8)
+def test_segment_2048_does_not_stall_the_viewer(make_napari_viewer, qtbot, monkeypatch, event_loop_gaps):
+    gaps, tables_made_on, result = _segment_measured(make_napari_viewer, qtbot, monkeypatch, event_loop_gaps, 8)
     assert result.data.dtype == np.uint16 and "area" in result.features  # napari shows uint16 ids as they are
     assert tables_made_on and "MainThread" not in tables_made_on
     # today's code: 0.7-3.2 s (the copy, the objects table and 32-bit ids hashed on the GUI thread); now

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any
 
@@ -169,3 +170,34 @@ def layer_array(layer: napari.layers.Layer) -> np.ndarray:
     A copy, so the user can keep painting while a worker reads it.
     """
     return np.array(layer_data(layer))
+
+
+def drawing_layer(viewer: napari.viewer.Viewer, name: str, labels: napari.layers.Labels, **style: Any) -> Any:
+    """The Shapes layer ``name`` the user draws on over ``labels`` (boxes, cut lines), made on first use
+    in the labels' geometry; ``style``: Shapes keyword arguments (``edge_color``, ...)."""
+    if name in viewer.layers:
+        return viewer.layers[name]
+    return viewer.add_shapes(ndim=labels.ndim, name=name, scale=labels.scale, translate=labels.translate, **style)
+
+
+def take_drawn(event: Any, shapes: Any, labels: napari.layers.Labels) -> np.ndarray | None:
+    """The vertices, in ``labels``' data coordinates, of the shape just added to ``shapes`` (``None``
+    on any other change); the drawing layer is emptied for the next shape."""
+    if str(getattr(event, "action", "added")).lower().split(".")[-1] != "added" or not len(shapes.data):
+        return None
+    pts = np.array([labels.world_to_data(shapes.data_to_world(v)) for v in shapes.data[-1]])
+    with shapes.events.data.blocker():
+        shapes.data = []
+    return pts
+
+
+def still_click(event: Any) -> Generator[None, None, bool]:
+    """In a napari mouse-drag callback (``yield from``): follow the press to its release; ``True``
+    where the mouse stayed within 2 pixels (a click), ``False`` for a drag (the view pans as usual)."""
+    start = np.asarray(event.position, float)
+    yield
+    moved = False
+    while event.type == "mouse_move":
+        moved = moved or bool(np.abs(np.asarray(event.position, float) - start).max() > 2)
+        yield
+    return not moved

@@ -26,7 +26,7 @@ from ..model_files import load_model
 from ..store import list_models
 from ._common import RunControls, scroll_above, wrapped_label
 from ._events import on_models_changed
-from ._layers import layer_choices
+from ._layers import drawing_layer, layer_choices, still_click, take_drawn
 from ._sections import collapsible
 from .annotate_edit import EditObjects
 
@@ -161,40 +161,26 @@ class AnnotateWidget(Container):
         if labels is None:
             self.controls.refuse("Pick or make a Labels layer first.")
             return None
-        if BOXES in self._viewer.layers:
-            return self._viewer.layers[BOXES]
-        shapes = self._viewer.add_shapes(
-            ndim=labels.ndim, name=BOXES, scale=labels.scale, translate=labels.translate, edge_color="yellow"
-        )
-        shapes.face_color = "transparent"
-        shapes.events.data.connect(self._on_box_drawn)
-        return shapes
+        if BOXES not in self._viewer.layers:
+            shapes = drawing_layer(self._viewer, BOXES, labels, edge_color="yellow")
+            shapes.face_color = "transparent"
+            shapes.events.data.connect(self._on_box_drawn)
+        return self._viewer.layers[BOXES]
 
     def _on_box_drawn(self, event: Any) -> None:
-        if str(getattr(event, "action", "added")).lower().split(".")[-1] != "added":
-            return
-        shapes = self._viewer.layers[BOXES]
-        if not len(shapes.data):
-            return
-        corners = np.array([self.labels_layer.value.world_to_data(shapes.data_to_world(v)) for v in shapes.data[-1]])
-        lo, hi = corners.min(0), corners.max(0)
-        z = int(round(float(corners[0, 0]))) if corners.shape[1] == 3 else None
-        self.box(float(lo[-2]), float(lo[-1]), float(hi[-2]), float(hi[-1]), z=z)
-        with shapes.events.data.blocker():
-            shapes.data = []
+        corners = take_drawn(event, self._viewer.layers[BOXES], self.labels_layer.value)
+        if corners is not None:
+            lo, hi = corners.min(0), corners.max(0)
+            z = int(round(float(corners[0, 0]))) if corners.shape[1] == 3 else None
+            self.box(float(lo[-2]), float(lo[-1]), float(hi[-2]), float(hi[-1]), z=z)
 
     def _on_mouse(self, viewer: Any, event: Any) -> Any:
         if self.tool.value != "click" or self.labels_layer.value is None:
             return
-        start = np.asarray(event.position, float)
-        yield
-        moved = False
-        while event.type == "mouse_move":
-            moved = moved or bool(np.abs(np.asarray(event.position, float) - start).max() > 2)
-            yield
-        if not moved:
+        start = tuple(np.asarray(event.position, float))
+        if (yield from still_click(event)):
             refine = True if "shift" in _mods(event) else None
-            self.click_at_world(tuple(start), negative=_is_negative(event), refine=refine)
+            self.click_at_world(start, negative=_is_negative(event), refine=refine)
 
     # --- clicks and boxes -----------------------------------------------------------------------
     def click_at_world(

@@ -28,6 +28,7 @@ from ..annotate.propagate import joined, propagate, propagate_steps
 from ..model_files import load_model
 from ..progress import drive
 from ._common import row, wrapped_label
+from ._layers import drawing_layer, still_click, take_drawn
 
 if TYPE_CHECKING:
     from .annotate import AnnotateWidget
@@ -149,38 +150,22 @@ class EditObjects(Container):
         if labels is None:
             self._refuse("Pick or make a Labels layer first.")
             return None
-        if CUTS in self._viewer.layers:
-            return self._viewer.layers[CUTS]
-        shapes = self._viewer.add_shapes(
-            ndim=labels.ndim, name=CUTS, scale=labels.scale, translate=labels.translate, edge_color="red"
-        )
-        shapes.events.data.connect(self._on_cut_drawn)
-        return shapes
+        if CUTS not in self._viewer.layers:
+            drawing_layer(self._viewer, CUTS, labels, edge_color="red").events.data.connect(self._on_cut_drawn)
+        return self._viewer.layers[CUTS]
 
     def _on_cut_drawn(self, event: Any) -> None:
-        if str(getattr(event, "action", "added")).lower().split(".")[-1] != "added":
-            return
-        shapes = self._viewer.layers[CUTS]
-        if not len(shapes.data):
-            return
         labels = self._dock.labels_layer.value
-        pts = np.array([labels.world_to_data(shapes.data_to_world(v)) for v in shapes.data[-1]])
-        z = int(round(float(pts[0, 0]))) if labels.ndim == 3 else None
-        self.cut(pts[:, -2:], z=z)
-        with shapes.events.data.blocker():
-            shapes.data = []
+        pts = take_drawn(event, self._viewer.layers[CUTS], labels)
+        if pts is not None:
+            self.cut(pts[:, -2:], z=int(round(float(pts[0, 0]))) if labels.ndim == 3 else None)
 
     def _on_mouse(self, viewer: Any, event: Any) -> Any:
         if self.tool.value in ("off", "cut") or self._dock.labels_layer.value is None:
             return
-        start = np.asarray(event.position, float)
-        yield
-        moved = False
-        while event.type == "mouse_move":
-            moved = moved or bool(np.abs(np.asarray(event.position, float) - start).max() > 2)
-            yield
-        if not moved:
-            self.click_at_world(tuple(start))
+        start = tuple(np.asarray(event.position, float))
+        if (yield from still_click(event)):
+            self.click_at_world(start)
 
     def click_at_world(self, position: tuple[float, ...]) -> Edit | None:
         """A click of the edit tool at a world ``position`` of the viewer."""
