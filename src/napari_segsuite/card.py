@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 #: Largest sizes a card may declare; beyond them a card would make the program exhaust memory.
 MAX_CLASSES = 1024
 MAX_CHANNELS = 16
@@ -219,7 +219,13 @@ def migrate(data: dict[str, Any], source: str = "model card") -> dict[str, Any]:
             data["thing_classes"] = [int(c) for c in build.pop("thing_classes", (1,))]
         data["build"] = build
         data.pop("path", None)
-        data["format"] = 2
+        data["format"] = version = 2
+    if version == 2:  # format 2's distance-map models seeded above a level of 0.5 unless calibrated otherwise
+        build, post = data.get("build") or {}, data.get("postprocessing") or {}
+        seeded = isinstance(post, dict) and ("dist_h" in post or "seed_threshold" in post)
+        if isinstance(build, dict) and build.get("distance") and isinstance(post, dict) and not seeded:
+            data["postprocessing"] = {**post, "seed_threshold": 0.5}
+        data["format"] = 3
     return data
 
 

@@ -181,7 +181,7 @@ def train(
     train_s, val_s, val_note = split_samples(samples, cfg.val_fraction, rng)
     tp = plan(model, train_s, cfg, device.type)
     patch, batch_size, spe, peak_lr, val_tile = tp.patch, tp.batch_size, tp.steps_per_epoch, tp.lr, tp.val_tile
-    helpers, train_s = calibration_helpers(val_s, train_s), [pad_to(s, patch) for s in train_s]
+    helpers, train_s = calibration_helpers(val_s, train_s, len(samples)), [pad_to(s, patch) for s in train_s]
     sync, rng = Sync.begin(cfg.seed, rng)  # several processes (torchrun): the same split, crops of their own
     total = cfg.epochs * spe
 

@@ -126,7 +126,7 @@ def test_a_card_that_does_not_fit_its_architecture_is_refused_naming_the_field(t
 def test_a_format_2_panoptic_card_without_thing_classes_is_refused():
     """It used to become stuff-only silently; [] (no thing class) stays a choice a card can state."""
     data = migrate(json.loads((FIXTURES / "panoptic-v1.json").read_text()))
-    assert data["format"] == 2 and data["thing_classes"] == [2, 3]
+    assert data["format"] == FORMAT_VERSION and data["thing_classes"] == [2, 3]
     del data["thing_classes"]
     with pytest.raises(CardError, match="field 'thing_classes': missing"):
         ModelCard.from_json(data)
@@ -144,3 +144,16 @@ def test_a_card_json_nested_too_deep_or_too_large_is_a_card_error(tmp_path, monk
     (path / "model.json").write_text(json.dumps({"name": "x" * 20}))
     with pytest.raises(CardError, match="too large"):
         load_model(path)
+
+
+def test_format_2_distance_cards_keep_their_seeding():
+    """Format 2 seeded distance-map models above a level of 0.5 unless calibration said otherwise; format 3
+    seeds from h-maxima by default. An old card keeps meaning what it meant; a calibrated one keeps its choice."""
+    card = new_model("unet-instance", label_values=[0, 1, 2], distance=True, depth=2, base_filters=4).card
+    old = {**card.model_dump(mode="json"), "format": 2, "postprocessing": {}}
+    assert ModelCard.from_json(old).postprocessing == {"seed_threshold": 0.5}
+    tuned = {**old, "postprocessing": {"mask_threshold": 0.4, "seed_threshold": 0.6}}
+    assert ModelCard.from_json(tuned).postprocessing == {"mask_threshold": 0.4, "seed_threshold": 0.6}
+    three = new_model("unet-instance", label_values=[0, 1, 2], distance=False, depth=2, base_filters=4).card
+    assert ModelCard.from_json({**three.model_dump(mode="json"), "format": 2}).postprocessing == {}
+    assert ModelCard.from_json(card.model_dump(mode="json")).postprocessing == {}  # format 3: h-maxima

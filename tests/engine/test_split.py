@@ -47,8 +47,11 @@ def test_calibration_reads_the_training_part_of_a_single_image_too():
     lab[10:120:12, 4:150] = 1
     img = lab.astype(np.float32)
     train, val, _ = _split(img, lab, "unet")
-    assert calibration_helpers(val, train) == train
+    assert calibration_helpers(val, train, 1) == train
     model = new_model("unet", label_values=[0, 1])
     samples = prepare_samples(model, [img] * 6, [lab] * 6)
     train, val, _ = split_samples(samples, 0.34, np.random.default_rng(0))
-    assert len(val) > 1 and calibration_helpers(val, train) == []
+    assert len(val) > 1 and calibration_helpers(val, train, 6) == []
+    two = prepare_samples(model, [img] * 2, [lab] * 2)
+    train, val, _ = split_samples(two, 0.2, np.random.default_rng(0))
+    assert len(val) == len(train) == 1 and calibration_helpers(val, train, 2) == []  # two whole images
