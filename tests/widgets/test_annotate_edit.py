@@ -147,6 +147,18 @@ def test_propagate_in_z_and_whole_object_delete(make_napari_viewer):
     labels.undo()
     np.testing.assert_array_equal(labels.data, propagated)
 
+    # what the user paints while a propagation runs stays; a closed layer gets nothing written
+    from napari_segsuite.annotate.propagate import propagate
+
+    labels.undo()  # back to the one slice
+    edits = propagate(np.asarray(labels.data), image.data, 1, 6)
+    labels.data_setitem((np.array([5]), np.array([32]), np.array([28])), 7)  # painted meanwhile
+    w.edit._write_all(edits, 1, labels)
+    assert labels.data[5, 32, 28] == 7 and (labels.data[4] == 1).any()
+    viewer.layers.remove(labels)
+    w.edit._write_all(edits, 1, labels)
+    assert "was closed" in w.controls.status.value
+
 
 def test_keys_switch_the_edit_tools_and_are_not_napari_shortcuts(dock):
     from app_model.types import KeyBinding

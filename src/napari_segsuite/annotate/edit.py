@@ -186,6 +186,8 @@ def split_by_line(
     _, (iy, ix) = ndi.distance_transform_edt(~keep, return_indices=True)
     nearest = np.where(mask, pieces[iy, ix], 0)
     nid = free_id(labels) if next_id is None else next_id
+    if np.issubdtype(labels.dtype, np.integer) and nid + len(big) - 2 > np.iinfo(labels.dtype).max:
+        raise ValueError(f"The labels ({labels.dtype}) hold no more ids; use a Labels layer of int32.")
     after = np.array(labels[win])
     for k, piece in enumerate(sorted(big, key=lambda i: -sizes[i])[1:]):
         after[nearest == piece] = nid + k

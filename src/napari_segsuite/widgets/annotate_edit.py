@@ -237,7 +237,11 @@ class EditObjects(Container):
 
     def _split(self, a: tuple[int, ...], b: tuple[int, ...]) -> Edit | None:
         labels = self._dock.labels_layer.value
-        nxt = ops.free_id(np.asarray(labels.data))
+        try:
+            nxt = ops.free_id(np.asarray(labels.data))
+        except ValueError as err:
+            self._refuse(str(err))
+            return None
         if labels.ndim == 3 and not self._volume_mode():
             if a[0] != b[0]:
                 self._refuse("Split on a slice: click both parts on the same slice (or tick Whole 3D object).")
@@ -259,7 +263,11 @@ class EditObjects(Container):
         if labels is None:
             self._refuse("Pick or make a Labels layer first.")
             return None
-        nxt = ops.free_id(np.asarray(labels.data))
+        try:
+            nxt = ops.free_id(np.asarray(labels.data))
+        except ValueError as err:
+            self._refuse(str(err))
+            return None
         z = z if z is not None or labels.ndim == 2 else int(self._viewer.dims.current_step[0])
         return self._run(lambda t, _z: ops.split_by_line(t, points, next_id=nxt), None if z is None else (z,), False)
 
@@ -313,7 +321,7 @@ class EditObjects(Container):
             except ValueError as err:
                 self._refuse(str(err))
                 return None
-            self._write_all(edits, obj)
+            self._write_all(edits, obj, labels)
             return edits
         if dock.controls.busy():
             return None
@@ -329,12 +337,20 @@ class EditObjects(Container):
             rgb,
             cache,
             on_yield=lambda p: dock.controls.show_progress(p.step, p.total, f"Propagating object {obj}: {p.note}"),
-            on_done=lambda edits: self._write_all(edits, obj),
+            on_done=lambda edits: self._write_all(edits, obj, labels),
         )
 
-    def _write_all(self, edits: list[Edit], obj: int) -> None:
-        labels = self._dock.labels_layer.value
+    def _write_all(self, edits: list[Edit], obj: int, labels: Any) -> None:
+        """Write a propagation into the layer it was computed from (if it is still open), on the pixels
+        that still hold what they held then (what the user painted meanwhile stays)."""
+        if labels not in self._viewer.layers:
+            self._refuse(f"The Labels layer {labels.name!r} was closed: the propagation was not written.")
+            return
         idx, values = joined(edits)
+        if len(values):
+            before = np.concatenate([e.before[e.before != e.after] for e in edits if e.changed])
+            same = np.asarray(labels.data[idx]) == before
+            idx, values = tuple(i[same] for i in idx), values[same]
         if len(values):
             labels.data_setitem(idx, values)  # all slices at once: one undo step
         slices = sorted(e.z0 for e in edits)
