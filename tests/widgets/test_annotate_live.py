@@ -94,6 +94,11 @@ def test_live_training_from_the_dock(make_napari_viewer, qtbot, event_loop_gaps)
     qtbot.wait(50)
     assert cam.zoom > 1.0 and "uncertain" in live.controls.status.value
 
+    # another image: the last one's prediction is not accepted into it
+    dock.image.value = viewer.add_image(s["image"].copy(), name="another")
+    assert live.trainer is None and not live.accept_btn.enabled
+    assert live.accept() is None and (labels.data == 2).sum() == 0
+
 
 def test_segment_next_image_ranks_the_candidates_by_uncertainty(make_napari_viewer, qtbot, monkeypatch):
     """Fine-tune's Segment next image scores every image not in the set and segments the least certain."""

@@ -138,6 +138,7 @@ class LiveSection(Container):
         self.trainer: LiveTrainer | None = None
         self.prediction_layer: Any = None
         self.refreshes = 0
+        dock.image.changed.connect(lambda _=None: self.forget())
         self._stop_asked = False
         self._stroke_at: float | None = None
         self.stroke_delays: list[float] = []  #: Seconds from a stroke to the first prediction trained on it.
@@ -272,6 +273,13 @@ class LiveSection(Container):
         self.controls.status.value = f"Step {item.step}{loss} · {item.classes.max()} classes · paint to correct it."
 
     # --- after ----------------------------------------------------------------------------------------
+    def forget(self) -> None:
+        """Another image: live training on the last one stops and its prediction can no longer be accepted."""
+        if self.trainer is not None:
+            self.trainer.stop()
+        self.trainer = None
+        self.accept_btn.enabled = False
+
     def accept(self) -> Any:
         """Copy the prediction into the dock's Labels layer where it is 0 (one undo step)."""
         labels = self._dock.labels_layer.value
