@@ -199,3 +199,13 @@ def test_models_saved_without_a_distance_map_keep_three_maps():
     out = drive(predict(old, sd.nuclei_2d(seed=0, shape=(64, 64))["image"], device="cpu"))
     assert out.shape == (64, 64)
     assert task.output_channels(new_model("unet-instance", label_values=[0, 1, 2]).card) == 4
+
+
+def test_only_native_3d_distance_models_try_three_map_seeding_in_calibration():
+    """2D distance-map models choose among the map's own settings (the three-map seeding won on small
+    validation slabs by chance and lost on held-out real nuclei); native 3D ones may still fall back."""
+    two = new_model("unet-instance", label_values=[0, 1, 2], depth=2, base_filters=4).card
+    three = new_model("unet3d-instance", label_values=[0, 1, 2], depth=2, base_filters=4).card
+    assert instance.has_distance(two) and instance.has_distance(three)
+    assert not any(c.get("use_distance") is False for c in instance._candidates(two)[1])
+    assert any(c.get("use_distance") is False for c in instance._candidates(three)[1])
