@@ -114,7 +114,7 @@ def calibrate_inference(
         return None
     chooser = list(samples) + list(also)
     truths = [s.truth for s in chooser]
-    tried: dict[bool, tuple[float, Any, dict[str, Any]]] = {}  # tta -> score, card, metrics
+    tried: dict[bool, tuple[float, Any, dict[str, Any], list[np.ndarray]]] = {}  # tta -> score, card, metrics, maps
     for tta in (False, True):
         maps = sample_maps(model, chooser, device, amp, tile, tta=tta)
         assert maps is not None
@@ -122,14 +122,13 @@ def calibrate_inference(
         if task.wants_calibration(trial):
             task.calibrate(maps, truths, trial)
         metrics = evaluate_samples(SegModel(model.module, trial), chooser, device, amp, tile, maps=maps)
-        tried[tta] = (float(metrics["score"]), trial, metrics)
+        tried[tta] = (float(metrics["score"]), trial, metrics, maps)
     plain_score, tta_score = tried[False][0], tried[True][0]
     use_tta = tta_score >= plain_score + TTA_MIN_GAIN
-    _, chosen, metrics = tried[use_tta]
+    _, chosen, metrics, maps = tried[use_tta]
     card.threshold, card.postprocessing, card.tta = chosen.threshold, dict(chosen.postprocessing), use_tta
-    if also:  # the scores of the held-out samples alone
-        maps = sample_maps(model, list(samples), device, amp, tile, tta=use_tta)
-        metrics = evaluate_samples(model, list(samples), device, amp, tile, maps=maps)
+    if also:  # the scores of the held-out samples alone (their maps are the first of the chooser's)
+        metrics = evaluate_samples(model, list(samples), device, amp, tile, maps=maps[: len(samples)])
     metrics["tta_gain"] = tta_score - plain_score
     return metrics
 

@@ -361,7 +361,7 @@ class InstanceTask(Task):
         if not self.wants_calibration(card) or not maps:
             return {}
         defaults, candidates = _candidates(card)
-        rows = []  # (settings, score)
+        best, best_score = dict(defaults), -1.0
         for settings in candidates:
             metric = ObjectMetric()
             for m, t in zip(maps, truths):
@@ -372,8 +372,10 @@ class InstanceTask(Task):
             # corrects outlines too, and AP50 alone cannot tell a mask a pixel too wide); the defaults
             # win ties and near-ties: the validation set may be small
             score = float(found["ap50"]) + BOUNDARY_WEIGHT * float(found["ap50_95"] or 0.0)
-            rows.append((settings, score + (0.005 if settings == defaults else 0.0)))
-        best = max(rows, key=lambda r: r[1])[0]
+            if settings == defaults:
+                score += 0.005
+            if score > best_score:
+                best, best_score = settings, score
         card.postprocessing = {} if best == defaults else best
         return dict(card.postprocessing)
 
