@@ -233,3 +233,26 @@ def test_screenshot(make_napari_viewer, qtbot):
     qtbot.wait(50)
     docs = Path(__file__).parents[2] / "docs" / "screenshots"
     assert viewer.screenshot(str(docs / "annotate_edit.png"), canvas_only=False).shape[:2] == (768, 1366)
+
+
+def test_a_cut_on_a_scaled_volume_after_a_2d_layer_lands_on_the_slice_shown(dock):
+    """The cut layer made for a 2D layer is made again in a volume's geometry; the slice is read
+    through the volume's own slice spacing and offset, not from the viewer's first step."""
+    viewer, w, labels = dock
+    w.edit.tool.value = "cut"  # a cut layer in the 2D layer's geometry
+    w.edit.tool.value = "off"
+    _, lab = _scene()
+    vol = np.stack([lab] * 5)
+    stack = viewer.add_image(np.stack([_scene()[0]] * 5), name="stack", scale=(3.0, 1, 1), translate=(6.0, 0, 0))
+    vlabels = viewer.add_labels(vol.copy(), name="volume", scale=(3.0, 1, 1), translate=(6.0, 0, 0))
+    w.image.value, w.labels_layer.value = stack, vlabels
+    viewer.dims.set_point(0, 6.0 + 3.0 * 2)  # slice 2 of the volume
+    w.edit.tool.value = "cut"
+    shapes = viewer.layers["annotate cuts"]
+    assert shapes.ndim == 3 and tuple(shapes.scale) == (3.0, 1.0, 1.0)
+    shapes.add_paths(np.array([[2.0, 40.0, 40.0], [2.0, 60.0, 40.0]]))  # data coordinates of the shapes layer
+    changed = np.nonzero((vlabels.data != vol).any(axis=(1, 2)))[0].tolist()
+    assert changed == [2] and (vlabels.data[2, 45:55, 41:60] == 5).all()
+    from napari_segsuite.widgets._layers import current_slice
+
+    assert current_slice(viewer, vlabels) == 2 and current_slice(viewer, stack) == 2

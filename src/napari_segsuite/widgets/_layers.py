@@ -172,12 +172,31 @@ def layer_array(layer: napari.layers.Layer) -> np.ndarray:
     return np.array(layer_data(layer))
 
 
-def drawing_layer(viewer: napari.viewer.Viewer, name: str, labels: napari.layers.Labels, **style: Any) -> Any:
-    """The Shapes layer ``name`` the user draws on over ``labels`` (boxes, cut lines), made on first use
-    in the labels' geometry; ``style``: Shapes keyword arguments (``edge_color``, ...)."""
+def current_slice(viewer: napari.viewer.Viewer, layer: napari.layers.Layer) -> int:
+    """The index along ``layer``'s slice axis (the third from last) of the slice the viewer shows, read
+    from the viewer's world point through the layer's own scale and translation: a time axis before it,
+    or a slice spacing or offset of its own, does not shift it (``dims.current_step[0]`` would)."""
+    n = layer.ndim
+    z = float(layer.world_to_data(np.asarray(viewer.dims.point)[-n:])[-3])
+    return int(np.clip(round(z), 0, layer_data(layer).shape[:n][-3] - 1))  # RGB: colour axis last
+
+
+def drawing_layer(
+    viewer: napari.viewer.Viewer, name: str, labels: napari.layers.Labels, on_drawn: Any, **style: Any
+) -> Any:
+    """The Shapes layer ``name`` the user draws on over ``labels`` (boxes, cut lines), in the labels'
+    geometry, with ``on_drawn`` connected to its data events: made on first use, and made again when
+    ``labels`` has another geometry (more axes, another scale or offset: a line drawn over a volume
+    after a 2D layer must not land on slice 0); ``style``: Shapes keyword arguments (``edge_color``, ...)."""
     if name in viewer.layers:
-        return viewer.layers[name]
-    return viewer.add_shapes(ndim=labels.ndim, name=name, scale=labels.scale, translate=labels.translate, **style)
+        layer = viewer.layers[name]
+        same = layer.ndim == labels.ndim and np.allclose(layer.scale, labels.scale)
+        if same and np.allclose(layer.translate, labels.translate):
+            return layer
+        viewer.layers.remove(layer)
+    layer = viewer.add_shapes(ndim=labels.ndim, name=name, scale=labels.scale, translate=labels.translate, **style)
+    layer.events.data.connect(on_drawn)
+    return layer
 
 
 def take_drawn(event: Any, shapes: Any, labels: napari.layers.Labels) -> np.ndarray | None:

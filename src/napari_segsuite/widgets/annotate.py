@@ -26,7 +26,7 @@ from ..model_files import load_model
 from ..store import list_models
 from ._common import RunControls, scroll_above, wrapped_label
 from ._events import on_models_changed
-from ._layers import drawing_layer, layer_choices, still_click, take_drawn
+from ._layers import current_slice, drawing_layer, layer_choices, still_click, take_drawn
 from ._sections import collapsible
 from .annotate_edit import EditObjects
 
@@ -161,11 +161,9 @@ class AnnotateWidget(Container):
         if labels is None:
             self.controls.refuse("Pick or make a Labels layer first.")
             return None
-        if BOXES not in self._viewer.layers:
-            shapes = drawing_layer(self._viewer, BOXES, labels, edge_color="yellow")
-            shapes.face_color = "transparent"
-            shapes.events.data.connect(self._on_box_drawn)
-        return self._viewer.layers[BOXES]
+        return drawing_layer(
+            self._viewer, BOXES, labels, self._on_box_drawn, edge_color="yellow", face_color="transparent"
+        )
 
     def _on_box_drawn(self, event: Any) -> None:
         corners = take_drawn(event, self._viewer.layers[BOXES], self.labels_layer.value)
@@ -281,7 +279,7 @@ class AnnotateWidget(Container):
         if image is None:
             return None
         nd = image.data.ndim - int(bool(image.rgb))
-        return int(self._viewer.dims.current_step[0]) if nd == 3 else None
+        return current_slice(self._viewer, image) if nd == 3 else None
 
     def compute(self, z: int | None = None) -> Any:
         """Compute the model's maps of the current image (its current slice) in a worker; returns it."""

@@ -28,7 +28,7 @@ from ..annotate.propagate import joined, propagate, propagate_steps
 from ..model_files import load_model
 from ..progress import drive
 from ._common import row, wrapped_label
-from ._layers import drawing_layer, still_click, take_drawn
+from ._layers import current_slice, drawing_layer, still_click, take_drawn
 
 if TYPE_CHECKING:
     from .annotate import AnnotateWidget
@@ -150,9 +150,7 @@ class EditObjects(Container):
         if labels is None:
             self._refuse("Pick or make a Labels layer first.")
             return None
-        if CUTS not in self._viewer.layers:
-            drawing_layer(self._viewer, CUTS, labels, edge_color="red").events.data.connect(self._on_cut_drawn)
-        return self._viewer.layers[CUTS]
+        return drawing_layer(self._viewer, CUTS, labels, self._on_cut_drawn, edge_color="red")
 
     def _on_cut_drawn(self, event: Any) -> None:
         labels = self._dock.labels_layer.value
@@ -213,7 +211,7 @@ class EditObjects(Container):
         data = labels.data
         z = None
         if labels.ndim == 3 and not (self._volume_mode() if whole is None else whole):
-            z = idx[0] if idx is not None else int(self._viewer.dims.current_step[0])
+            z = idx[0] if idx is not None else current_slice(self._viewer, labels)
         target = np.asarray(data if z is None else data[z])
         try:
             edit = op(target, z)
@@ -268,7 +266,7 @@ class EditObjects(Container):
         except ValueError as err:
             self._refuse(str(err))
             return None
-        z = z if z is not None or labels.ndim == 2 else int(self._viewer.dims.current_step[0])
+        z = z if z is not None or labels.ndim == 2 else current_slice(self._viewer, labels)
         return self._run(lambda t, _z: ops.split_by_line(t, points, next_id=nxt), None if z is None else (z,), False)
 
     def selected(self, z: int | None = None) -> int:
@@ -286,11 +284,7 @@ class EditObjects(Container):
     def fill_holes(self, all_objects: bool = False) -> Edit | None:
         """Fill the holes of the selected object (or of all); a volume's holes slice by slice."""
         labels = self._dock.labels_layer.value
-        z = (
-            None
-            if labels is None or labels.ndim == 2 or self._volume_mode()
-            else int(self._viewer.dims.current_step[0])
-        )
+        z = None if labels is None or labels.ndim == 2 or self._volume_mode() else current_slice(self._viewer, labels)
         obj = 0 if all_objects else self.selected(z)
         if not all_objects and not obj:
             self._refuse("Select an object first (click it with the Click tool, or pick its label).")
@@ -308,7 +302,7 @@ class EditObjects(Container):
         if labels is None or image is None or labels.ndim != 3:
             self._refuse("Propagate in Z needs a volume: pick a 3D image and its Labels layer.")
             return None
-        z = int(self._viewer.dims.current_step[0])
+        z = current_slice(self._viewer, labels)
         obj = self.selected(z)
         if not obj:
             self._refuse(f"Select an object on slice {z} first (click it with the Click tool, or pick its label).")

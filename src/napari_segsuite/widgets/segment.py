@@ -18,7 +18,7 @@ from ..model_files import load_model
 from ..store import StoredModel, delete_model, export_model, import_model, list_models, rename_model
 from ._common import RunControls, ask, check_fit, fit_note, wrapped_label
 from ._events import on_models_changed, store_events
-from ._layers import add_result, layer_choices, layer_data, prepare_result
+from ._layers import add_result, current_slice, layer_choices, layer_data, prepare_result
 
 DEVICES = ["auto", "cpu", "cuda", "mps"]
 
@@ -202,7 +202,7 @@ class SegmentWidget(Container):
                 return self.controls.refuse(
                     f"'{m.name}' is a 3D model: it segments the whole volume; untick 'Current slice'."
                 )
-            z = int(self._viewer.dims.current_step[0])
+            z = current_slice(self._viewer, image)
         shape = tuple(data.shape[1:] if z is not None else data.shape)
         try:
             note = check_fit(
