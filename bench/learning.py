@@ -158,6 +158,7 @@ def run(
     labelled: int | None = None,
     pretrain: float = 0.0,
     build: dict[str, Any] | None = None,
+    save: str | None = None,
 ) -> dict[str, Any]:
     c = case(name)
     (ti, tl), (vi, vl) = c["train"], c["test"]
@@ -173,6 +174,10 @@ def run(
     t0 = time.monotonic()
     res = drive(train(model, ti, tl, cfg, unlabelled=unlabelled))
     t_train = time.monotonic() - t0
+    if save:  # the trained model, for a closer look at what it gets wrong
+        from napari_segsuite.model_files import save_model
+
+        save_model(res.model, Path(save) / f"{name}-seed{seed}")
     t0 = time.monotonic()
     m = drive(evaluate(res.model, vi, vl))
     t = res.model.card.training or {}
@@ -188,6 +193,8 @@ def run(
         "score_name": c["score"],
         "score": round(float(m[c["score"]]), 4),
         "val_score": round(float((res.model.card.metrics or {}).get("score", float("nan"))), 4),
+        "tta": res.model.card.tta,
+        "postprocessing": res.model.card.postprocessing,
     }
 
 
@@ -211,6 +218,7 @@ def main() -> int:
         "--build", default="", help="builder arguments as JSON values, e.g. 'distance=false,base_filters=32'"
     )
     ap.add_argument("--json", action="store_true", help="one JSON line per case instead of the table")
+    ap.add_argument("--save", default=None, help="save each trained model into this folder (CASE-seedN)")
     args = ap.parse_args()
     if not (ISBI / "image").is_dir():
         print(f"ISBI data not found at {ISBI}", file=sys.stderr)
@@ -223,7 +231,7 @@ def main() -> int:
         print("|---|---|---|---|---|---|---|---|")
     for name in args.cases.split(","):
         build = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.build.split(",") if kv)}
-        r = run(name, args.seconds, args.seed, args.average, args.steps, args.labelled, args.pretrain, build)
+        r = run(name, args.seconds, args.seed, args.average, args.steps, args.labelled, args.pretrain, build, args.save)
         if args.json:
             print(json.dumps(r), flush=True)
         else:

@@ -288,7 +288,7 @@ def check_train_config(cfg: TrainConfig) -> None:
         problems.append(f"the crop size must be at most {MAX_PATCH} pixels (got {cfg.patch_size})")
     if cfg.lr is not None and not (cfg.lr > 0 and math.isfinite(cfg.lr)):
         problems.append(f"the learning rate must be a number more than 0 (got {cfg.lr})")
-    if cfg.patience < 0:
+    if cfg.patience is not None and cfg.patience < 0:
         problems.append(f"patience must be 0 (never stop early) or more epochs (got {cfg.patience})")
     if cfg.seed < 0:
         problems.append(f"the seed must be 0 or more (got {cfg.seed})")

@@ -290,7 +290,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--patch-size", type=int, default=None, help="crop edge in pixels (default: the model's, 256 for most)"
     )
     s.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the model's, 2e-3 for most)")
-    s.add_argument("--patience", type=int, default=20, help="epochs without improvement before stopping (0: never)")
+    s.add_argument(
+        "--patience",
+        type=int,
+        default=None,
+        help="epochs without improvement before stopping (0: never; default 20, none under --time-budget)",
+    )
     s.add_argument(
         "--pretrain",
         type=float,

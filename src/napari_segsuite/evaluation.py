@@ -83,9 +83,11 @@ def evaluate_samples(
     return out
 
 
-#: Test-time augmentation costs four passes: it is kept only where it scores at least this much
-#: better on the validation images.
-TTA_MIN_GAIN = 0.002
+#: Test-time augmentation (the image and its three mirrorings, averaged) is kept unless it scores
+#: worse than this on the validation images: it rarely loses, and a small validation set cannot tell
+#: a small gain from noise. Three real-nuclei models, held-out half of the image: AP50 +0.017, +0.048
+#: and 0.000 with it; ISBI membranes after 120 steps: mean IoU +0.003. It costs four passes.
+TTA_MAX_LOSS = 0.01
 
 
 def calibrate_inference(
@@ -100,7 +102,7 @@ def calibrate_inference(
 
     For map models, both ways of predicting (as is, and with test-time augmentation) are tried with
     the task's post-processing tuned on each (:meth:`~.tasks.Task.calibrate`: a threshold, watershed
-    settings); test-time augmentation is kept where it wins by :data:`TTA_MIN_GAIN`. ``also``:
+    settings); test-time augmentation is kept unless it loses by more than :data:`TTA_MAX_LOSS`. ``also``:
     samples that help choose but are not scored (the training images, where the validation set is
     one slab of one image: :func:`calibration_helpers`).
 
@@ -124,7 +126,7 @@ def calibrate_inference(
         metrics = evaluate_samples(SegModel(model.module, trial), chooser, device, amp, tile, maps=maps)
         tried[tta] = (float(metrics["score"]), trial, metrics, maps)
     plain_score, tta_score = tried[False][0], tried[True][0]
-    use_tta = tta_score >= plain_score + TTA_MIN_GAIN
+    use_tta = tta_score >= plain_score - TTA_MAX_LOSS
     _, chosen, metrics, maps = tried[use_tta]
     card.threshold, card.postprocessing, card.tta = chosen.threshold, dict(chosen.postprocessing), use_tta
     if also:  # the scores of the held-out samples alone (their maps are the first of the chooser's)

@@ -35,80 +35,15 @@ from .pretrain import pretrain_share
 from .progress import Progress, Work
 from .samples import Sample, pad_to, prepare_samples, split_samples, unlabelled_inputs
 from .tasks import IGNORE, get_task, score_of
+from .train_config import TrainConfig
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class TrainConfig:
-    """Training settings; the defaults suit a few to a few hundred images on a CPU or a GPU.
+#: Epochs without improvement before stopping early, where there is no time budget and no ``patience``.
+DEFAULT_PATIENCE = 20
 
-    Attributes:
-        epochs: Upper limit on epochs.
-        time_budget: Wall-clock limit in seconds (``None``: none). Training stops there and keeps the best model.
-        steps_per_epoch: Optimiser steps between validations (``None``: from the data size, 10..100).
-        batch_size: Crops per step (at least 2: batch norm needs two samples).
-        patch_size: Crop edge in pixels (Y and X); ``None``: the model's own default (256 for most,
-            128 for the object models, which then take more steps in the same time).
-        patch_size_z: Crop depth for native 3D models (their batches are half ``batch_size``); ``None``:
-            the model's default (32).
-        lr: Peak learning rate (AdamW; linear warm-up then cosine decay over whichever of the epoch
-            limit and the time budget binds first); ``None``: the model's own default (2e-3 for most).
-        patience: Epochs without validation improvement before stopping early (0: never); under a time
-            budget not before half of it has passed (:data:`EARLY_STOP_AFTER`).
-        val_fraction: Share of images (or slices) held out; with one image, a slab at one end of it
-            that holds the classes the rest does (:func:`~.samples.split_samples`).
-        augment: Random flips, 90-degree rotations, scaling, elastic deformation (2D), gamma, gain and
-            offset, and noise.
-        device: ``"auto"`` (CUDA, MPS, CPU), or a torch device string.
-        amp: Mixed precision on CUDA.
-        seed: Seed of crops, augmentation and initial split.
-        freeze_encoder: Train only what follows the encoder (:func:`~.models.base.encoder_of`): for
-            fine-tuning on very few images. The encoder's batch-norm statistics still adapt to the new images.
-        calibrate: After training, choose on the validation images how the model segments: the task's
-            post-processing (two-class semantic models: the decision threshold; instance maps: the
-            watershed settings) and whether test-time augmentation pays (:func:`~.evaluation.calibrate_inference`).
-        prefetch: Make the next batch (crops, augmentation) in background threads while the model trains
-            on a GPU; on the CPU batches are made between steps whatever this says
-            (:func:`~.augment.background_batches`).
-        average: Validate and keep an exponential moving average of the weights over about the last
-            tenth of the run (:class:`~.averaging.WeightAverage`) rather than the latest weights (on
-            real nuclei, 300 s on the CPU: held-out AP50 0.83-0.92 from one validation to the next
-            without it, 0.87-0.93 with it).
-        voxel_size: Physical size of a voxel ``(Z, Y, X)`` (or a pixel ``(Y, X)``) of the training images;
-            ``None``: the model card's, else unknown (isotropic). Native 3D models crop thick slices
-            thinly and pool them only in Y/X (see :func:`~.plan.plan`); the card keeps it.
-        ignore_value: A label value that is no class (e.g. 255 in VOC exports): its pixels are left
-            out of loss and metrics; kept in the card.
-        pretrain: Share of the time budget spent first on self-supervised pre-training on the images,
-            labelled and unlabelled (:mod:`.pretrain`); without a budget, that share of the epoch
-            limit's steps made first; 0: none. New models only (a model being fine-tuned keeps what it knows).
-    """
-
-    epochs: int = 100
-    time_budget: float | None = None
-    steps_per_epoch: int | None = None
-    batch_size: int = 4
-    patch_size: int | None = None
-    patch_size_z: int | None = None
-    lr: float | None = None
-    weight_decay: float = 1e-4
-    patience: int = 20
-    val_fraction: float = 0.2
-    augment: bool = True
-    device: str = "auto"
-    amp: bool = True
-    seed: int = 0
-    freeze_encoder: bool = False
-    prefetch: bool = True
-    calibrate: bool = True
-    voxel_size: tuple[float, ...] | None = None
-    average: bool = True
-    ignore_value: int | None = None
-    pretrain: float = 0.0
-
-
-#: Under a time budget, early stopping waits until this share of the budget has passed.
+#: Under a time budget, early stopping (a ``patience`` given) waits until this share of the budget has passed.
 EARLY_STOP_AFTER = 0.5
 
 #: Under a time budget, validation takes at most this share of the time (it is skipped at the end of
@@ -202,6 +137,7 @@ def train(
 
     t0 = t_start = time.monotonic()
     budget = cfg.time_budget
+    patience = cfg.patience if cfg.patience is not None else (0 if budget else DEFAULT_PATIENCE)
     if cfg.pretrain > 0 and not card.parent:
         pool = [s.x for s in train_s] + unlabelled_inputs(model, unlabelled or [], rgb)
         budget = yield from pretrain_share(module, pool, patch, batch_size, peak_lr, device, cfg, total, cancel)
@@ -340,7 +276,7 @@ def train(
             # in the first half of a time budget: a model that finds only the background can hold the best
             # score for many epochs before it learns rare classes, and the user has given the time
             early_ok = best_iou > 0 and (not budget or time.monotonic() - t0 >= EARLY_STOP_AFTER * budget)
-            if cfg.patience and early_ok and epoch - best_epoch >= cfg.patience and stopped == "epochs":
+            if patience and early_ok and epoch - best_epoch >= patience and stopped == "epochs":
                 stopped = "early stopping"
     finally:
         batches.close()

@@ -196,10 +196,11 @@ def test_no_early_stop_before_anything_was_learnt():
     assert result.stopped == "epochs" and len(result.history) == 4
 
 
-def test_early_stopping_waits_for_half_the_time_budget(monkeypatch):
+def test_early_stopping_waits_for_half_the_time_budget_or_not_at_all(monkeypatch):
     """A validation score that never improves (a model finding only the background can hold the best
     score for many epochs before it learns a rare class): with epochs alone training stops after
-    `patience` epochs; under a time budget it goes on until half the budget has passed."""
+    `patience` epochs; under a time budget it goes on until half the budget has passed, and without a
+    `patience` it goes on to the end of the budget."""
     from napari_segsuite import training
 
     monkeypatch.setattr(training, "VAL_SHARE", 1.0)  # validate after every epoch
@@ -219,3 +220,11 @@ def test_early_stopping_waits_for_half_the_time_budget(monkeypatch):
     budgeted = TrainConfig(**cfg, time_budget=3600)
     by_time = drive(train(new_model("unet", label_values=[0, 1], depth=2), images, labels, budgeted))
     assert by_time.stopped == "epochs" and len(by_time.history) == 5
+    # no patience given: 20 epochs without a budget, none under one
+    cfg.update(epochs=22, patience=None)
+    default = drive(train(new_model("unet", label_values=[0, 1], depth=2), images, labels, TrainConfig(**cfg)))
+    assert default.stopped == "early stopping" and len(default.history) == 21
+    monkeypatch.setattr(training, "EARLY_STOP_AFTER", 0.0)  # a patience given would stop it now
+    budgeted = TrainConfig(**cfg, time_budget=3600)
+    by_time = drive(train(new_model("unet", label_values=[0, 1], depth=2), images, labels, budgeted))
+    assert by_time.stopped == "epochs" and len(by_time.history) == 22

@@ -1,5 +1,5 @@
 """Test-time augmentation: maps averaged over mirrorings, mirrored back the way each task needs, and
-kept after training only where it scores better on the validation images."""
+kept after training unless it scores worse on the validation images."""
 
 import numpy as np
 import torch
@@ -81,13 +81,22 @@ def test_panoptic_offsets_turn_their_sign_when_mirrored_back():
         np.testing.assert_allclose(task.unmirror(mirrored, dims, card).numpy(), truth.numpy(), atol=1e-4)
 
 
-def test_calibration_keeps_tta_only_where_it_scores_better():
+def test_calibration_keeps_tta_unless_it_scores_worse():
     images, labels = _images()
-    for bias, wanted in ((3.0, True), (0.0, False)):
+    # a model right only the way round it sees the image: class 2 on the right half, whatever the image
+    halves = [np.broadcast_to(np.arange(64) >= 32, (64, 64)).astype(np.uint8) + 1 for _ in labels]
+    flat = [np.full((64, 64), 0.5, np.float32) for _ in images]
+    for bias, data, wanted in (
+        (3.0, (images, labels), True),
+        (0.0, (images, labels), True),
+        (8.0, (flat, halves), False),
+    ):
         model = _model(bias)
-        samples = prepare_samples(model, images, labels, None, False, None)
+        samples = prepare_samples(model, *data, None, False, None)
         metrics = calibrate_inference(model, samples, torch.device("cpu"), False, 512)
         assert metrics is not None
-        assert model.card.tta is wanted
-        if wanted:
+        assert model.card.tta is wanted, bias
+        if wanted and bias:
             assert metrics["tta_gain"] > 0.05 and metrics["mean_iou"] > 0.95
+        if not wanted:
+            assert metrics["tta_gain"] < -0.1 and metrics["mean_iou"] > 0.95

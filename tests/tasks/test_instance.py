@@ -151,6 +151,28 @@ def test_calibration_tunes_postprocessing_on_validation_maps():
     assert before < 0.1 and after >= 0.9, (before, after)
 
 
+def test_calibration_keeps_the_defaults_unless_beaten_by_more_than_a_couple_of_objects():
+    """One faint object among many is noise on a small validation set: a lower threshold that finds it
+    too is not worth leaving the defaults for; several faint objects are."""
+    from napari_segsuite.tasks import Targets, get_task
+
+    s = sd.nuclei_2d(seed=1, shape=(128, 128))
+    ids = s["instances"]
+    assert len(np.unique(ids)) - 1 >= 8
+    task = get_task("instance")
+    truth = Targets(y=instance.targets(ids), ids=ids.astype(np.int64))
+    for faint, moved in (([1], False), (list(np.unique(ids)[1:5]), True)):
+        probs = _one_hot_probs(ids)
+        dim = np.isin(ids, faint)
+        for k, p in enumerate((0.55, 0.4, 0.05)):  # faint: under the default thresholds
+            probs[k] = np.where(dim, p, probs[k])
+        model = new_model("unet-instance", label_values=[0, 1, 2], distance=False)
+        found = instance.metrics(task.postprocess(probs, model.card).instances, ids)
+        assert found["n_pred"] == found["n_true"] - len(faint)
+        chosen = task.calibrate([probs], [truth], model.card)
+        assert bool(chosen) is moved, (faint, chosen)
+
+
 def test_distance_targets_peak_in_every_object_and_part_touching_ones():
     """Every object, small or large, peaks at 1 and falls towards its border, where two touching
     objects meet at the map's lowest values; background is 0."""
