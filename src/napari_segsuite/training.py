@@ -114,6 +114,7 @@ def train(
     if not card.parent:  # a fine-tuning round may bring one-class corrections
         check_learnable(samples)
     train_s, val_s, val_note = split_samples(samples, cfg.val_fraction, rng)
+    held_out = not val_note.startswith("none held out")
     tp = plan(model, train_s, cfg, device.type)
     patch, batch_size, spe, peak_lr, val_tile = tp.patch, tp.batch_size, tp.steps_per_epoch, tp.lr, tp.val_tile
     helpers, train_s = calibration_helpers(val_s, train_s, len(samples)), [pad_to(s, patch) for s in train_s]
@@ -142,7 +143,7 @@ def train(
         pool = [s.x for s in train_s] + unlabelled_inputs(model, unlabelled or [], rgb)
         budget = yield from pretrain_share(module, pool, patch, batch_size, peak_lr, device, cfg, total, cancel)
         t0 = time.monotonic()
-    best_iou, best_state, best_metrics, best_epoch = -1.0, None, None, 0
+    best_iou, best_state, best_metrics, best_epoch, kept_epoch = -1.0, None, None, 0, 0
     history: list[dict[str, float]] = []
     stopped, step, epoch = "epochs", 0, 0
     running: list[float] = []
@@ -241,10 +242,13 @@ def train(
                     row[f"val_{key}"] = val[key] or 0.0
             history.append(row)
             # a tie keeps the later model (it has trained longer, at a lower learning rate, and a small
-            # validation set scores many steps alike) but is no improvement: patience runs on
+            # validation set scores many steps alike) but is no improvement: patience runs on. Scored
+            # on the training image itself (nothing held out), the latest model is kept: a choice by
+            # the score on what it learns from favours the states that fit it best
             improved = val["score"] > best_iou
-            if improved or val["score"] == best_iou:
-                best_iou, best_epoch = val["score"], epoch if improved else best_epoch
+            if improved or val["score"] == best_iou or not held_out:
+                best_iou, best_epoch = max(best_iou, val["score"]), epoch if improved else best_epoch
+                kept_epoch = epoch
                 best_state = copy.deepcopy({n: t.detach().cpu() for n, t in scored.module.state_dict().items()})
                 best_metrics = val
                 if checkpoint is not None:
@@ -256,7 +260,7 @@ def train(
                         train_s,
                         val_note,
                         history,
-                        best_epoch,
+                        kept_epoch,
                         best_metrics,
                         "running",
                         step,
@@ -286,11 +290,10 @@ def train(
     for p_ in module.parameters():  # a frozen encoder is frozen for this training only
         p_.requires_grad_(True)
     module.eval()
-    held_out = not val_note.startswith("none held out")
     if best_metrics is not None and cfg.calibrate and stopped != "cancelled" and held_out:
         # post-processing and test-time augmentation chosen on the validation images
         best_metrics = calibrate_inference(model, val_s, device, use_amp, val_tile, helpers) or best_metrics
-    _annotate(model, cfg, tp, samples, train_s, val_note, history, best_epoch, best_metrics, stopped, step, t_start)
+    _annotate(model, cfg, tp, samples, train_s, val_note, history, kept_epoch, best_metrics, stopped, step, t_start)
     if parent_val is not None and best_metrics is not None:
         model.card.comparison = {
             "metric": score_name,

@@ -228,3 +228,35 @@ def test_early_stopping_waits_for_half_the_time_budget_or_not_at_all(monkeypatch
     budgeted = TrainConfig(**cfg, time_budget=3600)
     by_time = drive(train(new_model("unet", label_values=[0, 1], depth=2), images, labels, budgeted))
     assert by_time.stopped == "epochs" and len(by_time.history) == 22
+
+
+def test_validated_on_the_training_image_the_latest_model_is_kept(monkeypatch):
+    """With a held-out part the best-scoring model is kept; where nothing could be held out (one small
+    image, scored on itself) the latest: a choice by the score on the training image favours the
+    states that fit it best."""
+    import torch
+
+    from napari_segsuite import training
+
+    monkeypatch.setattr(training, "VAL_SHARE", 1.0)  # validate after every epoch
+    scores = iter([0.9, 0.5, 0.4, 0.3] * 2)
+    seen = []
+
+    def fake(model, *a, **k):
+        seen.append({n: t.detach().clone() for n, t in model.module.state_dict().items()})
+        return {"score": next(scores), "loss": 1.0}
+
+    monkeypatch.setattr(training, "evaluate_samples", fake)
+    cfg = dict(epochs=4, steps_per_epoch=1, patch_size=32, batch_size=2, calibrate=False, prefetch=False, lr=0.01)
+    for shape, first in (((96, 96), True), ((24, 24), False)):
+        lab = np.zeros(shape, np.uint8)
+        lab[4:12, 4:12] = lab[shape[0] // 2 :, shape[1] // 2 :] = 1  # objects in every part
+        images, labels = [lab * 0.8 + np.random.default_rng(0).normal(0, 0.1, shape).astype(np.float32)], [lab]
+        seen.clear()
+        result = drive(train(new_model("unet", label_values=[0, 1], depth=2), images, labels, TrainConfig(**cfg)))
+        held = not result.model.card.training["validation"].startswith("none held out")
+        assert held is first, result.model.card.training["validation"]
+        kept = seen[0] if first else seen[-1]
+        for n, t in result.model.module.state_dict().items():
+            assert torch.equal(t.cpu(), kept[n]), n
+        assert result.model.card.training["best_epoch"] == (1 if first else 4)
