@@ -23,6 +23,11 @@ from ..tasks import get_task
 
 #: Object diameter (pixels) assumed when nothing better is known (no model, no objects found).
 DEFAULT_SIZE = 24.0
+#: The foreground probability a clicked object's outline follows by default: a map model's objects
+#: (thresholded at 0.5 to be found) come out about a pixel ring too large for an outline (median
+#: area 1.1 times the true one for three U-Nets on real nuclei; 0.7 gave the best first-click IoU
+#: for all three, on the held-out half and, within 0.005, on the training half).
+OUTLINE = 0.7
 
 
 @dataclass
@@ -38,7 +43,9 @@ class PlaneMaps:
         x: The normalised ``(C, H, W)`` image for a point model (``mask_at``), else ``None``.
         model: The model the maps come from (``None``: classical).
         threshold: The foreground probability the model's objects start at (its calibrated mask
-            threshold where it has one); clicks move it per object.
+            threshold where it has one).
+        outline: The foreground probability a clicked object's outline follows (the card's
+            ``outline_threshold``, else :data:`OUTLINE`, at least ``threshold``); clicks move it per object.
     """
 
     smooth: np.ndarray
@@ -49,6 +56,7 @@ class PlaneMaps:
     x: np.ndarray | None = None
     model: SegModel | None = None
     threshold: float = 0.5
+    outline: float | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -145,6 +153,7 @@ def compute_maps(
         ids = seg.instances if seg.instances is not None else ndi.label(np.asarray(seg.semantic) > 0)[0]
         maps = maps_from_instances(smooth, np.asarray(ids), 1.0 - probs[0])
         maps.threshold = float(card.postprocessing.get("mask_threshold", 0.5))
+        maps.outline = float(card.postprocessing.get("outline_threshold", max(OUTLINE, maps.threshold)))
     maps.model = model
     return maps
 
