@@ -26,6 +26,11 @@ def test_the_first_click_outlines_the_object_at_the_outline_level():
     s = AnnotationSession(image, maps=maps)
     s.add_click(32, 32)
     assert (s.labels == 1).sum() == (maps.fg > 0.7).sum() < (maps.instances == 1).sum()
+    weak = maps_from_instances(maps.smooth, maps.instances, 0.6 * maps.fg)  # an object the model is unsure of
+    weak.outline = 0.7
+    s1 = AnnotationSession(image, maps=weak)
+    s1.add_click(32, 32)
+    assert ((s1.labels == 1) == (maps.fg > 0.7)).all()  # outlined as its peak goes, not at 0.7 absolute
     maps.outline = None  # no outline level: the model's own object
     s2 = AnnotationSession(image, maps=maps)
     s2.add_click(32, 32)

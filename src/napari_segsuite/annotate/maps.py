@@ -44,8 +44,9 @@ class PlaneMaps:
         model: The model the maps come from (``None``: classical).
         threshold: The foreground probability the model's objects start at (its calibrated mask
             threshold where it has one).
-        outline: The foreground probability a clicked object's outline follows (the card's
-            ``outline_threshold``, else :data:`OUTLINE`, at least ``threshold``); clicks move it per object.
+        outline: The foreground probability a clicked object's outline follows, as a share of the
+            object's peak (the card's ``outline_threshold``, else :data:`OUTLINE`, at least
+            ``threshold``); clicks move it per object.
     """
 
     smooth: np.ndarray

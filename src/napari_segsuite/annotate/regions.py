@@ -146,6 +146,8 @@ def refine(
             continue
         pos = [(cy, cx) for cy, cx, p in clicks[: k + 1] if p]
         neg = [(cy, cx) for cy, cx, p in clicks[: k + 1] if not p]
+        if k == 0 and positive and inst[y, x]:  # the outline is relative to the object's peak
+            line *= float(fg[inst == inst[y, x]].max())
         if pos:
             mask = from_maps(fg, inst, smooth, pos, neg, size, threshold, line)
     return mask, line
