@@ -66,3 +66,23 @@ def test_a_positive_click_just_outside_adds_the_missed_edge_there():
     after = s.labels == 1
     assert after[48, 29] and _iou(after, truth) > _iou(first, truth)
     assert (after[:, 48:] == first[:, 48:]).all()  # the right side is untouched
+
+
+def test_clicks_start_from_the_distance_maps_objects_where_a_card_chose_the_interior_map():
+    from napari_segsuite import sample_data as sd
+    from napari_segsuite.annotate.maps import _click_card
+    from napari_segsuite.workflows import model_for_training
+
+    smp = sd.nuclei_2d(seed=0, shape=(32, 32))
+    model = model_for_training("unet-instance", [smp["image"]], [smp["instances"]], base_filters=4, depth=2)
+    pp = {
+        "use_distance": False,
+        "interior_threshold": 0.6,
+        "seed_h": 0.25,
+        "mask_threshold": 0.4,
+        "seed_threshold": 0.5,
+    }
+    card = model.card.model_copy(update={"postprocessing": pp})
+    assert _click_card(card, np.zeros((4, 8, 8))).postprocessing == {"mask_threshold": 0.4}
+    assert _click_card(card, np.zeros((3, 8, 8))) is card  # no distance map: as the card says
+    assert card.postprocessing == pp
