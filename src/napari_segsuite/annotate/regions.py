@@ -103,7 +103,7 @@ CLICK_MARGIN = 0.02
 #: the object is made again from the model's maps and all the clicks (a merge, a split, a missed part).
 EDGE_DEPTH = 2.5
 #: An edge correction reaches this many times the click's depth along the edge ...
-EDGE_REACH = 6.0
+EDGE_REACH = 5.0
 #: ... over pixels whose foreground is within this of the clicked pixel's.
 EDGE_LIKE = 0.2
 #: A threshold move is taken for an edge correction only where it changes at most this many times
