@@ -8,8 +8,11 @@ writes only the changed pixels (napari: ``Labels.data_setitem``, which napari's 
 Clicks:
 - A positive click with no active object, or away from it, starts a new object (the next free id).
 - Further positive clicks on or near the active object add to it; negative clicks take away from
-  it ("not this"). Each click recomputes the active object from all its clicks, inside a window
-  around them (so a click costs the same on a large image).
+  it ("not this"). Each click recomputes the active object from all its clicks, in their order,
+  inside a window around them (so a click costs the same on a large image): with a model's maps, a
+  click near the object's edge corrects the edge there (or moves the object's threshold, where
+  that changes only a ring no deeper than the click), a click deep in a wrong part makes the
+  object again from the model (see :func:`.regions.refine`).
 - A negative click with no active object removes the object under it.
 - :meth:`AnnotationSession.finish` ends the active object; the next click starts a new one.
 
@@ -106,6 +109,9 @@ class AnnotationSession:
         self.active = 0
         self.pos: list[tuple[int, int]] = []
         self.neg: list[tuple[int, int]] = []
+        self.clicks: list[regions.Click] = []  # the active object's clicks in order: (y, x, positive)
+        self._state: tuple[int, int, int, np.ndarray, float] | None = None  # see _start
+        self._pending: tuple[int, int, int, np.ndarray, float] | None = None
         self._bbox: tuple[int, int, int, int] | None = None  # of the active object's pixels (y0, x0, y1, x1)
 
     # --- the labels -----------------------------------------------------------------------------
@@ -127,7 +133,7 @@ class AnnotationSession:
     # --- clicks ---------------------------------------------------------------------------------
     def finish(self) -> None:
         """End the active object: the next click starts a new one."""
-        self.active, self.pos, self.neg, self._bbox = 0, [], [], None
+        self.active, self.pos, self.neg, self.clicks, self._bbox, self._state = 0, [], [], [], None, None
 
     def select(self, y: float, x: float) -> int:
         """Make the object under ``(y, x)`` the active one (to refine it); returns its id (0: none there)."""
@@ -135,7 +141,7 @@ class AnnotationSession:
         self.finish()
         hit = int(self.labels[yy, xx])
         if hit:
-            self.active, self.pos = hit, [(yy, xx)]
+            self.active, self.pos, self.clicks = hit, [(yy, xx)], [(yy, xx, True)]
             self._bbox = _bbox(self.labels == hit)
         return hit
 
@@ -158,6 +164,7 @@ class AnnotationSession:
                 return self.remove(yy, xx)
             self.active = self.next_id()
         (self.pos if positive else self.neg).append((yy, xx))
+        self.clicks.append((yy, xx, positive))
         if not self.pos:
             return self._apply(*self._empty_window(yy, xx))
         return self._refresh()
@@ -224,12 +231,36 @@ class AnnotationSession:
         neg = [(y - oy, x - ox) for y, x in self.neg]
         maps = self.maps
         if maps.fg is not None and maps.instances is not None:
-            return regions.from_maps(
-                maps.fg[win], maps.instances[win], maps.smooth[win], pos, neg, maps.size, maps.threshold
+            clicks = [(y - oy, x - ox, p) for y, x, p in self.clicks]
+            mask, line = regions.refine(
+                maps.fg[win],
+                maps.instances[win],
+                maps.smooth[win],
+                clicks,
+                maps.size,
+                maps.threshold,
+                maps.outline,
+                self._start(win),
             )
+            self._pending = (len(self.clicks), oy, ox, mask, line)
+            return mask
         if maps.x is not None:
             return self._from_point_model(win, pos, neg)
         return regions.classical(maps.smooth[win], pos, neg, maps.size)
+
+    def _start(self, win: Window) -> tuple[np.ndarray, float] | None:
+        """The object (in ``win``) and its threshold after all its clicks but the last, as the last
+        click left them (so a click applies itself only, not all the object's clicks again)."""
+        if self._state is None or self._state[0] != len(self.clicks) - 1:
+            return None
+        _, y0, x0, mask, line = self._state
+        h, w = mask.shape
+        oy, ox = y0 - win[0].start, x0 - win[1].start
+        if oy < 0 or ox < 0 or oy + h > win[0].stop - win[0].start or ox + w > win[1].stop - win[1].start:
+            return None
+        out = np.zeros((win[0].stop - win[0].start, win[1].stop - win[1].start), bool)
+        out[oy : oy + h, ox : ox + w] = mask
+        return out, line
 
     def _from_point_model(self, win: Window, pos: regions.Seeds, neg: regions.Seeds) -> np.ndarray:
         """DeepMask: its mask at each positive click, united; negative clicks split it by seeded watershed."""
@@ -264,6 +295,10 @@ class AnnotationSession:
         after[old & ~new] = 0
         after[new] = self.active
         self._bbox = _bbox(new, (win[0].start, win[1].start)) if new.any() else self._bbox
+        if self._pending is not None:  # the object as refine left it, cut to its box
+            n, oy, ox, raw, line = self._pending
+            y0, x0, y1, x1 = _bbox(raw)
+            self._state, self._pending = (n, oy + y0, ox + x0, raw[y0:y1, x0:x1].copy(), line), None
         return self._apply(win, after, self.active)
 
     # --- boxes ----------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from scipy import ndimage as ndi
 
+from ..card import ModelCard
 from ..inference import pick_device, predict_maps, segment_slice
 from ..model_files import SegModel
 from ..models.base import ObjectModel
@@ -23,6 +24,11 @@ from ..tasks import get_task
 
 #: Object diameter (pixels) assumed when nothing better is known (no model, no objects found).
 DEFAULT_SIZE = 24.0
+#: The foreground probability a clicked object's outline follows by default: a map model's objects
+#: (thresholded at 0.5 to be found) come out about a pixel ring too large for an outline (median
+#: area 1.1 times the true one for three U-Nets on real nuclei; 0.7 gave the best first-click IoU
+#: for all three, on the held-out half and, within 0.005, on the training half).
+OUTLINE = 0.7
 
 
 @dataclass
@@ -38,7 +44,10 @@ class PlaneMaps:
         x: The normalised ``(C, H, W)`` image for a point model (``mask_at``), else ``None``.
         model: The model the maps come from (``None``: classical).
         threshold: The foreground probability the model's objects start at (its calibrated mask
-            threshold where it has one); clicks move it per object.
+            threshold where it has one).
+        outline: The foreground probability a clicked object's outline follows, as a share of the
+            object's peak (the card's ``outline_threshold``, else :data:`OUTLINE`, at least
+            ``threshold``); clicks move it per object.
     """
 
     smooth: np.ndarray
@@ -49,6 +58,7 @@ class PlaneMaps:
     x: np.ndarray | None = None
     model: SegModel | None = None
     threshold: float = 0.5
+    outline: float | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -141,12 +151,25 @@ def compute_maps(
         maps = maps_from_instances(smooth, np.asarray(seg.instances))
     else:
         probs = yield from predict_maps(model, x, tile=tile, device=dev)
-        seg = get_task(card.kind).postprocess(probs, card)
+        seg = get_task(card.kind).postprocess(probs, _click_card(card, probs))
         ids = seg.instances if seg.instances is not None else ndi.label(np.asarray(seg.semantic) > 0)[0]
         maps = maps_from_instances(smooth, np.asarray(ids), 1.0 - probs[0])
         maps.threshold = float(card.postprocessing.get("mask_threshold", 0.5))
+        maps.outline = float(card.postprocessing.get("outline_threshold", max(OUTLINE, maps.threshold)))
     maps.model = model
     return maps
+
+
+def _click_card(card: ModelCard, probs: np.ndarray) -> ModelCard:
+    """The card whose post-processing makes the objects clicks start from: an instance model with a
+    distance map seeds them from it even where its card chose the interior map for detection (each
+    object's own territory; first-click IoU 0.85 -> 0.87 on real nuclei for three such models), with
+    today's seeding, as the card chose no distance settings."""
+    pp = card.postprocessing
+    if probs.shape[0] <= 3 or pp.get("use_distance", True):  # (only instance cards say use_distance)
+        return card
+    keep = {k: v for k, v in pp.items() if k in ("mask_threshold", "dist_h")}  # today's seeding (h-maxima)
+    return card.model_copy(update={"postprocessing": keep})
 
 
 def point_mask(maps: PlaneMaps, y: int, x: int) -> np.ndarray:

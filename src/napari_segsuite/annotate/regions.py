@@ -57,22 +57,27 @@ def from_maps(
     neg: Seeds,
     size: float,
     threshold: float = 0.5,
+    outline: float | None = None,
 ) -> np.ndarray:
     """The object from a model's cached maps: one positive click and nothing else is the model's own
-    object under it; otherwise a seeded watershed over the foreground, where the other objects' cores
-    and the negative clicks compete, and the model's cuts between other objects stay cut.
+    object under it, outlined where its foreground exceeds ``outline`` (default ``threshold``);
+    otherwise a seeded watershed over the foreground, where the other objects' cores and the
+    negative clicks compete, and the model's cuts between other objects stay cut.
 
-    The clicks move this object's foreground threshold (from ``threshold``, the model's): a positive
-    click where the foreground is weaker lowers it to take that pixel in, a negative click where it is
-    stronger (but weaker than at every positive click) raises it to leave that pixel out. An object
-    the model drew a little too large or too small shrinks or grows along its whole edge, as the
-    model's map says, not in a blob around the click. A positive click where the model saw (almost)
-    background adds the region of weaker foreground around it (or, failing that, the image's region);
-    a negative click the threshold cannot leave out competes as a seed."""
+    The clicks move this object's foreground threshold (from ``outline``): a positive click where
+    the foreground is weaker lowers it to take that pixel in, a negative click where it is stronger
+    (but weaker than at every positive click) raises it to leave that pixel out. An object the model
+    drew a little too large or too small shrinks or grows along its whole edge, as the model's map
+    says, not in a blob around the click. A positive click where the model saw (almost) background
+    adds the region of weaker foreground around it (or, failing that, the image's region); a
+    negative click the threshold cannot leave out competes as a seed."""
+    line = threshold if outline is None else outline
     hit = {int(inst[y, x]) for y, x in pos} - {0}
     if len(pos) == 1 and not neg and hit:
-        return inst == hit.pop()
-    t = _click_threshold(fg, pos, neg, threshold)
+        own = inst == hit.pop()
+        tight = _keep_seeded(own & (fg > line), pos)
+        return tight if tight.any() else own
+    t = _click_threshold(fg, pos, neg, line)
     mine = np.isin(inst, list(hit)) if hit else np.zeros(inst.shape, bool)
     region = fg > t
     for y, x in pos:
@@ -94,6 +99,146 @@ def from_maps(
 WEAK = 0.25
 #: How far past a clicked pixel's foreground the threshold moves to take it in or leave it out.
 CLICK_MARGIN = 0.02
+#: A click this deep (pixels from the object's edge) or deeper in a wrong part is no edge correction:
+#: the object is made again from the model's maps and all the clicks (a merge, a split, a missed part).
+EDGE_DEPTH = 2.5
+#: An edge correction reaches this many times the click's depth along the edge ...
+EDGE_REACH = 5.0
+#: ... over pixels whose foreground is within this of the clicked pixel's.
+EDGE_LIKE = 0.2
+#: A threshold move is taken for an edge correction only where it changes at most this many times
+#: the pixels the local correction would (a ring the click speaks for, not the whole edge).
+RING_AREA = 4.0
+
+Click = tuple[int, int, bool]
+
+
+def refine(
+    fg: np.ndarray,
+    inst: np.ndarray,
+    smooth: np.ndarray,
+    clicks: Sequence[Click],
+    size: float,
+    threshold: float = 0.5,
+    outline: float | None = None,
+    start: tuple[np.ndarray, float] | None = None,
+) -> tuple[np.ndarray, float]:
+    """The object from a model's maps and its clicks ``(y, x, positive)`` in the order they came:
+    each click corrects the object as it stood. A click that lands already right changes nothing; a
+    click deep in a wrong part (:data:`EDGE_DEPTH`) makes the object again from all the clicks so far
+    (:func:`from_maps`: a missed neighbour merged, a merged one split off); a click near the edge
+    corrects the edge (:func:`edge_fix`). Returns the mask and its foreground threshold.
+
+    Args:
+        start: The mask and threshold after all the clicks but the last (as this returned them):
+            only the last click is applied to it.
+    """
+    line = threshold if outline is None else outline
+    mask, first = np.zeros(fg.shape, bool), 0
+    if start is not None and clicks:
+        (mask, line), first = start, len(clicks) - 1
+    for k in range(first, len(clicks)):
+        y, x, positive = clicks[k]
+        if k and mask[y, x] == positive:
+            continue
+        if k and _depth(~mask if positive else mask, y, x) <= EDGE_DEPTH:
+            mask, line = edge_fix(mask, fg, (y, x), positive, line, [c[:2] for c in clicks[:k] if c[2]])
+            continue
+        pos = [(cy, cx) for cy, cx, p in clicks[: k + 1] if p]
+        neg = [(cy, cx) for cy, cx, p in clicks[: k + 1] if not p]
+        if k == 0 and positive and inst[y, x]:  # the outline is relative to the object's peak
+            line *= float(fg[inst == inst[y, x]].max())
+        if pos:
+            mask = from_maps(fg, inst, smooth, pos, neg, size, threshold, line)
+    return mask, line
+
+
+def _around(shape: tuple[int, ...], y: int, x: int, r: float) -> tuple[slice, slice]:
+    m = int(np.ceil(r))
+    return (slice(max(0, y - m), min(shape[0], y + m + 1)), slice(max(0, x - m), min(shape[1], x + m + 1)))
+
+
+def _edt(side: np.ndarray) -> np.ndarray:
+    """Distance to the nearest pixel off ``side``, beyond the crop counting as on it."""
+    return ndi.distance_transform_edt(np.pad(side, 1, constant_values=True))[1:-1, 1:-1]
+
+
+def _depth(side: np.ndarray, y: int, x: int) -> float:
+    """How deep ``(y, x)`` lies in ``side`` (exact up to :data:`EDGE_DEPTH`, read in a crop around it)."""
+    win = _around(side.shape, y, x, EDGE_DEPTH + 2)
+    return float(_edt(side[win])[y - win[0].start, x - win[1].start])
+
+
+def edge_fix(
+    mask: np.ndarray, fg: np.ndarray, at: tuple[int, int], positive: bool, line: float, pos: Seeds
+) -> tuple[np.ndarray, float]:
+    """Correct the edge of ``mask`` at the click ``at`` (in a wrong part near the edge); returns the
+    mask and its foreground threshold. Near the click, the pixels on the clicked side no deeper than
+    the click's part, of like foreground, change (a local correction); where instead moving the
+    threshold past the clicked pixel's foreground changes the object only along its edge, no deeper
+    than the click and no more than :data:`RING_AREA` times as much (an object drawn a ring too large
+    or too small), the threshold moves."""
+    y, x = at
+    side = ~mask if positive else mask
+    depth = _depth(side, y, x)
+    v = float(fg[y, x])
+    win = _around(mask.shape, y, x, EDGE_REACH * depth + 5)
+    wy, wx = y - win[0].start, x - win[1].start
+    edt = _edt(side[win])
+    near = side[win] & (edt <= 1.5 * depth - 0.5 + 1e-6)
+    near &= (fg[win] >= v - EDGE_LIKE) if positive else (fg[win] <= v + EDGE_LIKE)
+    yy, xx = np.ogrid[: near.shape[0], : near.shape[1]]
+    near &= (yy - wy) ** 2 + (xx - wx) ** 2 <= (EDGE_REACH * depth) ** 2
+    near[wy, wx] = True
+    parts, _ = ndi.label(near, np.ones((3, 3), bool))
+    patch = parts == parts[wy, wx]
+    moved = _ring_move(mask, fg, at, positive, pos, depth, RING_AREA * int(patch.sum()))
+    if moved is not None:
+        return moved
+    out = mask.copy()
+    out[win] = mask[win] | patch if positive else mask[win] & ~patch
+    return out, line
+
+
+def _ring_move(
+    mask: np.ndarray, fg: np.ndarray, at: tuple[int, int], positive: bool, pos: Seeds, depth: float, most: int
+) -> tuple[np.ndarray, float] | None:
+    """``mask`` with its threshold moved past the foreground at ``at`` (and the threshold), or ``None``
+    where that would not take ``at`` or would change more than ``most`` pixels or deeper than ``depth``."""
+    y, x = at
+    v = float(fg[y, x])
+    if positive and v > WEAK:
+        t = v - CLICK_MARGIN
+    elif not positive and pos and v + CLICK_MARGIN < min(float(fg[p]) for p in pos):
+        t = v + CLICK_MARGIN
+    else:
+        return None
+    y0, x0, y1, x1 = _mask_box(mask | _disk_marks(mask.shape, [at], 0))
+    m = int(np.ceil(depth)) + 2
+    win = (slice(max(0, y0 - m), y1 + m), slice(max(0, x0 - m), x1 + m))
+    pos = [(py, px) for py, px in pos if win[0].start <= py < win[0].stop and win[1].start <= px < win[1].stop]
+    sub, f = mask[win], fg[win]
+    if positive:
+        grown, _ = ndi.label((f > t) | sub, np.ones((3, 3), bool))
+        moved = grown == grown[y - win[0].start, x - win[1].start]
+    else:
+        seeds = [(py - win[0].start, px - win[1].start) for py, px in pos if sub[py - win[0].start, px - win[1].start]]
+        if not seeds:
+            return None
+        moved = _keep_seeded(sub & (f > t), seeds)
+    change = moved ^ sub
+    if not change[y - win[0].start, x - win[1].start] or change.sum() > most:
+        return None
+    if ndi.distance_transform_edt(change).max() > depth + 0.5:
+        return None
+    out = mask.copy()
+    out[win] = moved
+    return out, t
+
+
+def _mask_box(mask: np.ndarray) -> tuple[int, int, int, int]:
+    rows, cols = np.nonzero(mask.any(1))[0], np.nonzero(mask.any(0))[0]
+    return int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1
 
 
 def _click_threshold(fg: np.ndarray, pos: Seeds, neg: Seeds, threshold: float) -> float:
