@@ -50,9 +50,14 @@ def instances_of(labels: np.ndarray, min_size: int = 20) -> np.ndarray:
 
 
 def _centre(mask: np.ndarray) -> tuple[int, int]:
+    """The pixel deepest inside ``mask``; of equally deep ones (a thin error is one pixel deep all
+    along), the one nearest the region's centroid: the middle of a thin arc, not its first pixel in
+    raster order."""
     d = ndi.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
-    y, x = np.unravel_index(int(np.argmax(d)), d.shape)
-    return int(y), int(x)
+    ys, xs = np.nonzero(d == d.max())
+    cy, cx = (float(v.mean()) for v in np.nonzero(mask))
+    k = int(np.argmin((ys - cy) ** 2 + (xs - cx) ** 2))
+    return int(ys[k]), int(xs[k])
 
 
 def _largest(mask: np.ndarray) -> tuple[int, np.ndarray]:
