@@ -101,7 +101,8 @@ def test_live_training_from_the_dock(make_napari_viewer, qtbot, event_loop_gaps)
 
 
 def test_segment_next_image_ranks_the_candidates_by_uncertainty(make_napari_viewer, qtbot, monkeypatch):
-    """Fine-tune's Segment next image scores every image not in the set and segments the least certain."""
+    """Fine-tune's Segment next image scores every in-memory image not in the set and segments the least
+    certain (a lazy one is left out of the ranking)."""
     from napari_segsuite.annotate import uncertainty
     from napari_segsuite.model_files import new_model, save_model
     from napari_segsuite.store import model_dir
@@ -121,6 +122,10 @@ def test_segment_next_image_ranks_the_candidates_by_uncertainty(make_napari_view
     viewer = make_napari_viewer()
     for seed, name in ((0, "trained"), (1, "a"), (2, "b")):
         viewer.add_image(sd.nuclei_2d(seed=seed, shape=(64, 64))["image"], name=name)
+    import dask.array as da
+
+    lazy = da.from_array(sd.nuclei_2d(seed=3, shape=(64, 64))["image"], chunks=32)
+    viewer.add_image(lazy, name="lazy")  # not ranked: ranking would read it whole
     _, fin = viewer.window.add_plugin_dock_widget("napari-segsuite", "Fine-tune")
     fin.trainset.image.value = viewer.layers["trained"]
     fin.last_path = path

@@ -18,6 +18,7 @@ from napari.utils.notifications import show_info
 from ..annotate.uncertainty import segment_most_uncertain
 from ..card import ModelCard
 from ..checks import check_labels_vary
+from ..lazy_io import is_lazy
 from ..model_files import load_model
 from ..models import available, get_spec
 from ..store import delete_model, release_model_path, reserve_model_path
@@ -356,8 +357,7 @@ class FinetuneWidget(Container):
             self.base.value = c["parent_path"]
 
     def segment_next(self) -> Any:
-        """Segment the image not yet in the training set that the model just trained is least sure of
-        (:func:`~..annotate.uncertainty.segment_most_uncertain`; the next one in layer order for object models)."""
+        """Segment the unused image the new model is least sure of (layer order for object models; lazy: not ranked)."""
         if self.controls.busy():
             return None
         if self.last_path is None:
@@ -369,7 +369,7 @@ class FinetuneWidget(Container):
                 "No image left that is not already in the training set; open the next image first."
             )
         in_ch, dims = _takes(self.last_path)
-        data = layer_array(image)
+        data = layer_data(image)  # not copied here: a lazy layer is read in the worker
         try:
             check_fit(Path(self.last_path).name, in_ch, dims, image.name, data.shape, bool(image.rgb), self.ask)
         except ValueError as err:
@@ -377,7 +377,8 @@ class FinetuneWidget(Container):
         if ts._pairs == [] and ts.image.value is not None and ts.labels_layer.value is not None:
             ts.add_pair()  # the pair just trained on stays in the set
         path, first = self.last_path, image
-        layers = [image, *ts.next_images(lambda la: la is not first and fits_as_is(path, in_ch, dims, la))]
+        others = ts.next_images(lambda la: la is not first and not is_lazy(layer_data(la)))  # ranking reads whole
+        layers = [image, *(la for la in others if fits_as_is(path, in_ch, dims, la))]
 
         def work(datas: list, rgbs: list) -> Any:
             model = load_model(path)
@@ -411,7 +412,7 @@ class FinetuneWidget(Container):
         )
         self.next_worker = self.controls.launch(
             work,
-            [data, *(layer_data(la) for la in layers[1:])],  # the others copied in the worker
+            [data, *(layer_data(la) for la in layers[1:])],  # read in the worker
             [bool(la.rgb) for la in layers],
             on_yield=lambda p: self.controls.show_progress(p.step, p.total, p.note),
             on_done=done,
