@@ -34,22 +34,25 @@ from typing import Any, cast
 import numpy as np
 import torch
 
-from .inference import MIRRORS
+from .inference import MIRRORS, pick_device
 from .lazy_io import Source, norm_stats, read_block
 from .model_files import SegModel, load_model
 from .models.base import ObjectModel
-from .preprocess import (
-    Axes,
-    LabelMap,
-    NormStats,
-    apply_normalization,
-    infer_axes,
-    to_slices,
-)
+from .preprocess import Axes, LabelMap, NormStats, apply_normalization, infer_axes, to_slices
 from .progress import Progress, Work, drive
 from .stitch import Box, Stitcher, shift
 from .tasks import get_task, instance
-from .tiling import OVERLAP, TileCache, blend_tiles, grid_starts, pad_mode, pad_to, predict_objects, tile_shape
+from .tiling import (
+    OVERLAP,
+    TileCache,
+    blend_tiles,
+    grid_starts,
+    pad_mode,
+    pad_to,
+    predict_objects,
+    tile_shape,
+    trim_heap,
+)
 
 #: Default block edge (pixels): about the memory of a 2048 x 2048 image in memory, whatever the image's size.
 BLOCK = 2048
@@ -195,8 +198,6 @@ def tile_cache(job: Job, blocks: list[Block]) -> TileCache:
 
 def run_block(model: SegModel, job: Job, block: Block, data: Any, cache: TileCache | None = None) -> Work[BlockResult]:
     """Segment one block: read it, normalise it, run the tiles (those in ``cache`` only once), post-process its region."""
-    from .inference import pick_device
-
     card, task = model.card, get_task(model.card.kind)
     dev = pick_device(job.device)
     tiled = len(job.spatial) - len(job.ts)
@@ -270,8 +271,6 @@ def worker_model(model_path: str, device: str) -> SegModel:
     """The model at ``model_path`` on ``device``, loaded once per process (a dask worker's) and kept."""
     key = (model_path, device)
     if key not in _MODELS:
-        from .inference import pick_device
-
         m = load_model(model_path)
         m.module.to(pick_device(device)).eval()
         _MODELS[key] = m
@@ -346,8 +345,6 @@ def segment_blocks(
 
     total = len(todo)
     if client is None:
-        from .inference import pick_device
-
         model.module.to(pick_device(job.device)).eval()
         cache = tile_cache(job, todo)
         for k, b in enumerate(todo):
@@ -359,6 +356,7 @@ def segment_blocks(
                     take(b, stop.value)
                     break
                 yield Progress(k, total, f"block {k + 1}/{total} · {p.note}")
+            trim_heap()  # the kept tiles' maps scatter the heap's free pages: give them back
             yield Progress(k + 1, total, f"block {k + 1}/{total}")
     else:
         yield from _on_cluster(client, model_path, job, todo, data, take)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Hashable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -309,6 +310,28 @@ class TileCache:
             part = self.parts.get(key, got[1])
             self.maps[key] = (got[0][(slice(None), *part)].clone(), part) if maps is not None else got
         return got
+
+
+def trim_heap() -> None:
+    """Give the C heap's free pages back to the system (glibc's ``malloc_trim``; nothing elsewhere).
+
+    Block after block, the maps a :class:`TileCache` keeps sit between the blocks' short-lived arrays
+    and leave the heap's free pages scattered; resident memory then grows with the image (issue 15).
+    """
+    global _TRIM
+    if _TRIM is None:
+        import ctypes
+        import sys
+
+        try:
+            _TRIM = ctypes.CDLL("libc.so.6").malloc_trim if sys.platform.startswith("linux") else False
+        except (OSError, AttributeError):
+            _TRIM = False
+    if _TRIM:
+        _TRIM(0)
+
+
+_TRIM: Any = None
 
 
 def predict_objects(
