@@ -49,6 +49,7 @@ from .tiling import (
     grid_starts,
     pad_mode,
     pad_to,
+    plan_tiles,
     predict_objects,
     tile_shape,
     trim_heap,
@@ -117,7 +118,8 @@ def plan_blocks(job: Job, block: int | tuple[int, ...], halo: int | tuple[int, .
     for ax, n in enumerate(job.spatial):
         t = ax - tiled
         centres = [s + job.ts[t] // 2 for s in job.starts[t]] if t >= 0 and job.starts else []
-        cuts.append(_cuts(n, blocks[ax], centres))
+        edge = blocks[ax] if n <= blocks[ax] or not centres else max(job.ts[t], blocks[ax] - job.ts[t])  # read box
+        cuts.append(_cuts(n, edge, centres))
     out = []
     for index in itertools.product(*(range(len(c) - 1) for c in cuts)):
         core = tuple(slice(c[i], c[i + 1]) for c, i in zip(cuts, index))
@@ -156,7 +158,9 @@ def make_job(model: SegModel, data: Any, **settings: Any) -> Job:
     if job.tta is None:
         job.tta = card.tta
     tiled = spatial[1:] if job.per_slice else spatial
-    tiles = (job.tile_z, job.tile, job.tile) if len(tiled) == 3 else (job.tile, job.tile)
+    tiles: tuple[int, ...] = (job.tile_z, job.tile, job.tile) if len(tiled) == 3 else (job.tile, job.tile)
+    if not objects:  # the whole-image path's tiles (object models tile their own way)
+        tiles, job.batch_size = plan_tiles(tuple(tiled), tiles, job.batch_size, card.divisible_by, job.overlap)
     job.ts, job.padded = tile_shape(tuple(tiled), tiles, card.divisible_by, job.overlap)
     job.starts = [] if objects else grid_starts(job.padded, job.ts, job.overlap)
     return job
@@ -198,15 +202,13 @@ def tile_cache(job: Job, blocks: list[Block]) -> TileCache:
 
 def run_block(model: SegModel, job: Job, block: Block, data: Any, cache: TileCache | None = None) -> Work[BlockResult]:
     """Segment one block: read it, normalise it, run the tiles (those in ``cache`` only once), post-process its region."""
-    card, task = model.card, get_task(model.card.kind)
-    dev = pick_device(job.device)
+    card, task, dev = model.card, get_task(model.card.kind), pick_device(job.device)
     tiled = len(job.spatial) - len(job.ts)
     read = block.read + ((slice(None),) if job.rgb else ())
-    slices = to_slices(read_block(data, read), Axes(volume=job.volume, rgb=job.rgb), card.in_channels)
-    x = slices if job.stats is None else apply_normalization(slices, job.stats)  # (S, C, *yx)
+    x = to_slices(read_block(data, read), Axes(volume=job.volume, rgb=job.rgb), card.in_channels)
+    x = x if job.stats is None else apply_normalization(x, job.stats)  # (S, C, *yx); the raw copy freed
     inner = tuple(shift(block.region, block.read))
     parts = [x[z] for z in range(x.shape[0])] if job.per_slice or not job.volume else [np.moveaxis(x, 0, 1)]
-    local_region = inner[tiled:]
     segs: list[tuple[Any, Any]] = []
     for i, part in enumerate(parts):
         if job.per_slice and not inner[0].start <= i < inner[0].stop:
@@ -220,7 +222,7 @@ def run_block(model: SegModel, job: Job, block: Block, data: Any, cache: TileCac
             continue
         z = block.read[0].start + i if job.per_slice else 0
         maps = yield from _maps(model, job, part, block.read[tiled:], block.region[tiled:], dev, (cache, z))
-        seg = task.postprocess(maps[(slice(None), *local_region)], card)
+        seg = task.postprocess(maps[(slice(None), *inner[tiled:])], card)
         segs.append((seg.semantic, seg.instances))
         yield Progress(i + 1, len(parts), f"block {block.index}")
     out = BlockResult(block.index)

@@ -19,11 +19,12 @@ def blockwise(model, img, **kw):
 def test_semantic_is_bitwise_the_in_memory_result():
     img = (np.random.default_rng(0).random((300, 260)) * 255).astype(np.uint8)
     m = semantic_model()
-    ref = drive(segment(m, img, tile=64, device="cpu")).semantic
-    assert len(np.unique(ref)) == 3
-    for block in (100, 150):  # the result does not depend on the blocking either
-        got = blockwise(m, img, block=block, tile=64)["classes"]
-        np.testing.assert_array_equal(got, ref)
+    for bs in (4, 3):  # 4: tiles of 128 one at a time (plan_tiles); 3: of 64, the last batch filled
+        ref = drive(segment(m, img, tile=64, batch_size=bs, device="cpu")).semantic
+        assert len(np.unique(ref)) == 3
+        for block in (100, 150):  # the result does not depend on the blocking either
+            got = blockwise(m, img, block=block, tile=64, batch_size=bs)["classes"]
+            np.testing.assert_array_equal(got, ref)
 
 
 def test_tiles_under_block_borders_run_once():
