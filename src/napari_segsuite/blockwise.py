@@ -97,14 +97,12 @@ def _cuts(n: int, block: int, centres: list[int]) -> list[int]:
     """Borders ``[0, ..., n]`` of blocks about ``block`` long along an axis of length ``n``, each at one
     of ``centres`` (tile centres) when there are any, so only the tile under a border is read twice."""
     cuts = [0]
-    for k in range(1, math.ceil(n / block)):
-        target = k * block
+    while cuts[-1] + block < n:  # each block about ``block`` from the last border (no drift to longer ones)
+        target = cuts[-1] + block
         options = [c for c in centres if cuts[-1] < c < n] if centres else [target]
         if not options:
             break
-        cut = min(options, key=lambda c: abs(c - target))
-        if cut > cuts[-1]:
-            cuts.append(cut)
+        cuts.append(min(options, key=lambda c: abs(c - target)))
     return [*cuts, n]
 
 
