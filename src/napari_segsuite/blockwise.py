@@ -34,22 +34,26 @@ from typing import Any, cast
 import numpy as np
 import torch
 
-from .inference import MIRRORS
+from .inference import MIRRORS, pick_device
 from .lazy_io import Source, norm_stats, read_block
 from .model_files import SegModel, load_model
 from .models.base import ObjectModel
-from .preprocess import (
-    Axes,
-    LabelMap,
-    NormStats,
-    apply_normalization,
-    infer_axes,
-    to_slices,
-)
+from .preprocess import Axes, LabelMap, NormStats, apply_normalization, infer_axes, to_slices
 from .progress import Progress, Work, drive
 from .stitch import Box, Stitcher, shift
 from .tasks import get_task, instance
-from .tiling import OVERLAP, TileCache, blend_tiles, grid_starts, pad_mode, pad_to, predict_objects, tile_shape
+from .tiling import (
+    OVERLAP,
+    TileCache,
+    blend_tiles,
+    grid_starts,
+    pad_mode,
+    pad_to,
+    plan_tiles,
+    predict_objects,
+    tile_shape,
+    trim_heap,
+)
 
 #: Default block edge (pixels): about the memory of a 2048 x 2048 image in memory, whatever the image's size.
 BLOCK = 2048
@@ -93,14 +97,12 @@ def _cuts(n: int, block: int, centres: list[int]) -> list[int]:
     """Borders ``[0, ..., n]`` of blocks about ``block`` long along an axis of length ``n``, each at one
     of ``centres`` (tile centres) when there are any, so only the tile under a border is read twice."""
     cuts = [0]
-    for k in range(1, math.ceil(n / block)):
-        target = k * block
+    while cuts[-1] + block < n:  # each block about ``block`` from the last border (no drift to longer ones)
+        target = cuts[-1] + block
         options = [c for c in centres if cuts[-1] < c < n] if centres else [target]
         if not options:
             break
-        cut = min(options, key=lambda c: abs(c - target))
-        if cut > cuts[-1]:
-            cuts.append(cut)
+        cuts.append(min(options, key=lambda c: abs(c - target)))
     return [*cuts, n]
 
 
@@ -114,7 +116,8 @@ def plan_blocks(job: Job, block: int | tuple[int, ...], halo: int | tuple[int, .
     for ax, n in enumerate(job.spatial):
         t = ax - tiled
         centres = [s + job.ts[t] // 2 for s in job.starts[t]] if t >= 0 and job.starts else []
-        cuts.append(_cuts(n, blocks[ax], centres))
+        edge = blocks[ax] if n <= blocks[ax] or not centres else max(job.ts[t], blocks[ax] - job.ts[t])  # read box
+        cuts.append(_cuts(n, edge, centres))
     out = []
     for index in itertools.product(*(range(len(c) - 1) for c in cuts)):
         core = tuple(slice(c[i], c[i + 1]) for c, i in zip(cuts, index))
@@ -153,7 +156,9 @@ def make_job(model: SegModel, data: Any, **settings: Any) -> Job:
     if job.tta is None:
         job.tta = card.tta
     tiled = spatial[1:] if job.per_slice else spatial
-    tiles = (job.tile_z, job.tile, job.tile) if len(tiled) == 3 else (job.tile, job.tile)
+    tiles: tuple[int, ...] = (job.tile_z, job.tile, job.tile) if len(tiled) == 3 else (job.tile, job.tile)
+    if not objects:  # the whole-image path's tiles (object models tile their own way)
+        tiles, job.batch_size = plan_tiles(tuple(tiled), tiles, job.batch_size, card.divisible_by, job.overlap)
     job.ts, job.padded = tile_shape(tuple(tiled), tiles, card.divisible_by, job.overlap)
     job.starts = [] if objects else grid_starts(job.padded, job.ts, job.overlap)
     return job
@@ -195,17 +200,13 @@ def tile_cache(job: Job, blocks: list[Block]) -> TileCache:
 
 def run_block(model: SegModel, job: Job, block: Block, data: Any, cache: TileCache | None = None) -> Work[BlockResult]:
     """Segment one block: read it, normalise it, run the tiles (those in ``cache`` only once), post-process its region."""
-    from .inference import pick_device
-
-    card, task = model.card, get_task(model.card.kind)
-    dev = pick_device(job.device)
+    card, task, dev = model.card, get_task(model.card.kind), pick_device(job.device)
     tiled = len(job.spatial) - len(job.ts)
     read = block.read + ((slice(None),) if job.rgb else ())
-    slices = to_slices(read_block(data, read), Axes(volume=job.volume, rgb=job.rgb), card.in_channels)
-    x = slices if job.stats is None else apply_normalization(slices, job.stats)  # (S, C, *yx)
+    x = to_slices(read_block(data, read), Axes(volume=job.volume, rgb=job.rgb), card.in_channels)
+    x = x if job.stats is None else apply_normalization(x, job.stats)  # (S, C, *yx); the raw copy freed
     inner = tuple(shift(block.region, block.read))
     parts = [x[z] for z in range(x.shape[0])] if job.per_slice or not job.volume else [np.moveaxis(x, 0, 1)]
-    local_region = inner[tiled:]
     segs: list[tuple[Any, Any]] = []
     for i, part in enumerate(parts):
         if job.per_slice and not inner[0].start <= i < inner[0].stop:
@@ -219,7 +220,7 @@ def run_block(model: SegModel, job: Job, block: Block, data: Any, cache: TileCac
             continue
         z = block.read[0].start + i if job.per_slice else 0
         maps = yield from _maps(model, job, part, block.read[tiled:], block.region[tiled:], dev, (cache, z))
-        seg = task.postprocess(maps[(slice(None), *local_region)], card)
+        seg = task.postprocess(maps[(slice(None), *inner[tiled:])], card)
         segs.append((seg.semantic, seg.instances))
         yield Progress(i + 1, len(parts), f"block {block.index}")
     out = BlockResult(block.index)
@@ -270,8 +271,6 @@ def worker_model(model_path: str, device: str) -> SegModel:
     """The model at ``model_path`` on ``device``, loaded once per process (a dask worker's) and kept."""
     key = (model_path, device)
     if key not in _MODELS:
-        from .inference import pick_device
-
         m = load_model(model_path)
         m.module.to(pick_device(device)).eval()
         _MODELS[key] = m
@@ -346,8 +345,6 @@ def segment_blocks(
 
     total = len(todo)
     if client is None:
-        from .inference import pick_device
-
         model.module.to(pick_device(job.device)).eval()
         cache = tile_cache(job, todo)
         for k, b in enumerate(todo):
@@ -359,6 +356,7 @@ def segment_blocks(
                     take(b, stop.value)
                     break
                 yield Progress(k, total, f"block {k + 1}/{total} · {p.note}")
+            trim_heap()  # the kept tiles' maps scatter the heap's free pages: give them back
             yield Progress(k + 1, total, f"block {k + 1}/{total}")
     else:
         yield from _on_cluster(client, model_path, job, todo, data, take)

@@ -317,5 +317,7 @@ def read_block(data: Any, box: Box) -> np.ndarray:
     """``data[box]`` in memory: a dask array computed here (never on a cluster), zarr and numpy sliced."""
     part = data[box]
     if hasattr(part, "compute"):
-        part = part.compute(scheduler="synchronous")
+        from dask.local import get_sync  # "synchronous" by name would import distributed (a second)
+
+        part = part.compute(scheduler=get_sync)
     return np.asarray(part)

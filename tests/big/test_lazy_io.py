@@ -94,3 +94,18 @@ def test_missing_extra_names_it(monkeypatch):
     )
     with pytest.raises(ImportError, match=r"napari-segsuite\[big\]"):
         require("zarr")
+
+
+def test_reading_a_dask_block_does_not_import_distributed():
+    """dask's scheduler named "synchronous" imports dask.distributed to look for a client (a second or
+    more, paid in the first block of a run); the scheduler passed as a function does not."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, dask.array as da; from napari_segsuite.lazy_io import read_block; "
+        "x = read_block(da.ones((64, 64), chunks=16), (slice(10, 40), slice(0, 20))); "
+        "assert x.shape == (30, 20) and x.sum() == 600; print('distributed' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -5,7 +5,16 @@ import torch
 from napari_segsuite.inference import pick_device, predict
 from napari_segsuite.model_files import new_model
 from napari_segsuite.progress import Progress, drive
-from napari_segsuite.tiling import OVERLAP, blend_window, grid_starts, margin, predict_probs, tile_shape, tile_starts
+from napari_segsuite.tiling import (
+    OVERLAP,
+    blend_window,
+    grid_starts,
+    margin,
+    plan_tiles,
+    predict_probs,
+    tile_shape,
+    tile_starts,
+)
 
 
 class Pointwise(torch.nn.Module):
@@ -49,6 +58,14 @@ def test_fitted_tiles_are_as_few_and_as_small_as_cover_the_image(overlap):
 
 def _round(v, m):
     return -(-v // m) * m
+
+
+def test_tiles_grow_where_that_computes_fewer_pixels():
+    # 2048 in tiles of 512 by 4: 25 tiles of 436 in 7 batches (28 run); in tiles of 1024 by 1: 9 of 704
+    assert plan_tiles((2048, 2048), (512, 512), 4, 1, 32) == ((1024, 1024), 1)
+    assert plan_tiles((300, 300), (512, 512), 4, 1, 32) == ((512, 512), 4)  # one tile either way
+    assert plan_tiles((2048, 2048), (512, 512), 2, 1, 32) == ((512, 512), 2)  # no smaller batch to trade
+    assert plan_tiles((8, 64, 64), (8, 32, 32), 4, 1, 4) == ((8, 32, 32), 4)  # 3D tiles as asked
 
 
 def test_tiled_equals_whole_for_pointwise_model():
