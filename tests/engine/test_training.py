@@ -247,7 +247,8 @@ def test_validated_on_the_training_image_the_latest_model_is_kept(monkeypatch):
         return {"score": next(scores), "loss": 1.0}
 
     monkeypatch.setattr(training, "evaluate_samples", fake)
-    cfg = dict(epochs=4, steps_per_epoch=1, patch_size=32, batch_size=2, calibrate=False, prefetch=False, lr=0.01)
+    cfg = {"epochs": 4, "steps_per_epoch": 1, "patch_size": 32, "batch_size": 2, "calibrate": False, "lr": 0.01}
+    cfg["prefetch"] = False
     for shape, first in (((96, 96), True), ((24, 24), False)):
         lab = np.zeros(shape, np.uint8)
         lab[4:12, 4:12] = lab[shape[0] // 2 :, shape[1] // 2 :] = 1  # objects in every part

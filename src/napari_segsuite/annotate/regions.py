@@ -192,7 +192,7 @@ def edge_fix(
     near[wy, wx] = True
     parts, _ = ndi.label(near, np.ones((3, 3), bool))
     patch = parts == parts[wy, wx]
-    moved = _ring_move(mask, fg, at, positive, pos, depth, RING_AREA * int(patch.sum()))
+    moved = _ring_move(mask, fg, at, positive, pos, depth, int(RING_AREA * int(patch.sum())))
     if moved is not None:
         return moved
     out = mask.copy()
