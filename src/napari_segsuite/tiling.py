@@ -265,13 +265,12 @@ def blend_tiles(
     coords = list(itertools.product(*starts))
     todo = coords if shared is None else [c for c in coords if shared[1](c) not in shared[0]]
     ready: dict[Corner, torch.Tensor] = {}
-    done = 0
+    done, whole = 0, tuple(slice(0, t) for t in ts)
 
     def flush() -> None:  # accumulate in the order of ``coords`` whatever was computed when
         nonlocal done
         while done < len(coords):
             corner = coords[done]
-            whole = tuple(slice(0, t) for t in ts)
             if shared is not None:
                 got = shared[0].use(shared[1](corner), ready.pop(corner, None))
             else:

@@ -83,6 +83,7 @@ def test_clicks_start_from_the_distance_maps_objects_where_a_card_chose_the_inte
         "seed_threshold": 0.5,
     }
     card = model.card.model_copy(update={"postprocessing": pp})
-    assert _click_card(card, np.zeros((4, 8, 8))).postprocessing == {"mask_threshold": 0.4}
-    assert _click_card(card, np.zeros((3, 8, 8))) is card  # no distance map: as the card says
+    assert _click_card(card).postprocessing == {"mask_threshold": 0.4}
+    three = card.model_copy(update={"build": {**card.build, "distance": False}})
+    assert _click_card(three) is three  # no distance map: as the card says
     assert card.postprocessing == pp

@@ -380,11 +380,7 @@ class InstanceTask(Task):
             scored.append((settings, float(found["ap50"]) + BOUNDARY_WEIGHT * float(found["ap50_95"] or 0.0)))
         # the defaults win unless beaten by more than a few objects: the validation set is small
         margin = max(0.005, CALIBRATION_MARGIN_OBJECTS / max(n_true, 1))
-        best, best_score = dict(defaults), -1.0
-        for settings, score in scored:
-            score += margin if settings == defaults else 0.0
-            if score > best_score:
-                best, best_score = settings, score
+        best = max(scored, key=lambda r: r[1] + (margin if r[0] == defaults else 0.0))[0]
         card.postprocessing = {} if best == defaults else best
         return dict(card.postprocessing)
 

@@ -233,12 +233,18 @@ class EditObjects(Container):
         self._status.value = f"{n} pixels changed." if n else "Nothing to change."
         return edit
 
-    def _split(self, a: tuple[int, ...], b: tuple[int, ...]) -> Edit | None:
-        labels = self._dock.labels_layer.value
+    def _free_id(self, labels: Any) -> int | None:
+        """The next free id of ``labels`` (``None``, refused with the message, where its dtype holds no more)."""
         try:
-            nxt = ops.free_id(np.asarray(labels.data))
+            return ops.free_id(np.asarray(labels.data))
         except ValueError as err:
             self._refuse(str(err))
+            return None
+
+    def _split(self, a: tuple[int, ...], b: tuple[int, ...]) -> Edit | None:
+        labels = self._dock.labels_layer.value
+        nxt = self._free_id(labels)
+        if nxt is None:
             return None
         if labels.ndim == 3 and not self._volume_mode():
             if a[0] != b[0]:
@@ -261,10 +267,8 @@ class EditObjects(Container):
         if labels is None:
             self._refuse("Pick or make a Labels layer first.")
             return None
-        try:
-            nxt = ops.free_id(np.asarray(labels.data))
-        except ValueError as err:
-            self._refuse(str(err))
+        nxt = self._free_id(labels)
+        if nxt is None:
             return None
         z = z if z is not None or labels.ndim == 2 else current_slice(self._viewer, labels)
         return self._run(lambda t, _z: ops.split_by_line(t, points, next_id=nxt), None if z is None else (z,), False)
