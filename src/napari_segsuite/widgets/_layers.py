@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +27,7 @@ def add_result(
     run_id: str | None = None,
     objects_suffix: bool = False,
     table: Any = None,
+    layer: napari.layers.Labels | None = None,
 ) -> napari.layers.Labels:
     """Add a segmentation as a *new* Labels layer named ``"<image> · <model>"`` (``" objects"`` added
     when ``objects_suffix``: the object layer beside a class layer, as a panoptic model gives).
@@ -38,7 +39,12 @@ def add_result(
     edited. An object layer (``role="instances"``) gets a features table: each object's ``index``,
     ``area`` and centroid, and where the model gives them (``features``) its ``class``, ``score`` and
     the class's name. ``table``: that table made already (by :func:`prepare_result`, in the worker);
-    then nothing here reads the whole array.
+    then nothing here reads the whole array. ``layer``: the layer itself made already, hidden, in the
+    worker (:func:`prepare_result`; ``labels`` and ``table`` are then its own).
+
+    The layer is added hidden and shown in the next turns of the event loop (:func:`show_in_turns`):
+    adding a layer, drawing it first and making its editing overlays are each napari work of tens of
+    milliseconds on the GUI thread, and in one turn they froze the viewer for 0.2 s.
     """
     name = card.display_name
     meta = {
@@ -61,28 +67,82 @@ def add_result(
     if source:  # the scan's geometry: saving the labels as NIfTI puts them in its voxel grid
         meta["segsuite_source"] = source
     suffix = " objects" if objects_suffix else ""
-    if role == "instances" and table is None:
-        table = _features_table(object_table(labels, features), card)
-    layer = viewer.add_labels(
-        labels,
-        name=f"{image.name} · {name}{suffix}",
-        scale=image.scale,
-        translate=image.translate,
-        metadata=meta,
-        features=table,
-    )
-    layer.events.paint.connect(lambda _=None: _mark_edited(layer))
-    return layer
+    if layer is None:
+        if role == "instances" and table is None:
+            table = _features_table(object_table(labels, features), card)
+        layer = hidden_labels(labels, table)
+    # on a hidden layer, not yet in the viewer, these setters cost next to nothing (napari does not slice it)
+    layer.name, layer.scale, layer.translate = f"{image.name} · {name}{suffix}", image.scale, image.translate
+    layer.metadata = meta
+    overlays = _hide_overlays(layer)
+    viewer.add_layer(layer)
+    new = layer  # typed as never None, for the callback
+    new.events.paint.connect(lambda _=None: _mark_edited(new))
+    show_in_turns(viewer, new, overlays)
+    return new
+
+
+def hidden_labels(labels: Any, table: Any = None) -> napari.layers.Labels:
+    """A napari Labels layer of ``labels`` (``table``: its features), made hidden: off the GUI thread
+    (in a worker) it costs the GUI nothing, and napari's one-off set-up of its first Labels layer of a
+    session (0.2-0.5 s) happens there too. Not drawn, not sliced until it is shown."""
+    return napari.layers.Labels(labels, features=table, visible=False)
+
+
+def _hide_overlays(layer: napari.layers.Layer) -> list[Any]:
+    """Hide the layer's visible overlays (a Labels layer's polygon and brush outline): napari makes the
+    visual of an overlay only once it is visible, so each can be made in an event-loop turn of its own."""
+    overlays = [o for o in getattr(layer, "_overlays", {}).values() if getattr(o, "visible", False)]
+    for overlay in overlays:
+        overlay.visible = False
+    return overlays
+
+
+#: The pause between two steps of :func:`show_in_turns` (ms): enough for the frame of one step to be
+#: drawn and the other events to be served before the next step starts.
+STEP_MS = 15
+
+
+def show_in_turns(viewer: napari.viewer.Viewer, layer: napari.layers.Layer, overlays: list[Any]) -> None:
+    """Show a layer added hidden, then its ``overlays``, each in a later turn of the event loop.
+
+    Showing it slices it and makes its texture (its first frame uploads it and compiles the shaders);
+    each overlay's visual is made when it is shown. Each step is a few tens of milliseconds at most,
+    and the viewer answers between them (napari keeps a hidden layer in pan-zoom mode: no painting on
+    it before it shows). A layer removed meanwhile is shown at once: no visual to make any more.
+    """
+    from qtpy.QtCore import QTimer
+
+    def show() -> None:
+        layer.visible = True
+
+    def show_overlay(overlay: Any) -> Callable[[], None]:
+        return lambda: setattr(overlay, "visible", True)
+
+    steps = [show, *(show_overlay(o) for o in overlays)]
+
+    def run(i: int) -> None:
+        if layer not in viewer.layers:  # removed: only its state to restore
+            for step in steps[i:]:
+                step()
+            return
+        steps[i]()
+        if i + 1 < len(steps):
+            QTimer.singleShot(STEP_MS, lambda: run(i + 1))
+
+    QTimer.singleShot(STEP_MS, lambda: run(0))
 
 
 @dataclass
 class ResultPart:
     """One Labels layer to add, made ready off the GUI thread: the array in the dtype napari shows
-    without converting it, and an object layer's features table."""
+    without converting it, an object layer's features table, and the napari layer of them, hidden
+    (:func:`hidden_labels`)."""
 
     labels: np.ndarray
     role: str
     table: Any = None
+    layer: Any = None
 
 
 def prepare_result(
@@ -93,14 +153,14 @@ def prepare_result(
     full_shape: tuple[int, ...] | None = None,
     z: int | None = None,
 ) -> ResultPart:
-    """What :func:`add_result` needs, computed in the worker so the GUI thread only adds the layer.
+    """What :func:`add_result` needs, made in the worker so the GUI thread only adds the layer.
 
     ``full_shape``/``z``: one segmented slice of a volume, placed into a full-size array at ``z``.
     Object ids go to ``uint16`` when they fit (napari hashes 32-bit labels on the CPU at every redraw;
     ``uint16`` still leaves room to paint 65535 objects).
     """
     if not isinstance(labels, np.ndarray):  # a big result on disk (zarr): never read whole here
-        return ResultPart(labels, role, None)
+        return ResultPart(labels, role, None, hidden_labels(labels))
     if role == "instances":
         labels = compact_ids(labels)
     if full_shape is not None and z is not None:
@@ -108,7 +168,7 @@ def prepare_result(
         full[z] = labels
         labels = full
     table = _features_table(object_table(labels, features), card) if role == "instances" else None
-    return ResultPart(labels, role, table)
+    return ResultPart(labels, role, table, hidden_labels(labels, table))
 
 
 def compact_ids(ids: np.ndarray) -> np.ndarray:

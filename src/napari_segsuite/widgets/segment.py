@@ -230,6 +230,7 @@ class SegmentWidget(Container):
                     run_id=run_id,
                     objects_suffix=part.role == "instances" and len(parts) > 1,
                     table=part.table,
+                    layer=part.layer,
                 )
                 names.append(f"'{layer.name}'")
             said = f" ({note})" if note else ""
