@@ -28,7 +28,7 @@ from ..workflows import train_model
 from ._choices import _base_choices, _card_of, _class_image, _is_object_model, _takes, _task_of, guide_text, plan_text
 from ._common import RunControls, ask, check_fit, fits_as_is, os_error_text, row, scroll_above, wrapped_label
 from ._events import on_models_changed, store_events
-from ._layers import add_result, layer_array, layer_data
+from ._layers import add_result, layer_array, layer_data, prepare_result
 from .class_names import ClassNames
 from .plot import TrainingPlot
 from .training_set import TrainingSet
@@ -382,24 +382,18 @@ class FinetuneWidget(Container):
 
         def work(datas: list, rgbs: list) -> Any:
             model = load_model(path)
-            pick, result, _ranking = yield from segment_most_uncertain(model, datas, rgbs)
-            return result, model.card, pick
+            pick, seg, _ranking = yield from segment_most_uncertain(model, datas, rgbs)
+            role = "semantic" if seg.semantic is not None else "instances"
+            return prepare_result(seg.labels, model.card, role, seg.features), model.card, pick  # layer made here
 
         def done(result: tuple) -> None:
-            seg, card, pick = result
+            part, card, pick = result
             image = layers[pick]
             if image not in self._viewer.layers:
                 self.controls.status.value = f"Image layer '{image.name}' was removed during the run: no result added."
                 return
-            layer = add_result(
-                self._viewer,
-                seg.labels,
-                image,
-                card,
-                {"round": "segment next"},
-                features=seg.features if seg.semantic is None else None,
-                role="semantic" if seg.semantic is not None else "instances",
-            )
+            params = {"round": "segment next"}
+            layer = add_result(self._viewer, part.labels, image, card, params, role=part.role, layer=part.layer)
             ts.image.value = image
             ts.labels_layer.reset_choices()
             ts.labels_layer.value = layer
