@@ -67,6 +67,7 @@ def test_readme_screenshots_one_per_dock(make_napari_viewer, qtbot, monkeypatch)
     seg.image.value = viewer.layers["nuclei 2D"]
     seg.run()
     _wait(qtbot, seg.controls)
+    qtbot.waitUntil(lambda: viewer.layers[-1].visible)  # the result is shown turns after it is added
     assert viewer.screenshot(str(DOCS / "segment.png"), canvas_only=False).shape[:2] == SCREEN[::-1]
 
     monkeypatch.setattr(finetune, "TrainConfig", functools.partial(finetune.TrainConfig, steps_per_epoch=6))
