@@ -113,6 +113,7 @@ class AnnotationSession:
         self._state: tuple[int, int, int, np.ndarray, float] | None = None  # see _start
         self._pending: tuple[int, int, int, np.ndarray, float] | None = None
         self._bbox: tuple[int, int, int, int] | None = None  # of the active object's pixels (y0, x0, y1, x1)
+        self._before: np.ndarray | None = None  # the object before the click being applied (in its window)
 
     # --- the labels -----------------------------------------------------------------------------
     def set_labels(self, labels: np.ndarray) -> None:
@@ -232,6 +233,8 @@ class AnnotationSession:
         maps = self.maps
         if maps.fg is not None and maps.instances is not None:
             clicks = [(y - oy, x - ox, p) for y, x, p in self.clicks]
+            start = self._start(win)
+            self._before = None if start is None else start[0]
             mask, line = regions.refine(
                 maps.fg[win],
                 maps.instances[win],
@@ -240,7 +243,7 @@ class AnnotationSession:
                 maps.size,
                 maps.threshold,
                 maps.outline,
-                self._start(win),
+                start,
             )
             self._pending = (len(self.clicks), oy, ox, mask, line)
             return mask
@@ -289,16 +292,20 @@ class AnnotationSession:
         lab = self.labels[win]
         old = lab == self.active
         taken = {int(self.labels[p]) for p in self.pos} - {0, self.active}
-        allowed = (lab == 0) | old | (np.isin(lab, list(taken)) if taken else False)
+        allowed = (lab == 0) | old
+        if taken:  # another object's pixels go only where this click changed the object (not all it covers)
+            changed = mask if self._before is None else mask & ~self._before
+            allowed |= np.isin(lab, list(taken)) & changed
         new = mask & allowed
         after = lab.copy()
         after[old & ~new] = 0
         after[new] = self.active
         self._bbox = _bbox(new, (win[0].start, win[1].start)) if new.any() else self._bbox
-        if self._pending is not None:  # the object as refine left it, cut to its box
-            n, oy, ox, raw, line = self._pending
-            y0, x0, y1, x1 = _bbox(raw)
-            self._state, self._pending = (n, oy + y0, ox + x0, raw[y0:y1, x0:x1].copy(), line), None
+        if self._pending is not None:  # the object as written (the next click corrects what it sees), cut to its box
+            n, oy, ox, _raw, line = self._pending
+            y0, x0, y1, x1 = _bbox(new)
+            self._state, self._pending = (n, oy + y0, ox + x0, new[y0:y1, x0:x1].copy(), line), None
+        self._before = None
         return self._apply(win, after, self.active)
 
     # --- boxes ----------------------------------------------------------------------------------

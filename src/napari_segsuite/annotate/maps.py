@@ -22,6 +22,7 @@ from ..preprocess import infer_axes, normalize, to_slices
 from ..progress import Work
 from ..tasks import get_task
 from ..tasks.instance import has_distance
+from .regions import _keep_seeded
 
 #: Object diameter (pixels) assumed when nothing better is known (no model, no objects found).
 DEFAULT_SIZE = 24.0
@@ -182,3 +183,71 @@ def point_mask(maps: PlaneMaps, y: int, x: int) -> np.ndarray:
     with torch.inference_mode():
         mask, _score = module.mask_at(torch.from_numpy(maps.x[None]).to(dev), (float(y), float(x)))  # type: ignore[operator]
     return mask.cpu().numpy().astype(bool)
+
+
+#: The outlines :func:`outline_threshold` tries (shares of each object's peak foreground).
+OUTLINE_GRID = (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85)
+
+
+def fit_outline(pairs: list[tuple[PlaneMaps, np.ndarray]], grid: tuple[float, ...] = OUTLINE_GRID) -> float | None:
+    """The outline (of :data:`OUTLINE_GRID`) whose first clicks match the true objects best: per
+    ``(maps, truth ids)`` pair, a click at each true object's deepest pixel outlines the model's object
+    there; the mean IoU over all objects decides (ties: the nearer to :data:`OUTLINE`). ``None``
+    without map-model maps or objects."""
+    scores = np.zeros(len(grid))
+    count = 0
+    for maps, truth in pairs:
+        if maps.fg is None or maps.instances is None:
+            continue
+        truth = np.asarray(truth)
+        for i, box in enumerate(ndi.find_objects(truth.astype(np.int64)), 1):
+            if box is None:
+                continue
+            box = tuple(slice(max(0, s.start - 2), s.stop + 2) for s in box)
+            obj = truth[box] == i
+            depth = ndi.distance_transform_edt(np.pad(obj, 1))[1:-1, 1:-1]
+            y, x = np.unravel_index(int(depth.argmax()), depth.shape)
+            inst = maps.instances[box[0].start + y, box[1].start + x]
+            count += 1
+            if not inst:
+                continue
+            own_box = maps.boxes[inst - 1]
+            if own_box is None:
+                continue
+            win = tuple(slice(min(a.start, b.start), max(a.stop, b.stop)) for a, b in zip(box, own_box))
+            own = maps.instances[win] == inst
+            fg = maps.fg[win]
+            true = truth[win] == i
+            peak = float(fg[own].max())
+            seed = [(box[0].start + y - win[0].start, box[1].start + x - win[1].start)]
+            for k, rel in enumerate(grid):
+                mask = _keep_seeded(own & (fg > rel * peak), seed)
+                union = int((mask | true).sum())
+                scores[k] += (mask & true).sum() / union if union else 0.0
+    if not count:
+        return None
+    best = scores.max()
+    near = [k for k in range(len(grid)) if scores[k] >= best - 1e-9]
+    return float(grid[min(near, key=lambda k: abs(grid[k] - OUTLINE))])
+
+
+def outline_threshold(
+    model: SegModel,
+    samples: list[tuple[np.ndarray, np.ndarray]],
+    *,
+    rgb: bool | None = None,
+    device: str | torch.device = "auto",
+) -> float | None:
+    """The outline a map model's clicked objects should follow (its card's
+    ``postprocessing["outline_threshold"]``), from ``(image plane, true ids)`` pairs it was not trained
+    on (its validation images): see :func:`fit_outline`. ``None`` for models without maps (object and
+    point models) or without objects."""
+    from ..progress import drive
+
+    pairs = []
+    for image, truth in samples:
+        maps = drive(compute_maps(model, image, rgb=rgb, device=device))
+        if maps.kind != "maps":
+            return None
+        pairs.append((maps, np.asarray(truth)))
+    return fit_outline(pairs)
