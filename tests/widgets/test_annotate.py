@@ -117,6 +117,17 @@ def test_current_slice_of_a_volume_with_a_model(make_napari_viewer, qtbot):
     assert not np.delete(labels.data, z, axis=0).any()
 
 
+def test_current_slice_of_a_multiscale_volume(make_napari_viewer):
+    """A multiscale volume (a list of levels, as OME-Zarr opens) is annotated slice by slice too."""
+    vol = np.random.default_rng(0).random((6, 64, 64)).astype(np.float32)
+    viewer = make_napari_viewer()
+    image = viewer.add_image([vol, vol[:, ::2, ::2]], multiscale=True, name="pyramid")
+    _, w = viewer.window.add_plugin_dock_widget("napari-segsuite", "Annotate")
+    w.image.value = image
+    viewer.dims.set_current_step(0, 4)
+    assert w._current_z() == 4
+
+
 @pytest.mark.screenshot
 def test_readme_screenshot(make_napari_viewer, qtbot):
     """docs/screenshots/annotate.png: the dock on a laptop screen after a few clicks and a box."""

@@ -278,8 +278,8 @@ class AnnotateWidget(Container):
         image = self.image.value
         if image is None:
             return None
-        nd = image.data.ndim - int(bool(image.rgb))
-        return current_slice(self._viewer, image) if nd == 3 else None
+        # the layer's own ndim: without an RGB axis, and defined for multiscale data (a list of levels)
+        return current_slice(self._viewer, image) if image.ndim == 3 else None
 
     def compute(self, z: int | None = None) -> Any:
         """Compute the model's maps of the current image (its current slice) in a worker; returns it."""
