@@ -100,3 +100,25 @@ def test_calibration_keeps_tta_unless_it_scores_worse():
             assert metrics["tta_gain"] > 0.05 and metrics["mean_iou"] > 0.95
         if not wanted:
             assert metrics["tta_gain"] < -0.1 and metrics["mean_iou"] > 0.95
+
+
+def test_training_helpers_choose_tta_but_not_the_post_processing(monkeypatch):
+    """The training part of the image (``also``) helps choose test-time augmentation; the threshold or
+    watershed settings are chosen on the held-out samples alone (the model has fitted the helpers)."""
+    images, labels = _images()
+    model = _model(3.0)
+    samples = prepare_samples(model, images, labels, None, False, None)
+    task = get_task(model.card.kind)
+    seen = []
+    original = type(task).calibrate
+
+    def spy(self, maps, truths, card):
+        seen.append((len(maps), len(truths)))
+        return original(self, maps, truths, card)
+
+    monkeypatch.setattr(type(task), "calibrate", spy)
+    held, helpers = samples[:1], samples[1:]
+    assert helpers
+    metrics = calibrate_inference(model, held, torch.device("cpu"), False, 512, also=helpers)
+    assert metrics is not None and model.card.tta is True
+    assert seen and all(n == (1, 1) for n in seen), seen
