@@ -111,9 +111,7 @@ class AnnotationSession:
         self.neg: list[tuple[int, int]] = []
         self.clicks: list[regions.Click] = []  # the active object's clicks in order: (y, x, positive)
         self._state: tuple[int, int, int, np.ndarray, float] | None = None  # see _start
-        self._pending: tuple[int, int, int, np.ndarray, float] | None = None
         self._bbox: tuple[int, int, int, int] | None = None  # of the active object's pixels (y0, x0, y1, x1)
-        self._before: np.ndarray | None = None  # the object before the click being applied (in its window)
 
     # --- the labels -----------------------------------------------------------------------------
     def set_labels(self, labels: np.ndarray) -> None:
@@ -225,8 +223,9 @@ class AnnotationSession:
         m = int(np.ceil(margin))
         return (slice(max(0, int(y0) - m), min(h, int(y1) + m)), slice(max(0, int(x0) - m), min(w, int(x1) + m)))
 
-    def _object(self, win: Window) -> np.ndarray:
-        """The active object's mask in ``win`` from its clicks."""
+    def _object(self, win: Window) -> tuple[np.ndarray, np.ndarray | None, float | None]:
+        """The active object's mask in ``win`` from its clicks; from a model's maps also the object
+        before the last click (``None``: made anew) and the threshold the clicks left (else ``None``)."""
         oy, ox = win[0].start, win[1].start
         pos = [(y - oy, x - ox) for y, x in self.pos]
         neg = [(y - oy, x - ox) for y, x in self.neg]
@@ -234,7 +233,6 @@ class AnnotationSession:
         if maps.fg is not None and maps.instances is not None:
             clicks = [(y - oy, x - ox, p) for y, x, p in self.clicks]
             start = self._start(win)
-            self._before = None if start is None else start[0]
             mask, line = regions.refine(
                 maps.fg[win],
                 maps.instances[win],
@@ -245,11 +243,10 @@ class AnnotationSession:
                 maps.outline,
                 start,
             )
-            self._pending = (len(self.clicks), oy, ox, mask, line)
-            return mask
+            return mask, None if start is None else start[0], line
         if maps.x is not None:
-            return self._from_point_model(win, pos, neg)
-        return regions.classical(maps.smooth[win], pos, neg, maps.size)
+            return self._from_point_model(win, pos, neg), None, None
+        return regions.classical(maps.smooth[win], pos, neg, maps.size), None, None
 
     def _start(self, win: Window) -> tuple[np.ndarray, float] | None:
         """The object (in ``win``) and its threshold after all its clicks but the last, as the last
@@ -284,7 +281,7 @@ class AnnotationSession:
         h, w = self.maps.shape
         while True:
             win = self._window(margin)
-            mask = self._object(win)
+            mask, before, line = self._object(win)
             full = win[0].stop - win[0].start >= h and win[1].stop - win[1].start >= w
             if full or not _touches_inner_edge(mask, win, (h, w)) or margin > max(h, w):
                 break
@@ -294,18 +291,16 @@ class AnnotationSession:
         taken = {int(self.labels[p]) for p in self.pos} - {0, self.active}
         allowed = (lab == 0) | old
         if taken:  # another object's pixels go only where this click changed the object (not all it covers)
-            changed = mask if self._before is None else mask & ~self._before
+            changed = mask if before is None else mask & ~before
             allowed |= np.isin(lab, list(taken)) & changed
         new = mask & allowed
         after = lab.copy()
         after[old & ~new] = 0
         after[new] = self.active
         self._bbox = _bbox(new, (win[0].start, win[1].start)) if new.any() else self._bbox
-        if self._pending is not None:  # the object as written (the next click corrects what it sees), cut to its box
-            n, oy, ox, _raw, line = self._pending
+        if line is not None:  # the object as written (the next click corrects what it sees), cut to its box
             y0, x0, y1, x1 = _bbox(new)
-            self._state, self._pending = (n, oy + y0, ox + x0, new[y0:y1, x0:x1].copy(), line), None
-        self._before = None
+            self._state = (len(self.clicks), win[0].start + y0, win[1].start + x0, new[y0:y1, x0:x1].copy(), line)
         return self._apply(win, after, self.active)
 
     # --- boxes ----------------------------------------------------------------------------------
