@@ -33,8 +33,9 @@ class WeightAverage:
         module: The model being trained.
         share: Before ``uniform_from``, the moving average spans about this share of the run's expected
             steps (at least 10 steps).
-        uniform_from: From this share of the expected steps on (and :data:`UNIFORM_MIN_STEPS`), the plain mean of the weights since then
-            (the moving average so far counting as one of them); ``None``: the moving average throughout.
+        uniform_from: From this share of the expected steps on (not before :data:`UNIFORM_MIN_STEPS`),
+            the plain mean of the weights since then (the moving average so far counting as one of
+            them); ``None``: the moving average throughout.
     """
 
     def __init__(self, module: nn.Module, share: float = 0.1, uniform_from: float | None = UNIFORM_FROM) -> None:
@@ -55,27 +56,18 @@ class WeightAverage:
             if not a.is_floating_point()
         ]
 
-    def uniform(self, step: int, expected_total: int) -> bool:
-        """Whether the average is (from now on) the plain mean of the weights."""
-        if self.count > 0:
-            return True
-        return self.uniform_from is not None and step >= max(self.uniform_from * expected_total, UNIFORM_MIN_STEPS)
-
-    def decay(self, step: int, expected_total: int) -> float:
-        """The averaging weight of the past at ``step``: short early on, so the average is never stale;
-        in the plain-mean part, the share of the weights already in the mean."""
-        if self.uniform(step, expected_total):
-            n = max(1, self.count)  # the moving average counts as one set of weights
-            return n / (n + 1.0)
-        horizon = max(10.0, self.share * expected_total)
-        return min(1.0 - 1.0 / horizon, (1.0 + step) / (10.0 + step))
-
     @torch.no_grad()
     def update(self, step: int, expected_total: int) -> None:
-        """Move the average towards the module's current weights (after an optimiser step)."""
-        d = self.decay(step, expected_total)
-        if self.uniform(step, expected_total):
-            self.count = max(1, self.count) + 1
+        """Move the average towards the module's current weights (after an optimiser step): early on
+        by a moving average, short at first so it is never stale; from ``uniform_from`` on, by what
+        keeps it the plain mean of the weights since then."""
+        start = None if self.uniform_from is None else max(self.uniform_from * expected_total, UNIFORM_MIN_STEPS)
+        if self.count or (start is not None and step >= start):
+            self.count = max(1, self.count) + 1  # the moving average so far counts as one set of weights
+            d = 1.0 - 1.0 / self.count
+        else:
+            horizon = max(10.0, self.share * expected_total)
+            d = min(1.0 - 1.0 / horizon, (1.0 + step) / (10.0 + step))
         shadow = [a for a, _ in self._pairs]
         live = [b.detach() for _, b in self._pairs]
         torch._foreach_lerp_(shadow, live, 1.0 - d)
