@@ -159,6 +159,7 @@ def run(
     pretrain: float = 0.0,
     build: dict[str, Any] | None = None,
     save: str | None = None,
+    batch: int | None = None,
 ) -> dict[str, Any]:
     c = case(name)
     (ti, tl), (vi, vl) = c["train"], c["test"]
@@ -169,6 +170,8 @@ def run(
     cfg = TrainConfig(time_budget=seconds, epochs=100_000, seed=seed, voxel_size=c["voxel"], pretrain=pretrain)
     if average is not None:
         cfg.average = average
+    if batch:
+        cfg.batch_size = batch
     if steps:  # a fixed number of steps, in epochs of 20, whatever the machine's load
         cfg.time_budget, cfg.epochs, cfg.steps_per_epoch, cfg.patience = None, max(1, steps // 20), 20, 0
     t0 = time.monotonic()
@@ -217,6 +220,7 @@ def main() -> int:
     ap.add_argument(
         "--build", default="", help="builder arguments as JSON values, e.g. 'distance=false,base_filters=32'"
     )
+    ap.add_argument("--batch", type=int, default=None, help="TrainConfig.batch_size (the most crops a step takes)")
     ap.add_argument("--json", action="store_true", help="one JSON line per case instead of the table")
     ap.add_argument("--save", default=None, help="save each trained model into this folder (CASE-seedN)")
     args = ap.parse_args()
@@ -231,7 +235,7 @@ def main() -> int:
         print("|---|---|---|---|---|---|---|---|")
     for name in args.cases.split(","):
         build = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.build.split(",") if kv)}
-        r = run(name, args.seconds, args.seed, args.average, args.steps, args.labelled, args.pretrain, build, args.save)
+        r = run(name, args.seconds, args.seed, args.average, args.steps, args.labelled, args.pretrain, build, args.save, args.batch)
         if args.json:
             print(json.dumps(r), flush=True)
         else:

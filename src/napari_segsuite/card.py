@@ -63,8 +63,8 @@ class ModelCard(BaseModel):
             training (instance map models: ``interior_threshold``, ``seed_h``); empty: the defaults.
         threshold: Two-class semantic models: the class-1 probability from which a pixel is class 1,
             chosen on the validation images after training (``None``: the most probable class).
-        tta: Segment with test-time augmentation (maps averaged over mirrorings), chosen on the
-            validation images after training where it scored better.
+        tta: Segment with test-time augmentation (maps averaged over mirrorings): after training,
+            kept unless it scored clearly worse on the validation images; on where nothing was held out.
         parent: The model this one was fine-tuned from (``name``, ``path``, ``metrics``).
         training: Training summary (samples, steps, seconds, history, settings).
         metrics: Validation metrics of the kept model (the task's, plus ``score`` and ``loss``).

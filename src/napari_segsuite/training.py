@@ -29,7 +29,7 @@ from .distributed import Sync, world_size
 from .evaluation import calibrate_inference, calibration_helpers, evaluate_samples
 from .inference import pick_device
 from .model_files import SegModel, save_model
-from .models.base import encoder_of
+from .models.base import ObjectModel, encoder_of
 from .plan import TrainPlan, plan
 from .pretrain import pretrain_share
 from .progress import Progress, Work
@@ -290,9 +290,11 @@ def train(
     for p_ in module.parameters():  # a frozen encoder is frozen for this training only
         p_.requires_grad_(True)
     module.eval()
-    if best_metrics is not None and cfg.calibrate and stopped != "cancelled" and held_out:
-        # post-processing and test-time augmentation chosen on the validation images
-        best_metrics = calibrate_inference(model, val_s, device, use_amp, val_tile, helpers) or best_metrics
+    if cfg.calibrate and stopped != "cancelled":
+        if held_out and best_metrics is not None:  # post-processing and test-time augmentation chosen on them
+            best_metrics = calibrate_inference(model, val_s, device, use_amp, val_tile, helpers) or best_metrics
+        elif not held_out and not isinstance(module, ObjectModel):
+            model.card.tta = True  # nothing to choose on: TTA's prior (it is kept unless it loses, TTA_MAX_LOSS)
     _annotate(model, cfg, tp, samples, train_s, val_note, history, kept_epoch, best_metrics, stopped, step, t_start)
     if parent_val is not None and best_metrics is not None:
         model.card.comparison = {

@@ -122,3 +122,21 @@ def test_training_helpers_choose_tta_but_not_the_post_processing(monkeypatch):
     metrics = calibrate_inference(model, held, torch.device("cpu"), False, 512, also=helpers)
     assert metrics is not None and model.card.tta is True
     assert seen and all(n == (1, 1) for n in seen), seen
+
+
+def test_nothing_held_out_keeps_tta_on():
+    """A volume or image too small to hold anything out leaves nothing to choose on: test-time
+    augmentation is on, as its prior says (it is dropped only where validation shows a loss)."""
+    from napari_segsuite.progress import drive
+    from napari_segsuite.training import TrainConfig, train
+
+    lab = np.zeros((24, 24), np.uint8)
+    lab[4:12, 4:12] = lab[12:, 12:] = 1
+    images = [lab * 0.8 + np.random.default_rng(0).normal(0, 0.1, lab.shape).astype(np.float32)]
+    cards = {}
+    for calibrate in (True, False):
+        cfg = TrainConfig(epochs=2, steps_per_epoch=1, patch_size=32, batch_size=2, prefetch=False, calibrate=calibrate)
+        result = drive(train(new_model("unet", label_values=[0, 1], depth=2), images, [lab], cfg))
+        cards[calibrate] = result.model.card
+    assert cards[True].training["validation"].startswith("none held out")
+    assert cards[True].tta is True and cards[False].tta is False
