@@ -64,6 +64,28 @@ def _halves(name: str, model: str, voxel: Any) -> dict[str, Any]:
     }
 
 
+def _mri() -> dict[str, Any]:
+    """A real T1 brain MRI (the MNI ICBM152 2009 template, 1 mm) with its tissue classes (0 other, 1 grey
+    matter, 2 white matter: the template's own probability maps above one half), left hemisphere to
+    train, right to test (``bench/real_data.sh`` takes it from nilearn's wheel)."""
+    import nibabel as nib
+
+    def read(kind: str) -> np.ndarray:  # (X, Y, Z) as stored -> (Z, Y, X)
+        path = REAL / f"mni_icbm152_{kind}_tal_nlin_sym_09a_converted.nii.gz"
+        return np.asarray(nib.load(path).dataobj).transpose(2, 1, 0)
+
+    img, gm, wm = read("t1").astype(np.float32), read("gm") / 255.0, read("wm") / 255.0
+    lab = np.argmax(np.stack([1 - gm - wm, gm, wm]), 0).astype(np.uint8)
+    half = img.shape[-1] // 2
+    return {
+        "model": "unet3d",
+        "train": ([img[..., :half]], [lab[..., :half]]),
+        "test": ([img[..., half + 1 :]], [lab[..., half + 1 :]]),
+        "voxel": (1.0, 1.0, 1.0),
+        "score": "dice",
+    }
+
+
 def _isbi(lo: int, hi: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
     imgs = [np.asarray(Image.open(ISBI / "image" / f"{i}.png")) for i in range(lo, hi)]
     labs = [np.asarray(Image.open(ISBI / "label" / f"{i}.png")) for i in range(lo, hi)]
@@ -137,6 +159,8 @@ def case(name: str) -> dict[str, Any]:
         return _halves("2d", "unet-instance", None)
     if name == "nuclei-3d-real":
         return _halves("3d", "unet3d-instance", None)
+    if name == "mri-tissue":
+        return _mri()
     if name == "nuclei-3d":
         (a, la), (b, lb) = _nuclei(0), _nuclei(1)
         return {
@@ -235,7 +259,18 @@ def main() -> int:
         print("|---|---|---|---|---|---|---|---|")
     for name in args.cases.split(","):
         build = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.build.split(",") if kv)}
-        r = run(name, args.seconds, args.seed, args.average, args.steps, args.labelled, args.pretrain, build, args.save, args.batch)
+        r = run(
+            name,
+            args.seconds,
+            args.seed,
+            args.average,
+            args.steps,
+            args.labelled,
+            args.pretrain,
+            build,
+            args.save,
+            args.batch,
+        )
         if args.json:
             print(json.dumps(r), flush=True)
         else:
