@@ -68,6 +68,17 @@ def test_a_positive_click_just_outside_adds_the_missed_edge_there():
     assert (after[:, 48:] == first[:, 48:]).all()  # the right side is untouched
 
 
+def test_a_correction_does_not_undo_the_click_before_it():
+    image, maps, _ = _soft_disk()
+    maps.outline = 0.7
+    s = AnnotationSession(image, maps=maps)
+    s.add_click(32, 32)
+    s.add_click(32, 22, positive=True)  # a pixel out on the left: taken in
+    assert s.labels[32, 22] == 1
+    s.add_click(31, 22, positive=False)  # its neighbour is not the object: out, the positive click stays in
+    assert s.labels[31, 22] == 0 and s.labels[32, 22] == 1
+
+
 def test_clicks_start_from_the_distance_maps_objects_where_a_card_chose_the_interior_map():
     from napari_segsuite import sample_data as sd
     from napari_segsuite.annotate.maps import _click_card
