@@ -79,6 +79,17 @@ def test_a_correction_does_not_undo_the_click_before_it():
     assert s.labels[31, 22] == 0 and s.labels[32, 22] == 1
 
 
+def test_a_negative_click_on_a_strip_along_the_image_edge_trims_the_strip():
+    image, maps, _ = _soft_disk(centre=(58, 32))  # an object cut by the image's bottom edge
+    maps.outline = 0.7
+    s = AnnotationSession(image, maps=maps)
+    s.add_click(56, 32)
+    first = s.labels == 1
+    s.add_click(63, 32, positive=False)  # the bottom row is not the object
+    lost = first & (s.labels != 1)
+    assert lost[63, 32] and not lost[:63].any()  # no split through the object (it took 4 rows)
+
+
 def test_clicks_start_from_the_distance_maps_objects_where_a_card_chose_the_interior_map():
     from napari_segsuite import sample_data as sd
     from napari_segsuite.annotate.maps import _click_card
