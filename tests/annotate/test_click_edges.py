@@ -90,6 +90,19 @@ def test_a_negative_click_on_a_strip_along_the_image_edge_trims_the_strip():
     assert lost[63, 32] and not lost[:63].any()  # no split through the object (it took 4 rows)
 
 
+def test_a_correction_on_a_tiny_object_stays_small_and_near_the_click():
+    image, maps, _ = _soft_disk((32, 32), (16, 16), radius=5.0, width=1.0)  # about 57 pixels outlined
+    maps.outline = 0.7
+    s = AnnotationSession(image, maps=maps)
+    s.add_click(16, 16)
+    first = s.labels == 1
+    x = int(np.nonzero(first[16])[0].min()) - 1
+    s.add_click(16, x, positive=True)  # just outside on the left
+    ys, xs = np.nonzero(first ^ (s.labels == 1))
+    assert s.labels[16, x] == 1 and len(ys) <= 0.2 * first.sum()  # not a ring all round (24 pixels)
+    assert np.hypot(ys - 16, xs - x).max() <= 3
+
+
 def test_clicks_start_from_the_distance_maps_objects_where_a_card_chose_the_interior_map():
     from napari_segsuite import sample_data as sd
     from napari_segsuite.annotate.maps import _click_card
