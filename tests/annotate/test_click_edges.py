@@ -68,6 +68,41 @@ def test_a_positive_click_just_outside_adds_the_missed_edge_there():
     assert (after[:, 48:] == first[:, 48:]).all()  # the right side is untouched
 
 
+def test_a_correction_does_not_undo_the_click_before_it():
+    image, maps, _ = _soft_disk()
+    maps.outline = 0.7
+    s = AnnotationSession(image, maps=maps)
+    s.add_click(32, 32)
+    s.add_click(32, 22, positive=True)  # a pixel out on the left: taken in
+    assert s.labels[32, 22] == 1
+    s.add_click(31, 22, positive=False)  # its neighbour is not the object: out, the positive click stays in
+    assert s.labels[31, 22] == 0 and s.labels[32, 22] == 1
+
+
+def test_a_negative_click_on_a_strip_along_the_image_edge_trims_the_strip():
+    image, maps, _ = _soft_disk(centre=(58, 32))  # an object cut by the image's bottom edge
+    maps.outline = 0.7
+    s = AnnotationSession(image, maps=maps)
+    s.add_click(56, 32)
+    first = s.labels == 1
+    s.add_click(63, 32, positive=False)  # the bottom row is not the object
+    lost = first & (s.labels != 1)
+    assert lost[63, 32] and not lost[:63].any()  # no split through the object (it took 4 rows)
+
+
+def test_a_correction_on_a_tiny_object_stays_small_and_near_the_click():
+    image, maps, _ = _soft_disk((32, 32), (16, 16), radius=5.0, width=1.0)  # about 57 pixels outlined
+    maps.outline = 0.7
+    s = AnnotationSession(image, maps=maps)
+    s.add_click(16, 16)
+    first = s.labels == 1
+    x = int(np.nonzero(first[16])[0].min()) - 1
+    s.add_click(16, x, positive=True)  # just outside on the left
+    ys, xs = np.nonzero(first ^ (s.labels == 1))
+    assert s.labels[16, x] == 1 and len(ys) <= 0.2 * first.sum()  # not a ring all round (24 pixels)
+    assert np.hypot(ys - 16, xs - x).max() <= 3
+
+
 def test_clicks_start_from_the_distance_maps_objects_where_a_card_chose_the_interior_map():
     from napari_segsuite import sample_data as sd
     from napari_segsuite.annotate.maps import _click_card
