@@ -17,6 +17,8 @@ from skimage.filters import threshold_otsu
 from skimage.morphology import h_maxima
 from skimage.segmentation import find_boundaries, watershed
 
+from .smoothing import smooth_correction
+
 Seeds = Sequence[tuple[int, int]]
 OBJECT, OTHER = 1, 2
 
@@ -268,7 +270,8 @@ def edge_fix(
     threshold past the clicked pixel's foreground changes the object only along its edge, no deeper
     than the click and no more than :data:`RING_AREA` times as much nor :data:`RING_SHARE` of the
     object (an object drawn a ring too large or too small), the threshold moves. The local correction leaves the pixels near the earlier
-    clicks of the other sign, ``guard`` (:data:`GUARD`), as they are."""
+    clicks of the other sign, ``guard`` (:data:`GUARD`), as they are, and is smoothed
+    (:func:`.smoothing.smooth_correction`)."""
     y, x = at
     side = ~mask if positive else mask
     depth = _depth(side, y, x, not positive)
@@ -292,7 +295,7 @@ def edge_fix(
         return moved
     out = mask.copy()
     out[win] = mask[win] | patch if positive else mask[win] & ~patch
-    return out, line
+    return smooth_correction(out, at, positive, reach, guard, GUARD), line
 
 
 def _ring_move(
