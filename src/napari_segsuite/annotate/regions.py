@@ -269,9 +269,9 @@ def edge_fix(
     the click's part, of like foreground, change (a local correction); where instead moving the
     threshold past the clicked pixel's foreground changes the object only along its edge, no deeper
     than the click and no more than :data:`RING_AREA` times as much nor :data:`RING_SHARE` of the
-    object (an object drawn a ring too large or too small), the threshold moves. The local correction leaves the pixels near the earlier
-    clicks of the other sign, ``guard`` (:data:`GUARD`), as they are, and is smoothed
-    (:func:`.smoothing.smooth_correction`)."""
+    object (an object drawn a ring too large or too small), the threshold moves. The local
+    correction leaves the pixels near the earlier clicks of the other sign, ``guard``
+    (:data:`GUARD`), as they are, and is smoothed (:func:`.smoothing.smooth_correction`)."""
     y, x = at
     side = ~mask if positive else mask
     depth = _depth(side, y, x, not positive)
