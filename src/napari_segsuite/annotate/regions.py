@@ -18,6 +18,7 @@ from skimage.morphology import h_maxima
 from skimage.segmentation import find_boundaries, watershed
 
 from .smoothing import smooth_correction
+from .windows import around, near_points
 
 Seeds = Sequence[tuple[int, int]]
 OBJECT, OTHER = 1, 2
@@ -226,11 +227,6 @@ def _from_maps_coarse(
     return _keep_seeded(out | _disk_marks(out.shape, pos, 0), pos)
 
 
-def _around(shape: tuple[int, ...], y: int, x: int, r: float) -> tuple[slice, slice]:
-    m = int(np.ceil(r))
-    return (slice(max(0, y - m), min(shape[0], y + m + 1)), slice(max(0, x - m), min(shape[1], x + m + 1)))
-
-
 def _edt(side: np.ndarray, win: tuple[slice, slice], cut: bool = False) -> np.ndarray:
     """Distance to the nearest pixel off ``side`` in its crop ``win``, beyond the crop counting as on
     ``side``; with ``cut``, beyond the array too (the window: past the object but at the image's
@@ -251,7 +247,7 @@ def _edt(side: np.ndarray, win: tuple[slice, slice], cut: bool = False) -> np.nd
 def _depth(side: np.ndarray, y: int, x: int, cut: bool = False) -> float:
     """How deep ``(y, x)`` lies in ``side`` (exact up to :data:`EDGE_DEPTH`, read in a crop around it;
     ``cut``: see :func:`_edt`)."""
-    win = _around(side.shape, y, x, EDGE_DEPTH + 2)
+    win = around(side.shape, y, x, EDGE_DEPTH + 2)
     return float(_edt(side, win, cut)[y - win[0].start, x - win[1].start])
 
 
@@ -277,15 +273,14 @@ def edge_fix(
     depth = _depth(side, y, x, not positive)
     v = float(fg[y, x])
     reach = max(1.0, min(EDGE_REACH * depth, depth + EDGE_SPAN, REACH_SIZE * float(np.sqrt(mask.sum()))))
-    win = _around(mask.shape, y, x, reach + 5)
+    win = around(mask.shape, y, x, reach + 5)
     wy, wx = y - win[0].start, x - win[1].start
     edt = _edt(side, win, not positive)
     near = side[win] & (edt <= 1.5 * depth - 0.5 + 1e-6)
     near &= (fg[win] >= v - EDGE_LIKE) if positive else (fg[win] <= v + EDGE_LIKE)
     yy, xx = np.ogrid[: near.shape[0], : near.shape[1]]
     near &= (yy - wy) ** 2 + (xx - wx) ** 2 <= reach**2
-    for gy, gx in guard:
-        near &= (yy - (gy - win[0].start)) ** 2 + (xx - (gx - win[1].start)) ** 2 > GUARD**2
+    near &= ~near_points(win, guard, GUARD)
     near[wy, wx] = True
     parts, _ = ndi.label(near, np.ones((3, 3), bool))
     patch = parts == parts[wy, wx]
