@@ -3,8 +3,11 @@
 For each size a synthetic uint8 zarr image is written to a temporary folder; a fresh Python process
 per size segments it from zarr to zarr (``segment_blocks``) with a small randomly initialised UNet and
 reports its peak resident memory (``ru_maxrss``) and time, then times the bare network's forward pass
-over the same number of pixels (non-overlapping tiles, same batch size) in the same process, before
-and after the blockwise run (their mean; "drift" is after / before, how much the machine's load moved).
+over the same number of pixels (non-overlapping tiles) in the same process, before and after the
+blockwise run (their mean; "drift" is after / before, how much the machine's load moved). Two bare
+passes: with the tiles and batch size asked (``--tile``, ``--batch``: "ratio"), and with those the
+engine plans for this device (``plan_tiles``: on the CPU the tile asked, one per batch; "ratio
+planned", which leaves the overlap's pixels and the blockwise work as the only difference).
 Goals (issue 15): peak memory at the largest size <= 1.3x that at the smallest; throughput >= 0.9x the
 bare forward pass. Then one size runs on a local dask cluster of 1 and of 2 workers: time and whether
 the outputs are identical.
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import resource
 import subprocess
 import sys
@@ -58,7 +62,7 @@ def child(args: argparse.Namespace) -> None:
     import torch
     import zarr
 
-    from napari_segsuite.blockwise import output_roles, segment_blocks
+    from napari_segsuite.blockwise import make_job, output_roles, segment_blocks
     from napari_segsuite.lazy_io import open_lazy
     from napari_segsuite.progress import drive
 
@@ -66,27 +70,35 @@ def child(args: argparse.Namespace) -> None:
     m = model(args)
     img = open_lazy(args.image).data
     out = zarr.create_array(args.out, shape=img.shape, chunks=(1024, 1024), dtype=output_roles(m, img)["classes"])
-    # the bare network over the same pixels: non-overlapping tiles, same batch size; timed before and
-    # after the blockwise run and averaged, so a machine whose load drifts weighs on both alike
-    n_tiles = int(np.ceil(img.shape[0] * img.shape[1] / args.tile**2))
-    x = torch.randn(4, 1, args.tile, args.tile)
+    settings = {"tile": args.tile, "batch_size": args.batch, "device": "cpu", **overlap(args)}
+    job = make_job(m, img, **settings)
     m.module.eval()
 
-    def bare() -> float:
+    def bare(ts: tuple[int, ...], bs: int) -> float:
+        """The bare network over the image's pixels in non-overlapping tiles ``ts``, ``bs`` at a time."""
+        x = torch.randn(bs, 1, *ts)
+        n_batches = int(np.ceil(img.shape[0] * img.shape[1] / math.prod(ts) / bs))
         t0 = time.perf_counter()
         with torch.inference_mode():
-            for _ in range(int(np.ceil(n_tiles / 4))):
+            for _ in range(n_batches):
                 m.module(x).softmax(1)
         return time.perf_counter() - t0
 
-    before = bare()
+    # timed before and after the blockwise run and averaged, so a machine whose load drifts weighs on both alike
+    asked, planned = ((args.tile, args.tile), args.batch), (job.ts, job.batch_size)
+    before = [bare(*asked), bare(*planned)]
     t0 = time.perf_counter()
-    drive(segment_blocks(m, img, {"classes": out}, block=args.block, tile=args.tile, device="cpu", **overlap(args)))
+    drive(segment_blocks(m, img, {"classes": out}, block=args.block, **settings))
     seconds = time.perf_counter() - t0
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    after = bare()
-    bare_s = (before + after) / 2
-    print(json.dumps({"seconds": seconds, "peak_mb": peak_mb, "bare_seconds": bare_s, "bare_spread": after / before}))
+    after = [bare(*asked), bare(*planned)]
+    print(
+        json.dumps({
+            "seconds": seconds, "peak_mb": peak_mb, "bare_seconds": (before[0] + after[0]) / 2,
+            "planned_seconds": (before[1] + after[1]) / 2, "bare_spread": after[0] / before[0],
+            "planned": f"{job.ts[0]}x{job.batch_size}",
+        })
+    )  # fmt: skip
 
 
 def workers(args: argparse.Namespace) -> None:
@@ -136,6 +148,7 @@ def main() -> None:
     p.add_argument("--sizes", default="2048,4096,8192,16384", help="image edges, comma separated")
     p.add_argument("--block", type=int, default=2048, help="block edge (default 2048)")
     p.add_argument("--tile", type=int, default=512)
+    p.add_argument("--batch", type=int, default=4, help="tiles per batch asked (default 4, the engine's)")
     p.add_argument(
         "--overlap", type=float, default=None, help="tile overlap, pixels or a share below 1 (default: the library's)"
     )
@@ -149,7 +162,8 @@ def main() -> None:
         return child(args)
     if args.child == "workers":
         return workers(args)
-    common = ["--block", str(args.block), "--tile", str(args.tile), "--filters", str(args.filters)]
+    common = ["--block", str(args.block), "--tile", str(args.tile), "--batch", str(args.batch)]
+    common += ["--filters", str(args.filters)]
     if args.overlap is not None:
         common += ["--overlap", str(args.overlap)]
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -157,7 +171,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         print(
             f"{'size':>7} {'peak MB':>8} {'x smallest':>10} {'s':>7} {'Mpx/s':>7} {'bare Mpx/s':>10} {'ratio':>6} "
-            f"{'drift':>6}",
+            f"{'drift':>6} {'planned':>8} {'bare Mpx/s':>10} {'ratio planned':>13}",
             flush=True,
         )
         for size in sizes:  # a row as each size is done: the largest can take long
@@ -169,7 +183,8 @@ def main() -> None:
             print(
                 f"{size:>7} {r['peak_mb']:>8.0f} {r['peak_mb'] / first_peak:>10.2f} {r['seconds']:>7.1f} "
                 f"{mpx / r['seconds']:>7.2f} {mpx / r['bare_seconds']:>10.2f} {r['bare_seconds'] / r['seconds']:>6.2f} "
-                f"{r['bare_spread']:>6.2f}",
+                f"{r['bare_spread']:>6.2f} {r['planned']:>8} {mpx / r['planned_seconds']:>10.2f} "
+                f"{r['planned_seconds'] / r['seconds']:>13.2f}",
                 flush=True,
             )
         if args.workers_size:

@@ -34,6 +34,7 @@ from typing import Any, cast
 import numpy as np
 import torch
 
+from .heap import trim_heap
 from .inference import MIRRORS, pick_device
 from .lazy_io import Source, norm_stats, read_block
 from .model_files import SegModel, load_model
@@ -52,7 +53,6 @@ from .tiling import (
     plan_tiles,
     predict_objects,
     tile_shape,
-    trim_heap,
 )
 
 #: Default block edge (pixels): about the memory of a 2048 x 2048 image in memory, whatever the image's size.
@@ -158,7 +158,8 @@ def make_job(model: SegModel, data: Any, **settings: Any) -> Job:
     tiled = spatial[1:] if job.per_slice else spatial
     tiles: tuple[int, ...] = (job.tile_z, job.tile, job.tile) if len(tiled) == 3 else (job.tile, job.tile)
     if not objects:  # the whole-image path's tiles (object models tile their own way)
-        tiles, job.batch_size = plan_tiles(tuple(tiled), tiles, job.batch_size, card.divisible_by, job.overlap)
+        cpu = pick_device(job.device).type == "cpu"
+        tiles, job.batch_size = plan_tiles(tuple(tiled), tiles, job.batch_size, card.divisible_by, job.overlap, cpu)
     job.ts, job.padded = tile_shape(tuple(tiled), tiles, card.divisible_by, job.overlap)
     job.starts = [] if objects else grid_starts(job.padded, job.ts, job.overlap)
     return job
@@ -220,7 +221,7 @@ def run_block(model: SegModel, job: Job, block: Block, data: Any, cache: TileCac
             continue
         z = block.read[0].start + i if job.per_slice else 0
         maps = yield from _maps(model, job, part, block.read[tiled:], block.region[tiled:], dev, (cache, z))
-        seg = task.postprocess(maps[(slice(None), *inner[tiled:])], card)
+        seg = task.postprocess(maps, card)
         segs.append((seg.semantic, seg.instances))
         yield Progress(i + 1, len(parts), f"block {block.index}")
     out = BlockResult(block.index)
@@ -237,8 +238,8 @@ def run_block(model: SegModel, job: Job, block: Block, data: Any, cache: TileCac
 def _maps(
     model: SegModel, job: Job, part: np.ndarray, read: Box, region: Box, dev: torch.device, shared: tuple[Any, int]
 ) -> Work[np.ndarray]:
-    """Blended maps over one read box, from the whole image's tiles that touch it (same order, same bits);
-    ``shared``: a :class:`TileCache` (or ``None``) and the part's slice."""
+    """Blended maps over ``region`` (in a part read over ``read``), from the whole image's tiles that
+    touch it (same order, same bits); ``shared``: a :class:`TileCache` (or ``None``) and the part's slice."""
     card, task = model.card, get_task(model.card.kind)
     spatial = job.spatial[-len(job.ts) :]
     starts, size = [], []
@@ -259,9 +260,9 @@ def _maps(
         model.module, x, job.ts, starts, job.overlap, num_classes=task.output_channels(card), batch_size=bs,
         device=dev, amp=job.amp, activate=lambda out: task.activate(out, card), full_batches=n_tiles > 1,
         flips=MIRRORS if job.tta else ((),), unmirror=lambda maps, dims: task.unmirror(maps, dims, card),
-        shared=None if cache is None else (cache, key),
+        shared=None if cache is None else (cache, key), keep=tuple(shift(region, read)),
     )  # fmt: skip
-    return maps[(slice(None), *(slice(0, r.stop - r.start) for r in read))].numpy()
+    return maps.numpy()
 
 
 _MODELS: dict[tuple[str, str], SegModel] = {}

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from .checks import check_image_array, check_tile
+from .heap import reuse_freed_memory
 from .model_files import SegModel
 from .models.base import ObjectModel
 from .preprocess import LabelMap, infer_axes, normalize, to_slices
@@ -26,10 +27,13 @@ log = logging.getLogger(__name__)
 
 def pick_device(device: str | torch.device = "auto") -> torch.device:
     """``"auto"`` picks CUDA, then Apple MPS, then the CPU; anything else is passed to ``torch.device``.
+    Every run (training, inference, blockwise, live training) picks its device here, so the process's
+    heap is set up here for its large arrays (:func:`~.heap.reuse_freed_memory`).
 
     Raises:
         ValueError: not a device name, or a device this machine does not have (the message says which it has).
     """
+    reuse_freed_memory()
     if isinstance(device, torch.device):
         return device
     mps = getattr(torch.backends, "mps", None)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Hashable, Sequence
-from typing import Any
 
 import numpy as np
 import torch
@@ -75,13 +74,23 @@ def pad_input(
 
 
 def plan_tiles(
-    spatial: tuple[int, ...], tiles: tuple[int, ...], batch_size: int, divisible_by: int, overlap: float
+    spatial: tuple[int, ...],
+    tiles: tuple[int, ...],
+    batch_size: int,
+    divisible_by: int,
+    overlap: float,
+    cpu: bool = False,
 ) -> tuple[tuple[int, ...], int]:
-    """The tiles and batch size a map model's sliding window runs with: 2D tiles twice as large as asked,
-    four times fewer per batch (the same pixels in flight, so about the same memory), where that
-    computes fewer pixels over the whole image: fewer overlap pixels and no short last batch to fill.
-    The whole-image and the blockwise paths both plan here, so they keep the same tiles."""
+    """The tiles and batch size a map model's sliding window runs with. On the CPU (``cpu``), 2D tiles
+    as asked, one per batch: a network there runs faster per pixel the fewer pixels it holds at once
+    (bench/scale.py's tile table: a UNet on 512-pixel tiles runs 1.4x as fast one at a time as four at
+    a time, and faster than on 1024-pixel tiles). Elsewhere, 2D tiles twice as large as asked, four
+    times fewer per batch (the same pixels in flight, so about the same memory), where that computes
+    fewer pixels over the whole image: fewer overlap pixels and no short last batch to fill. The
+    whole-image and the blockwise paths both plan here, so they keep the same tiles."""
     best = (tiles, batch_size)
+    if cpu and len(tiles) == 2:
+        return tiles, 1
     if len(tiles) != 2 or batch_size < 4:
         return best
 
@@ -216,7 +225,7 @@ def predict_probs(
     device = device or next(module.parameters()).device
     spatial = image.shape[1:]
     tiles = (tile,) * len(spatial) if isinstance(tile, int) else tuple(tile)
-    tiles, batch_size = plan_tiles(tuple(spatial), tiles, batch_size, divisible_by, overlap)
+    tiles, batch_size = plan_tiles(tuple(spatial), tiles, batch_size, divisible_by, overlap, device.type == "cpu")
     x, ts, padded = pad_input(image, tiles, divisible_by, overlap)
     starts = grid_starts(padded, ts, overlap)
     probs = yield from blend_tiles(
@@ -253,13 +262,17 @@ def blend_tiles(
     flips: Sequence[tuple[int, ...]] = ((),),
     unmirror: Callable[[torch.Tensor, tuple[int, ...]], torch.Tensor] | None = None,
     shared: tuple[TileCache, Callable[[Corner], Hashable]] | None = None,
+    keep: tuple[slice, ...] | None = None,
 ) -> Work[torch.Tensor]:
     """Blended ``(M, *x.shape[1:])`` maps of the tiles at ``starts`` (corners in ``x``'s own coordinates),
     accumulated tile by tile in the order of :func:`run_tiles` (pixels no tile covers come out NaN);
     ``flips`` and ``unmirror`` as in :func:`predict_probs`. ``shared``: a :class:`TileCache` and each
-    corner's key in it; tiles found there are not computed again."""
+    corner's key in it; tiles found there are not computed again. ``keep``: blend only over this box of
+    ``x`` (what the caller needs; the maps come back over it alone): the same values there, with less
+    memory and work than blending all the tiles reach."""
     weight = torch.from_numpy(blend_window(ts, tuple(margin(t, overlap) for t in ts)))
-    region = tuple(x.shape[1:])
+    keep = keep or tuple(slice(0, n) for n in x.shape[1:])
+    region = tuple(k.stop - k.start for k in keep)
     acc = torch.zeros((num_classes, *region))
     norm = torch.zeros(region)
     coords = list(itertools.product(*starts))
@@ -278,11 +291,16 @@ def blend_tiles(
             if got is None:
                 return
             m, part = got  # the tile's maps over ``part`` of it (all of it but for a kept tile)
-            w = tuple(slice(c + p.start, c + p.stop) for c, p in zip(corner, part))
-            wt = weight[part]
-            acc[(slice(None), *w)] += m * wt
-            norm[w] += wt
             done += 1
+            lo = [max(c + p.start, k.start) for c, p, k in zip(corner, part, keep)]  # in ``x``
+            hi = [min(c + p.stop, k.stop) for c, p, k in zip(corner, part, keep)]
+            if any(a >= b for a, b in zip(lo, hi)):
+                continue
+            w = tuple(slice(a - k.start, b - k.start) for a, b, k in zip(lo, hi, keep))  # in ``acc``
+            sub = tuple(slice(a - c - p.start, b - c - p.start) for a, b, c, p in zip(lo, hi, corner, part))
+            wt = weight[part][sub]
+            acc[(slice(None), *w)] += m[(slice(None), *sub)] * wt
+            norm[w] += wt
 
     def blend(corners: list[Corner], batch: torch.Tensor) -> None:
         total: torch.Tensor | None = None
@@ -331,28 +349,6 @@ class TileCache:
             part = self.parts.get(key, got[1])
             self.maps[key] = (got[0][(slice(None), *part)].clone(), part) if maps is not None else got
         return got
-
-
-def trim_heap() -> None:
-    """Give the C heap's free pages back to the system (glibc's ``malloc_trim``; nothing elsewhere).
-
-    Block after block, the maps a :class:`TileCache` keeps sit between the blocks' short-lived arrays
-    and leave the heap's free pages scattered; resident memory then grows with the image (issue 15).
-    """
-    global _TRIM
-    if _TRIM is None:
-        import ctypes
-        import sys
-
-        try:
-            _TRIM = ctypes.CDLL("libc.so.6").malloc_trim if sys.platform.startswith("linux") else False
-        except (OSError, AttributeError):
-            _TRIM = False
-    if _TRIM:
-        _TRIM(0)
-
-
-_TRIM: Any = None
 
 
 def predict_objects(

@@ -68,6 +68,17 @@ def test_tiles_grow_where_that_computes_fewer_pixels():
     assert plan_tiles((8, 64, 64), (8, 32, 32), 4, 1, 4) == ((8, 32, 32), 4)  # 3D tiles as asked
 
 
+def test_cpu_runs_tiles_as_asked_one_at_a_time():
+    assert plan_tiles((2048, 2048), (512, 512), 4, 1, 32, cpu=True) == ((512, 512), 1)
+    assert plan_tiles((8, 64, 64), (8, 32, 32), 4, 1, 4, cpu=True) == ((8, 32, 32), 4)  # 3D as elsewhere
+    seen = []
+    module = Pointwise().eval()
+    module.register_forward_hook(lambda mod, args, out: seen.append(tuple(args[0].shape)))
+    img = np.zeros((1, 300, 300), np.float32)
+    drive(predict_probs(module, img, num_classes=3, tile=128, batch_size=4, device=torch.device("cpu")))
+    assert len(seen) == 9 and {s[0] for s in seen} == {1}  # 9 tiles, one per batch
+
+
 def test_tiled_equals_whole_for_pointwise_model():
     torch.manual_seed(0)
     module = Pointwise().eval()

@@ -58,3 +58,17 @@ def test_two_class_threshold_is_calibrated_on_validation_maps_and_used_by_postpr
     assert (postprocess(maps, t) == truth).all() and (postprocess(maps) == 0).all()
     perfect = np.stack([1.0 - truth, truth.astype(float)])
     assert calibrate_threshold([perfect], [truth]) is None
+
+
+def test_argmax0_is_numpys_argmax_ties_and_nans_included():
+    from napari_segsuite.tasks.semantic import argmax0
+
+    rng = np.random.default_rng(0)
+    for k in (1, 2, 3, 5):
+        p = rng.random((k, 40, 30)).astype(np.float32)
+        p[:, :4] = 0.5  # ties: the first class wins
+        p[:, 4:8] = np.round(p[:, 4:8], 1)
+        np.testing.assert_array_equal(argmax0(p), p.argmax(0))
+        p[k - 1, 9, 9] = np.nan
+        np.testing.assert_array_equal(argmax0(p), p.argmax(0))
+        assert argmax0(p).dtype == np.int64
