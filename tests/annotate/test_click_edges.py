@@ -122,3 +122,18 @@ def test_clicks_start_from_the_distance_maps_objects_where_a_card_chose_the_inte
     three = card.model_copy(update={"build": {**card.build, "distance": False}})
     assert _click_card(three) is three  # no distance map: as the card says
     assert card.postprocessing == pp
+
+
+def test_a_negative_click_at_the_objects_edge_near_the_image_edge_keeps_the_image_edge_row():
+    yy, xx = np.mgrid[:64, :64]
+    obj = np.hypot(yy - 58, xx - 32) <= 11  # cut by the image's bottom edge; a flat foreground: no threshold move
+    image = (100 + 400 * obj).astype(np.float32)
+    maps = maps_from_instances(smooth_image(image), obj.astype(np.int32))
+    s = AnnotationSession(image, maps=maps)
+    s.add_click(56, 32)
+    first = s.labels == 1
+    x0 = int(np.nonzero(first[62])[0].min())
+    s.add_click(62, x0, positive=False)  # on the object's left edge, a row above the image's edge
+    lost = first & (s.labels != 1)
+    assert lost[62, x0] and lost.sum() <= 10
+    assert not lost[:, x0 + 2 :].any()  # not a strip along the image's bottom row (it took 3 pixels there)

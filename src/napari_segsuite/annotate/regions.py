@@ -267,15 +267,19 @@ def edge_fix(
     than the click and no more than :data:`RING_AREA` times as much nor :data:`RING_SHARE` of the
     object (an object drawn a ring too large or too small), the threshold moves. The local
     correction leaves the pixels near the earlier clicks of the other sign, ``guard``
-    (:data:`GUARD`), as they are, and is smoothed (:func:`.smoothing.smooth_correction`)."""
+    (:data:`GUARD`), as they are, and is smoothed (:func:`.smoothing.smooth_correction`). A negative
+    click nearer the object's own edge than the image's takes pixels near the object's edge only, not
+    a strip along the image's edge (noc90 on real nuclei 3.92 -> 3.91 training half, 2.42 -> 2.41
+    held-out half, mean of three U-Nets; most of the worst held-out objects touch the image's edge)."""
     y, x = at
     side = ~mask if positive else mask
     depth = _depth(side, y, x, not positive)
+    cut = not positive and _depth(side, y, x) > depth  # the image's edge nearer than the object's: a strip there
     v = float(fg[y, x])
     reach = max(1.0, min(EDGE_REACH * depth, depth + EDGE_SPAN, REACH_SIZE * float(np.sqrt(mask.sum()))))
     win = around(mask.shape, y, x, reach + 5)
     wy, wx = y - win[0].start, x - win[1].start
-    edt = _edt(side, win, not positive)
+    edt = _edt(side, win, cut)
     near = side[win] & (edt <= 1.5 * depth - 0.5 + 1e-6)
     near &= (fg[win] >= v - EDGE_LIKE) if positive else (fg[win] <= v + EDGE_LIKE)
     yy, xx = np.ogrid[: near.shape[0], : near.shape[1]]
