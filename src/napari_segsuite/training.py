@@ -27,6 +27,7 @@ from .averaging import WeightAverage
 from .checks import check_learnable, check_train_config
 from .distributed import Sync, world_size
 from .evaluation import calibrate_inference, calibration_helpers, evaluate_samples
+from .heap import trim_heap
 from .inference import pick_device
 from .model_files import SegModel, save_model
 from .models.base import ObjectModel, encoder_of
@@ -308,6 +309,7 @@ def train(
         }
     if checkpoint is not None and sync.main:  # the model as returned: final card (calibration, summary)
         save_model(SegModel(copy.deepcopy(module).cpu(), model.card), checkpoint)
+    trim_heap()  # the pages kept for the steps' arrays (heap.py) go back once the run is over
     return TrainResult(model, history, stopped)
 
 
