@@ -5,9 +5,9 @@ the kernel and returns them when the array is freed, and it returns the top of i
 whenever that is more than 128 KiB free. A network's activations (32 channels of a 512 x 512 tile are
 32 MiB) are allocated and freed at every layer, so each layer pays a page fault for every 4 KiB it
 writes. On this project's 2-core machine that made a UNet's forward pass on four 512-pixel tiles 1.6x
-slower, and a training step 1.1x slower, than with the freed pages kept for reuse (``bench/scale.py``'s
-``--malloc`` rows). :func:`reuse_freed_memory` keeps them; :func:`trim_heap` gives free pages back
-where memory must not grow (between the blocks of a large image, at the end of a run).
+slower, and ISBI training 1.5x slower (166 steps in 120 s against 248), than with the freed pages kept
+for reuse. :func:`reuse_freed_memory` keeps them; :func:`trim_heap` gives free pages back where memory
+must not grow (between the blocks of a large image, at the end of a run).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import sys
 from typing import Any
 
 #: glibc's ``mallopt`` parameters.
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8
 #: Allocations up to this size come from the heap, and this much free heap is kept before it shrinks.
 KEEP = 1 << 30
 #: Environment variables through which a user tunes glibc's allocator: where one is set, it is left as set.
@@ -50,6 +50,10 @@ def reuse_freed_memory() -> bool:
         _REUSING = bool(libc) and not user and bool(libc.mallopt(M_MMAP_THRESHOLD, KEEP))
         if _REUSING:
             libc.mallopt(M_TRIM_THRESHOLD, KEEP)
+            # threads share the main heap: another thread's heap (at most 64 MiB in glibc) cannot hold a
+            # large array, which then takes fresh pages again (a UNet's forward pass in a thread, as the
+            # widgets run it: 0.60 Mpx/s as glibc comes, 0.67 with the thresholds alone, 0.93 with this)
+            libc.mallopt(M_ARENA_MAX, 1)
     return _REUSING
 
 
