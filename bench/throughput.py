@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from PIL import Image
 from scipy import ndimage as ndi
 
+from napari_segsuite.heap import reuse_freed_memory
 from napari_segsuite.progress import drive
 from napari_segsuite.samples import pad_to, prepare_samples
 from napari_segsuite.tasks import IGNORE
@@ -116,6 +117,7 @@ def main() -> int:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    reuse_freed_memory()  # both loops on the heap the product sets up for its runs (heap.py), the bare one too
     if not (ISBI / "image").is_dir():
         print(f"ISBI data not found at {ISBI}", file=sys.stderr)
         return 1
