@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from .heap import trim_heap
-from .inference import MIRRORS, pick_device
+from .inference import MIRRORS, pick_device, transposes
 from .lazy_io import Source, norm_stats, read_block
 from .model_files import SegModel, load_model
 from .models.base import ObjectModel
@@ -260,6 +260,7 @@ def _maps(
         model.module, x, job.ts, starts, job.overlap, num_classes=task.output_channels(card), batch_size=bs,
         device=dev, amp=job.amp, activate=lambda out: task.activate(out, card), full_batches=n_tiles > 1,
         flips=MIRRORS if job.tta else ((),), unmirror=lambda maps, dims: task.unmirror(maps, dims, card),
+        transposed=bool(job.tta) and transposes(card), untranspose=lambda maps: task.untranspose(maps, card),
         shared=None if cache is None else (cache, key), keep=tuple(shift(region, read)),
     )  # fmt: skip
     return maps.numpy()

@@ -83,11 +83,13 @@ def evaluate_samples(
     return out
 
 
-#: Test-time augmentation (the image and its three mirrorings, averaged) is kept unless it scores
+#: Test-time augmentation (the image and its three mirrorings, for 2D models each also with Y and X
+#: swapped, averaged: :func:`~.inference.predict_maps`) is kept unless it scores
 #: worse than this on the validation images: it rarely loses, and a small validation set cannot tell
 #: a small gain from noise. Four real-nuclei models, held-out half of the image: AP50 +0.017, +0.048,
 #: 0.000 and +0.046 with it (the last one's validation slab had scored it 0.012 worse: one nucleus);
-#: ISBI membranes after 120 steps: mean IoU +0.003. It costs four passes.
+#: ISBI membranes after 120 steps: mean IoU +0.003 (these with the mirrorings alone). It costs four
+#: passes (eight for 2D models).
 TTA_MAX_LOSS = 0.03
 
 

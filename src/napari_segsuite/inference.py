@@ -67,7 +67,8 @@ def predict_maps(
     """The task's blended maps of a map model over one normalised ``(C, *spatial)`` image or volume.
 
     ``tta``: test-time augmentation, the maps averaged over the image as it is and mirrored in Y, in X
-    and in both (four passes; :data:`MIRRORS`)."""
+    and in both (:data:`MIRRORS`), and for 2D models each of these with Y and X swapped too (eight
+    passes; :data:`TRANSPOSED`)."""
     card = model.card
     task = get_task(card.kind)
     return (
@@ -84,6 +85,8 @@ def predict_maps(
             activate=lambda out: task.activate(out, card),
             flips=MIRRORS if tta else ((),),
             unmirror=lambda maps, dims: task.unmirror(maps, dims, card),
+            transposed=tta and transposes(card),
+            untranspose=lambda maps: task.untranspose(maps, card),
         )
     )
 
@@ -91,6 +94,18 @@ def predict_maps(
 #: The mirrorings test-time augmentation averages over: none, Y, X, both (the tensors' last two axes;
 #: Z is left alone, its spacing often differs).
 MIRRORS: tuple[tuple[int, ...], ...] = ((), (-2,), (-1,), (-2, -1))
+
+#: Test-time augmentation of 2D models also swaps Y and X (the eight symmetries of the square: the
+#: training crops are rotated by 90 degrees too). On six real-nuclei models, held-out half: AP50
+#: +0.000, +0.033, +0.046, +0.000, +0.042, +0.000 over the four mirrorings alone (mean 0.899 -> 0.919),
+#: never lower; ISBI mean IoU +0.001. Native 3D models keep four passes: on six real nuclei volumes
+#: Y/X swaps changed no AP50 for twice the work.
+TRANSPOSED = True
+
+
+def transposes(card: Any) -> bool:
+    """Whether test-time augmentation swaps Y and X for this model (2D models: :data:`TRANSPOSED`)."""
+    return TRANSPOSED and card.spatial_dims == 2
 
 
 def segment_slice(
@@ -175,7 +190,8 @@ def segment(
         tile_z: Tile depth for native 3D models.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ...; on CUDA out-of-memory the tile is halved and retried.
         amp: Mixed precision on CUDA.
-        tta: Test-time augmentation (maps averaged over four mirrorings: four times the work);
+        tta: Test-time augmentation (maps averaged over the four mirrorings, and for 2D models their
+            Y/X swaps too: eight times the work, four for 3D models);
             ``None``: as the model card says (chosen on the validation images after training).
 
     Yields:

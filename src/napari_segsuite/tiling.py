@@ -197,6 +197,8 @@ def predict_probs(
     activate: Callable[[torch.Tensor], torch.Tensor] = softmax,
     flips: Sequence[tuple[int, ...]] = ((),),
     unmirror: Callable[[torch.Tensor, tuple[int, ...]], torch.Tensor] | None = None,
+    transposed: bool = False,
+    untranspose: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> Work[np.ndarray]:
     """Blended maps of a map model over one normalised 2D image or 3D volume, tile by tile.
 
@@ -215,6 +217,9 @@ def predict_probs(
             are averaged. ``((),)``: the tile as it is, once. Memory does not grow with the flips.
         unmirror: Brings maps of a mirrored tile back (the task's :meth:`~.tasks.Task.unmirror`);
             default: mirror them back.
+        transposed: Each of ``flips`` also runs on the tile with its last two axes swapped (Y and X:
+            twice the passes), brought back by ``untranspose`` (the task's
+            :meth:`~.tasks.Task.untranspose`; default: swap the maps' last two axes back).
 
     Yields:
         :class:`Progress` per batch of tiles.
@@ -241,6 +246,8 @@ def predict_probs(
         activate=activate,
         flips=flips,
         unmirror=unmirror,
+        transposed=transposed,
+        untranspose=untranspose,
     )
     crop = tuple(slice(0, n) for n in spatial)
     return probs[(slice(None), *crop)].numpy()
@@ -261,12 +268,14 @@ def blend_tiles(
     full_batches: bool | None = None,
     flips: Sequence[tuple[int, ...]] = ((),),
     unmirror: Callable[[torch.Tensor, tuple[int, ...]], torch.Tensor] | None = None,
+    transposed: bool = False,
+    untranspose: Callable[[torch.Tensor], torch.Tensor] | None = None,
     shared: tuple[TileCache, Callable[[Corner], Hashable]] | None = None,
     keep: tuple[slice, ...] | None = None,
 ) -> Work[torch.Tensor]:
     """Blended ``(M, *x.shape[1:])`` maps of the tiles at ``starts`` (corners in ``x``'s own coordinates),
     accumulated tile by tile in the order of :func:`run_tiles` (pixels no tile covers come out NaN);
-    ``flips`` and ``unmirror`` as in :func:`predict_probs`. ``shared``: a :class:`TileCache` and each
+    ``flips``, ``unmirror``, ``transposed`` and ``untranspose`` as in :func:`predict_probs`. ``shared``: a :class:`TileCache` and each
     corner's key in it; tiles found there are not computed again. ``keep``: blend only over this box of
     ``x`` (what the caller needs; the maps come back over it alone): the same values there, with less
     memory and work than blending all the tiles reach."""
@@ -304,15 +313,18 @@ def blend_tiles(
 
     def blend(corners: list[Corner], batch: torch.Tensor) -> None:
         total: torch.Tensor | None = None
-        for dims in flips:
+        for dims, swap in itertools.product(flips, (False, True) if transposed else (False,)):
             with torch.inference_mode(), torch.autocast(batch.device.type, enabled=amp and batch.device.type == "cuda"):
-                out = module(batch.flip(dims) if dims else batch)
+                inp = batch.flip(dims) if dims else batch
+                out = module(inp.transpose(-2, -1).contiguous() if swap else inp)
                 m_ = activate(out[: len(corners)].float())
+                if swap:  # back to the mirrored tile first, then to the tile itself
+                    m_ = untranspose(m_) if untranspose is not None else m_.transpose(-2, -1)
                 if dims:
                     m_ = unmirror(m_, dims) if unmirror is not None else m_.flip(dims)
                 total = m_ if total is None else total + m_
         assert total is not None
-        maps = (total / len(flips)).cpu()
+        maps = (total / (len(flips) * (2 if transposed else 1))).contiguous().cpu()
         ready.update(zip(corners, maps))
         flush()
 

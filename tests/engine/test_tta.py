@@ -53,13 +53,20 @@ def _drive(work):
 def test_tta_maps_are_the_mean_over_mirrored_passes():
     model = _model(bias=3.0)
     x = _images(1)[0][0][None]
-    plain = _drive(predict_maps(model, x, device=torch.device("cpu")))
     tta = _drive(predict_maps(model, x, device=torch.device("cpu"), tta=True))
-    by_hand = np.mean(
-        [np.flip(_drive(predict_maps(model, np.ascontiguousarray(np.flip(x, d)))), d) if d else plain for d in MIRRORS],
-        axis=0,
-    )
+
+    def one(d, swap):  # the maps of one pass, brought back by hand
+        x_ = np.flip(x, d) if d else x
+        x_ = np.swapaxes(x_, -2, -1) if swap else x_
+        m = _drive(predict_maps(model, np.ascontiguousarray(x_)))
+        m = np.swapaxes(m, -2, -1) if swap else m
+        return np.flip(m, d) if d else m
+
+    # a 2D model: the four mirrorings, each also with Y and X swapped (the bias then runs along Y)
+    by_hand = np.mean([one(d, swap) for d in MIRRORS for swap in (False, True)], axis=0)
     np.testing.assert_allclose(tta, by_hand, atol=1e-5)
+    mirrored_only = np.mean([one(d, False) for d in MIRRORS], axis=0)
+    assert np.abs(tta - mirrored_only).max() > 1e-3  # the swapped passes count
     # on a flat image the left-right bias cancels: class 1's probability no longer depends on the column
     flat = np.full((1, 32, 48), 0.5, np.float32)
     assert np.ptp(_drive(predict_maps(model, flat, tta=True))[1]) < 1e-4
@@ -79,6 +86,17 @@ def test_panoptic_offsets_turn_their_sign_when_mirrored_back():
             panoptic.maps_from_labels(np.flip(sem, axes).copy(), np.flip(ids, axes).copy(), [1], 2)
         )[None]
         np.testing.assert_allclose(task.unmirror(mirrored, dims, card).numpy(), truth.numpy(), atol=1e-4)
+
+
+def test_panoptic_offsets_swap_their_components_when_transposed_back():
+    sem = np.zeros((32, 40), np.int64)
+    ids = np.zeros_like(sem)
+    sem[4:13, 5:20], ids[4:13, 5:20] = 1, 1
+    sem[18:29, 22:37], ids[18:29, 22:37] = 1, 2
+    truth = torch.from_numpy(panoptic.maps_from_labels(sem, ids, [1], 2))[None]
+    task, card = get_task("panoptic"), new_model("panoptic-deeplab", label_values=[0, 1], thing_classes=[1]).card
+    swapped = torch.from_numpy(panoptic.maps_from_labels(sem.T.copy(), ids.T.copy(), [1], 2))[None]
+    np.testing.assert_allclose(task.untranspose(swapped, card).numpy(), truth.numpy(), atol=1e-4)
 
 
 def test_calibration_keeps_tta_unless_it_scores_worse():

@@ -206,6 +206,11 @@ class Task(ABC):
         for maps that do not point anywhere (class probabilities); tasks with vector maps override it."""
         return maps.flip(dims)
 
+    def untranspose(self, maps: torch.Tensor, card: ModelCard) -> torch.Tensor:
+        """Maps ``(N, M, H, W)`` predicted on an input with Y and X swapped, brought back (test-time
+        augmentation). Default: swap them back; tasks with vector maps override it."""
+        return maps.transpose(-2, -1)
+
     @abstractmethod
     def postprocess(self, maps: np.ndarray, card: ModelCard) -> Segmentation:
         """A :class:`Segmentation` (class indices) from blended maps ``(M, *spatial)``."""

@@ -379,6 +379,13 @@ class PanopticTask(Task):
             out[:, k + 1 + axis - 2] *= -1
         return out
 
+    def untranspose(self, maps: torch.Tensor, card: ModelCard) -> torch.Tensor:
+        """Swap Y and X back, and the offsets' two components with them (dy is the swapped input's dx)."""
+        out = maps.transpose(-2, -1).clone()
+        k = card.num_classes
+        out[:, k + 1], out[:, k + 2] = out[:, k + 2].clone(), out[:, k + 1].clone()
+        return out
+
     def postprocess(self, maps: np.ndarray, card: ModelCard) -> Segmentation:
         sem, ids, feats = postprocess(maps, card.thing_classes)
         return Segmentation(semantic=sem, instances=ids, features=feats)
