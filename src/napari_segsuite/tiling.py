@@ -81,13 +81,15 @@ def plan_tiles(
     overlap: float,
     cpu: bool = False,
 ) -> tuple[tuple[int, ...], int]:
-    """The tiles and batch size a map model's sliding window runs with. On the CPU (``cpu``), 2D tiles
-    as asked, one per batch: a quarter of the activations in memory at a time, for the same speed (a
-    UNet over 2048- and 4096-pixel images, 1 and 2 threads: within 3 % of the plan below, with freed
-    pages reused, :mod:`.heap`; without that reuse it was up to 1.2x faster). Elsewhere, 2D tiles twice as large as asked, four
-    times fewer per batch (the same pixels in flight, so about the same memory), where that computes
-    fewer pixels over the whole image: fewer overlap pixels and no short last batch to fill. The
-    whole-image and the blockwise paths both plan here, so they keep the same tiles."""
+    """The tiles and batch size a map model's sliding window runs with.
+
+    On the CPU (``cpu``), 2D tiles as asked, one per batch: a quarter of the activations in memory at
+    a time, for the same speed (a UNet over 2048- and 4096-pixel images, 1 and 2 threads: within 3 %
+    of the plan below, with freed pages reused, :mod:`.heap`; without that reuse it was up to 1.2x
+    faster). Elsewhere, 2D tiles twice as large as asked, four times fewer per batch (the same pixels
+    in flight, so about the same memory), where that computes fewer pixels over the whole image: fewer
+    overlap pixels and no short last batch to fill. The whole-image and the blockwise paths both plan
+    here, so they keep the same tiles."""
     best = (tiles, batch_size)
     if cpu and len(tiles) == 2:
         return tiles, 1
@@ -275,10 +277,10 @@ def blend_tiles(
 ) -> Work[torch.Tensor]:
     """Blended ``(M, *x.shape[1:])`` maps of the tiles at ``starts`` (corners in ``x``'s own coordinates),
     accumulated tile by tile in the order of :func:`run_tiles` (pixels no tile covers come out NaN);
-    ``flips``, ``unmirror``, ``transposed`` and ``untranspose`` as in :func:`predict_probs`. ``shared``: a :class:`TileCache` and each
-    corner's key in it; tiles found there are not computed again. ``keep``: blend only over this box of
-    ``x`` (what the caller needs; the maps come back over it alone): the same values there, with less
-    memory and work than blending all the tiles reach."""
+    ``flips``, ``unmirror``, ``transposed`` and ``untranspose`` as in :func:`predict_probs`.
+    ``shared``: a :class:`TileCache` and each corner's key in it; tiles found there are not computed
+    again. ``keep``: blend only over this box of ``x`` (what the caller needs; the maps come back
+    over it alone): the same values there, with less memory and work than blending all the tiles reach."""
     weight = torch.from_numpy(blend_window(ts, tuple(margin(t, overlap) for t in ts)))
     keep = keep or tuple(slice(0, n) for n in x.shape[1:])
     region = tuple(k.stop - k.start for k in keep)
