@@ -73,13 +73,19 @@ def test_tta_maps_are_the_mean_over_mirrored_passes():
     assert np.ptp(_drive(predict_maps(model, flat))[1]) > 0.5
 
 
-def test_panoptic_offsets_turn_their_sign_when_mirrored_back():
+def _panoptic_scene():
+    """Two things on a 32 x 40 scene: classes, ids, their maps, the panoptic task and a card."""
     sem = np.zeros((32, 40), np.int64)
     ids = np.zeros_like(sem)
     sem[4:13, 5:20], ids[4:13, 5:20] = 1, 1
     sem[18:29, 22:37], ids[18:29, 22:37] = 1, 2
     truth = torch.from_numpy(panoptic.maps_from_labels(sem, ids, [1], 2))[None]
-    task, card = get_task("panoptic"), new_model("panoptic-deeplab", label_values=[0, 1], thing_classes=[1]).card
+    card = new_model("panoptic-deeplab", label_values=[0, 1], thing_classes=[1]).card
+    return sem, ids, truth, get_task("panoptic"), card
+
+
+def test_panoptic_offsets_turn_their_sign_when_mirrored_back():
+    sem, ids, truth, task, card = _panoptic_scene()
     for dims in MIRRORS[1:]:
         axes = tuple(d % 2 for d in dims)
         mirrored = torch.from_numpy(
@@ -89,12 +95,7 @@ def test_panoptic_offsets_turn_their_sign_when_mirrored_back():
 
 
 def test_panoptic_offsets_swap_their_components_when_transposed_back():
-    sem = np.zeros((32, 40), np.int64)
-    ids = np.zeros_like(sem)
-    sem[4:13, 5:20], ids[4:13, 5:20] = 1, 1
-    sem[18:29, 22:37], ids[18:29, 22:37] = 1, 2
-    truth = torch.from_numpy(panoptic.maps_from_labels(sem, ids, [1], 2))[None]
-    task, card = get_task("panoptic"), new_model("panoptic-deeplab", label_values=[0, 1], thing_classes=[1]).card
+    sem, ids, truth, task, card = _panoptic_scene()
     swapped = torch.from_numpy(panoptic.maps_from_labels(sem.T.copy(), ids.T.copy(), [1], 2))[None]
     np.testing.assert_allclose(task.untranspose(swapped, card).numpy(), truth.numpy(), atol=1e-4)
 
