@@ -21,8 +21,6 @@ from typing import Any
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8
 #: Allocations up to this size come from the heap, and this much free heap is kept before it shrinks.
 KEEP = 1 << 30
-#: Environment variables through which a user tunes glibc's allocator: where one is set, it is left as set.
-USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "GLIBC_TUNABLES")
 
 _LIBC: Any = None
 _REUSING: bool | None = None
@@ -46,7 +44,9 @@ def reuse_freed_memory() -> bool:
     global _REUSING
     if _REUSING is None:
         libc = _libc()
-        user = any(k in os.environ for k in USER_SETTINGS) or os.environ.get("SEGSUITE_MALLOC") == "system"
+        # the user's own settings of glibc's allocator (any ``MALLOC_*`` variable, ``GLIBC_TUNABLES``) stand
+        user = any(k.startswith("MALLOC_") or k == "GLIBC_TUNABLES" for k in os.environ)
+        user = user or os.environ.get("SEGSUITE_MALLOC") == "system"
         _REUSING = bool(libc) and not user and bool(libc.mallopt(M_MMAP_THRESHOLD, KEEP))
         if _REUSING:
             libc.mallopt(M_TRIM_THRESHOLD, KEEP)

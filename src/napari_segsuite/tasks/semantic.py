@@ -63,7 +63,8 @@ def postprocess(probs: np.ndarray, threshold: float | None = None) -> np.ndarray
 
 def argmax0(probs: np.ndarray) -> np.ndarray:
     """``probs.argmax(axis=0)`` (the first of equal maxima), class by class: numpy's reduction across the
-    first axis of a ``(K, H, W)`` array strides through memory and takes 15x as long for two classes."""
+    first axis of a ``(K, H, W)`` array strides through memory (1.8x as long for two classes on
+    1440 x 1440, 1.3x for five)."""
     if probs.shape[0] == 1:
         return np.zeros(probs.shape[1:], np.int64)
     best = probs[0].copy()
