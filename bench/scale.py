@@ -7,7 +7,9 @@ over the same number of pixels (non-overlapping tiles) in the same process, befo
 blockwise run (their mean; "drift" is after / before, how much the machine's load moved). Two bare
 passes: with the tiles and batch size asked (``--tile``, ``--batch``: "ratio"), and with those the
 engine plans for this device (``plan_tiles``: on the CPU the tile asked, one per batch; "ratio
-planned", which leaves the overlap's pixels and the blockwise work as the only difference).
+planned", which leaves the overlap's pixels and the blockwise work as the only difference). Both run
+in the engine's arithmetic (bfloat16 autocast on CPUs with AMX, :func:`~napari_segsuite.layout.autocast_dtype`)
+and in its layout (channels-last); "fp32 bare" is the tiles asked in float32, for scale.
 Goals (issue 15): peak memory at the largest size <= 1.3x that at the smallest; throughput >= 0.9x the
 bare forward pass. Then one size runs on a local dask cluster of 1 and of 2 workers: time and whether
 the outputs are identical.
@@ -63,6 +65,7 @@ def child(args: argparse.Namespace) -> None:
     import zarr
 
     from napari_segsuite.blockwise import make_job, output_roles, segment_blocks
+    from napari_segsuite.layout import autocast_dtype
     from napari_segsuite.lazy_io import open_lazy
     from napari_segsuite.progress import drive
 
@@ -74,14 +77,17 @@ def child(args: argparse.Namespace) -> None:
     job = make_job(m, img, **settings)
     m.module.eval()
 
-    def bare(ts: tuple[int, ...], bs: int) -> float:
-        """The bare network over the image's pixels in non-overlapping tiles ``ts``, ``bs`` at a time."""
+    low = autocast_dtype(torch.device("cpu"))  # the engine's arithmetic (bfloat16 on CPUs with AMX)
+
+    def bare(ts: tuple[int, ...], bs: int, dtype: torch.dtype | None = low) -> float:
+        """The bare network over the image's pixels in non-overlapping tiles ``ts``, ``bs`` at a time, in
+        the engine's precision (``dtype``; ``None``: float32)."""
         x = torch.randn(bs, 1, *ts)
         n_batches = int(np.ceil(img.shape[0] * img.shape[1] / math.prod(ts) / bs))
         t0 = time.perf_counter()
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
             for _ in range(n_batches):
-                m.module(x).softmax(1)
+                m.module(x).float().softmax(1)
         return time.perf_counter() - t0
 
     # timed before and after the blockwise run and averaged, so a machine whose load drifts weighs on both alike
@@ -92,11 +98,12 @@ def child(args: argparse.Namespace) -> None:
     seconds = time.perf_counter() - t0
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     after = [bare(*asked), bare(*planned)]
+    fp32 = bare(*asked, dtype=None) if low is not None else (before[0] + after[0]) / 2
     print(
         json.dumps({
             "seconds": seconds, "peak_mb": peak_mb, "bare_seconds": (before[0] + after[0]) / 2,
             "planned_seconds": (before[1] + after[1]) / 2, "bare_spread": after[0] / before[0],
-            "planned": f"{job.ts[0]}x{job.batch_size}",
+            "planned": f"{job.ts[0]}x{job.batch_size}", "fp32_seconds": fp32, "precision": str(low or "float32"),
         })
     )  # fmt: skip
 
@@ -171,7 +178,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         print(
             f"{'size':>7} {'peak MB':>8} {'x smallest':>10} {'s':>7} {'Mpx/s':>7} {'bare Mpx/s':>10} {'ratio':>6} "
-            f"{'drift':>6} {'planned':>8} {'bare Mpx/s':>10} {'ratio planned':>13}",
+            f"{'drift':>6} {'planned':>8} {'bare Mpx/s':>10} {'ratio planned':>13} {'fp32 bare':>9} {'ratio fp32':>10}",
             flush=True,
         )
         for size in sizes:  # a row as each size is done: the largest can take long
@@ -184,7 +191,8 @@ def main() -> None:
                 f"{size:>7} {r['peak_mb']:>8.0f} {r['peak_mb'] / first_peak:>10.2f} {r['seconds']:>7.1f} "
                 f"{mpx / r['seconds']:>7.2f} {mpx / r['bare_seconds']:>10.2f} {r['bare_seconds'] / r['seconds']:>6.2f} "
                 f"{r['bare_spread']:>6.2f} {r['planned']:>8} {mpx / r['planned_seconds']:>10.2f} "
-                f"{r['planned_seconds'] / r['seconds']:>13.2f}",
+                f"{r['planned_seconds'] / r['seconds']:>13.2f} {mpx / r['fp32_seconds']:>9.2f} "
+                f"{r['fp32_seconds'] / r['seconds']:>10.2f}",
                 flush=True,
             )
         if args.workers_size:

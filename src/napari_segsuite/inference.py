@@ -189,7 +189,7 @@ def segment(
         tile, overlap, batch_size: Sliding-window settings (see :func:`predict_probs`).
         tile_z: Tile depth for native 3D models.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ...; on CUDA out-of-memory the tile is halved and retried.
-        amp: Mixed precision on CUDA.
+        amp: Mixed precision: bfloat16 (or float16) on CUDA, bfloat16 on CPUs with AMX (:func:`~.layout.autocast_dtype`).
         tta: Test-time augmentation (maps averaged over the four mirrorings, and for 2D models their
             Y/X swaps too: eight times the work, four for 3D models);
             ``None``: as the model card says (chosen on the validation images after training).

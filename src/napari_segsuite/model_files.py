@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .card import CardError, ModelCard
+from .layout import apply_layout
 from .models import get_spec
 from .preprocess import DEFAULT_NORMALIZATION
 
@@ -103,7 +104,7 @@ def _build_checked(
                 f"{where}{args} make a {spec.name} network of {n:,} parameters, more than the {MAX_PARAMETERS:,} "
                 "a model may have."
             )
-        return build()
+        return apply_layout(build(), spec)
     except error:
         raise
     except (OSError, KeyError):

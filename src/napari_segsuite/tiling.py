@@ -13,6 +13,7 @@ from collections.abc import Callable, Hashable, Sequence
 import numpy as np
 import torch
 
+from .layout import autocast_dtype
 from .models.base import ObjectModel
 from .progress import Progress, Work
 from .tasks import instance
@@ -315,8 +316,9 @@ def blend_tiles(
 
     def blend(corners: list[Corner], batch: torch.Tensor) -> None:
         total: torch.Tensor | None = None
+        low = autocast_dtype(batch.device, amp)
         for dims, swap in itertools.product(flips, (False, True) if transposed else (False,)):
-            with torch.inference_mode(), torch.autocast(batch.device.type, enabled=amp and batch.device.type == "cuda"):
+            with torch.inference_mode(), torch.autocast(batch.device.type, dtype=low, enabled=low is not None):
                 inp = batch.flip(dims) if dims else batch
                 out = module(inp.transpose(-2, -1).contiguous() if swap else inp)
                 m_ = activate(out[: len(corners)].float())

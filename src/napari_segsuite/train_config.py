@@ -33,7 +33,7 @@ class TrainConfig:
         augment: Random flips, 90-degree rotations, scaling, elastic deformation (2D), gamma, gain and
             offset, and noise.
         device: ``"auto"`` (CUDA, MPS, CPU), or a torch device string.
-        amp: Mixed precision on CUDA.
+        amp: Mixed precision: bfloat16 (or float16) on CUDA, bfloat16 on CPUs with AMX (:func:`~.layout.autocast_dtype`).
         seed: Seed of crops, augmentation and initial split.
         freeze_encoder: Train only what follows the encoder (:func:`~.models.base.encoder_of`): for
             fine-tuning on very few images. The encoder's batch-norm statistics still adapt to the new images.

@@ -29,6 +29,7 @@ from .distributed import Sync, world_size
 from .evaluation import calibrate_inference, calibration_helpers, evaluate_samples
 from .heap import trim_heap
 from .inference import pick_device
+from .layout import autocast_dtype
 from .model_files import SegModel, save_model
 from .models.base import ObjectModel, encoder_of
 from .plan import TrainPlan, plan
@@ -133,9 +134,9 @@ def train(
             p_.requires_grad_(False)
         params = [p_ for p_ in params if id(p_) not in frozen]
     opt = torch.optim.AdamW(params, lr=peak_lr, weight_decay=cfg.weight_decay)
-    use_amp = cfg.amp and device.type == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    amp_dtype = autocast_dtype(device, cfg.amp)  # bfloat16 on CUDA and on CPUs with AMX (layout.py)
+    use_amp = amp_dtype is not None
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and amp_dtype == torch.float16)
 
     t0 = t_start = time.monotonic()
     budget = cfg.time_budget

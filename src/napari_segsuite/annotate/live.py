@@ -25,6 +25,7 @@ from torch import nn
 from ..augment import ClassIndex, crop_batch
 from ..averaging import WeightAverage
 from ..inference import pick_device, predict_maps
+from ..layout import autocast_dtype
 from ..model_files import SegModel, new_model
 from ..preprocess import DEFAULT_NORMALIZATION, infer_axes, normalize, to_slices
 from ..progress import drive
@@ -341,9 +342,11 @@ class LiveTrainer:
         warm = min(1.0, (self.step + 1) / 10)
         for g in self._opt.param_groups:
             g["lr"] = cfg.lr * warm
-        loss = get_task(self.model.card.kind).loss(
-            self.model.module, x.to(self.device), y.to(self.device), self.model.card
-        )
+        low = autocast_dtype(self.device)  # bfloat16 where the hardware has it (no loss scaling here for float16)
+        with torch.autocast(self.device.type, dtype=low, enabled=low == torch.bfloat16):
+            loss = get_task(self.model.card.kind).loss(
+                self.model.module, x.to(self.device), y.to(self.device), self.model.card
+            )
         self._opt.zero_grad(set_to_none=True)
         loss.backward()
         self._opt.step()

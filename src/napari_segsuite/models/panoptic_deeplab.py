@@ -118,6 +118,7 @@ class PanopticDeepLab(nn.Module):
 @register(
     "panoptic-deeplab",
     kind="panoptic",
+    channels_last=True,
     description="Panoptic-DeepLab (ResNet-18 encoder): classes for every pixel plus one id per countable "
     "object, from centre heatmaps and offsets - stuff and things in one model.",
 )

@@ -33,6 +33,9 @@ class ModelSpec:
             (``patch_size``, ``lr``: see :class:`~napari_segsuite.training.TrainConfig`).
         has_encoder: The module has a separate encoder (:func:`~.base.encoder_of`), so fine-tuning
             may freeze it; front ends offer freezing only then.
+        channels_last: Keep the network's weights, and so its activations, channels-last (NHWC): the
+            CPU's convolutions (oneDNN) and CUDA's tensor cores run faster on that layout for most
+            2D networks; set where it was measured faster (:mod:`napari_segsuite.layout`).
     """
 
     name: str
@@ -45,6 +48,7 @@ class ModelSpec:
     objects: bool = False
     training: dict[str, Any] = field(default_factory=dict)
     has_encoder: bool = True
+    channels_last: bool = False
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -60,6 +64,7 @@ def register(
     objects: bool = False,
     training: dict[str, Any] | None = None,
     has_encoder: bool = True,
+    channels_last: bool = False,
     **defaults: Any,
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Decorator that registers a model builder under ``name``.
@@ -82,6 +87,7 @@ def register(
             objects,
             dict(training or {}),
             has_encoder,
+            channels_last,
         )
         return builder
 

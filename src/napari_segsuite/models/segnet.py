@@ -40,6 +40,7 @@ class SegNet(nn.Module):
 @register(
     "segnet",
     kind="semantic",
+    channels_last=True,
     description="SegNet: VGG-style encoder-decoder upsampling with the pooling indices - for simple data with large objects.",
 )
 def build_segnet(

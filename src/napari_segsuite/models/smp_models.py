@@ -54,5 +54,8 @@ def _make(name: str, cls_name: str):
     return build
 
 
+#: smp networks measured slower channels-last on the CPU (:mod:`napari_segsuite.layout`): SegFormer, 0.77x.
+_DEFAULT_LAYOUT = {"segformer"}
+
 for _name, (_cls, _desc) in _SMP.items():
-    register(_name, kind="semantic", description=_desc)(_make(_name, _cls))
+    register(_name, kind="semantic", description=_desc, channels_last=_name not in _DEFAULT_LAYOUT)(_make(_name, _cls))

@@ -86,6 +86,7 @@ class UNet(nn.Module):
 @register(
     "unet",
     kind="semantic",
+    channels_last=True,
     description="Classic UNet (16 base filters, depth 4, batch norm): the default for small data and microscopy.",
 )
 def build_unet(
@@ -136,6 +137,7 @@ def build_unet3d(
 @register(
     "unet-instance",
     kind="instance",
+    channels_last=True,
     description="UNet predicting background / interior / boundary and each object's distance map, objects "
     "split by seeded watershed: the small-data default for cells and nuclei.",
     distance=True,
