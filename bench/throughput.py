@@ -3,8 +3,9 @@
 Both loops train the same registry module from the same random initialisation, on the same crops
 (the crop and batch the product picks for the data) from the ISBI 2012 slices 0-19 (a 20-slice stack
 for the 3D model), for the same number of seconds. The bare loop: random crops, flips, Adam,
-cross-entropy, nothing else. The product: `training.train` exactly as `segsuite train` runs it
-(augmentation, validation, checkpoints, schedule). Printed: steps, steps/s and the ratio.
+cross-entropy, float32 in PyTorch's default layout, nothing else. The product: `training.train` exactly
+as `segsuite train` runs it (augmentation, validation, checkpoints, schedule; channels-last and
+bfloat16 where :mod:`napari_segsuite.layout` chooses them). Printed: steps, steps/s and the ratio.
 
     .venv/bin/python bench/throughput.py --seconds 60
     .venv/bin/python bench/throughput.py --seconds 120 --models unet,unet-instance,unet3d --threads 2
@@ -61,7 +62,8 @@ def bare_loop(
     samples = [pad_to(s, p.patch) for s in samples]  # as the product pads a volume thinner than the crop
     xs = [s.x for s in samples]
     ys = [s.y if s.y.ndim == len(p.patch) else s.y[0] for s in samples]  # classes: the bare loop is cross-entropy
-    module = model.module.to(dev).train()
+    # plain PyTorch: float32 in the default (NCHW) layout, where the product may run channels-last and bfloat16
+    module = model.module.to(dev, memory_format=torch.contiguous_format).train()
     opt = torch.optim.Adam(module.parameters(), lr=1e-3)
     steps, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
