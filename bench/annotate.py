@@ -12,7 +12,11 @@ Labels: instance ids; a label image with two values (a mask, e.g. ISBI 2012's 0/
 objects as its connected regions (4-connected, regions under ``--min-size`` px dropped).
 
     .venv/bin/python bench/annotate.py --images DIR --labels DIR [--model PATH] [--json]
-        [--max-objects 60] [--limit N] [--device cpu]
+        [--max-objects 60] [--limit N] [--device cpu] [--histories FILE]
+
+``--histories FILE`` writes each object's clicks as JSON lines (``source``, ``image``, ``id``,
+``area``, ``clicks``, ``reached`` and ``history``: per click ``[y, x, positive, IoU, size]``), to see
+why an object took more than one click (an outline a rim too large or too small, a merge, a split).
 
 ``--json`` prints one object ``{"model": {...}, "no_model": {...}}`` (only ``"no_model"`` without
 ``--model``), each with ``objects``, ``noc90`` (mean clicks per object to reach IoU >= 0.9, objects
@@ -75,13 +79,18 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return float((a & b).sum()) / union if union else 0.0
 
 
-def annotate_image(session: Any, truth: np.ndarray, ids: list[int]) -> list[tuple[int, float, list[float], bool]]:
+Result = tuple[int, float, list[float], bool, list[list[Any]]]
+
+
+def annotate_image(session: Any, truth: np.ndarray, ids: list[int]) -> list[Result]:
     """Play the annotator on ``ids`` of ``truth``; per object ``(clicks to IoU 0.9 or 20, IoU after one
-    click, click latencies in ms, whether IoU 0.9 was reached)``."""
+    click, click latencies in ms, whether IoU 0.9 was reached, the clicks as [y, x, positive, IoU after
+    it, object's size after it])``."""
     out = []
     for i in ids:
         obj = truth == i
         times: list[float] = []
+        history: list[list[Any]] = []
         clicks, first, reached = MAX_CLICKS, 0.0, False
         y, x, positive, new = *_centre(obj), True, True
         for n in range(1, MAX_CLICKS + 1):
@@ -91,6 +100,7 @@ def annotate_image(session: Any, truth: np.ndarray, ids: list[int]) -> list[tupl
             new = False
             pred = session.labels == session.active if session.active else np.zeros_like(obj)
             iou = _iou(pred, obj)
+            history.append([y, x, positive, round(iou, 4), int(pred.sum())])
             if n == 1:
                 first = iou
             if iou >= TARGET:
@@ -101,7 +111,7 @@ def annotate_image(session: Any, truth: np.ndarray, ids: list[int]) -> list[tupl
             positive = n_miss >= n_extra
             y, x = _centre(miss if positive else extra)
         session.finish()
-        out.append((clicks, first, times, reached))
+        out.append((clicks, first, times, reached, history))
     return out
 
 
@@ -113,15 +123,17 @@ def run(
     seed: int = 0,
     device: str = "cpu",
     min_size: int = 20,
+    histories: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """The annotator over ``(image, labels)`` pairs with ``model`` (``None``: the classical fallback)."""
+    """The annotator over ``(image, labels)`` pairs with ``model`` (``None``: the classical fallback);
+    each object's clicks are appended to ``histories`` where given."""
     from napari_segsuite.annotate import AnnotationSession, compute_maps
     from napari_segsuite.progress import drive
 
     rng = np.random.default_rng(seed)
-    results: list[tuple[int, float, list[float], bool]] = []
+    results: list[Result] = []
     maps_ms = []
-    for image, labels in pairs:
+    for k, (image, labels) in enumerate(pairs):
         truth = instances_of(labels, min_size)
         t0 = time.perf_counter()
         maps = drive(compute_maps(model, image, device=device))
@@ -129,7 +141,12 @@ def run(
         session = AnnotationSession(image, maps=maps)
         ids = [int(i) for i in np.unique(truth) if i]
         ids = [int(i) for i in rng.permutation(ids)[:max_objects]]
-        results += annotate_image(session, truth, ids)
+        done = annotate_image(session, truth, ids)
+        results += done
+        if histories is not None:
+            for i, r in zip(ids, done):
+                area = int((truth == i).sum())
+                histories.append({"image": k, "id": i, "area": area, "clicks": r[0], "reached": r[3], "history": r[4]})
     clicks = [r[0] for r in results]
     return {
         "objects": len(results),
@@ -158,19 +175,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, default=None, help="at most this many images")
     p.add_argument("--min-size", type=int, default=20, help="objects smaller than this (px) are not clicked")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--histories", help="write each object's clicks to this file (JSON lines)")
     args = p.parse_args(argv)
     import torch
 
     torch.set_num_threads(1)
     pairs = read_pairs(args.images, args.labels, args.limit)
-    opts = {"max_objects": args.max_objects, "device": args.device, "min_size": args.min_size}
+    opts: dict[str, Any] = {"max_objects": args.max_objects, "device": args.device, "min_size": args.min_size}
     report: dict[str, Any] = {}
+    kept: dict[str, list[dict[str, Any]]] = {"model": [], "no_model": []}
     if args.model:
         from napari_segsuite.model_files import load_model
         from napari_segsuite.store import resolve_trained
 
-        report["model"] = {"name": args.model, **run(pairs, load_model(resolve_trained(args.model)), **opts)}
-    report["no_model"] = run(pairs, None, **opts)
+        model = load_model(resolve_trained(args.model))
+        report["model"] = {"name": args.model, **run(pairs, model, **opts, histories=kept["model"])}
+    report["no_model"] = run(pairs, None, **opts, histories=kept["no_model"])
+    if args.histories:
+        with open(args.histories, "w") as f:
+            for source, rows in kept.items():
+                for row in rows:
+                    f.write(json.dumps({"source": source, **row}) + "\n")
     if args.json:
         print(json.dumps(report))
         return 0

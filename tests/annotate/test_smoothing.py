@@ -53,3 +53,16 @@ def test_smoothing_keeps_the_clicked_pixel_and_the_window_edge():
     assert out[5, 6] and (out[:, :6]).all() and out.sum() == mask.sum()
     out = smooth_correction(mask, (5, 4), False, 2.0)  # opened: the spur goes, the object's edge stays
     assert not out[5, 4] and not out[5, 6] and out[:, 0].all() and out[0, :6].all()
+
+
+def test_a_negative_correction_on_a_thin_object_is_not_opened_away():
+    """Opening a two-pixel-high object breaks off all of it near the click, not a spur: the
+    correction stands as it is (the smoothing took 14 more pixels than the correction's 8)."""
+    mask = np.zeros((24, 40), bool)
+    mask[10:12, 5:31] = True  # a nucleus cut to two rows (by the image's edge, in real images)
+    fg = np.ones(mask.shape, np.float32)
+    at = (10, 18)
+    out, _ = edge_fix(mask, fg, at, False, 0.5, [(11, 8)])
+    assert not out[at] and (out <= mask).all()
+    assert (mask & ~out).sum() <= 10  # the correction near the click only
+    assert out[10:12, 13:16].all() and out[10:12, 21:24].all()  # its neighbours in the window stay

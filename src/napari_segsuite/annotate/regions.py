@@ -294,7 +294,7 @@ def edge_fix(
         return moved
     out = mask.copy()
     out[win] = mask[win] | patch if positive else mask[win] & ~patch
-    return smooth_correction(out, at, positive, reach, guard, GUARD), line
+    return smooth_correction(out, at, positive, reach, guard, GUARD, int(patch.sum())), line
 
 
 def _ring_move(
