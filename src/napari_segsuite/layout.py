@@ -26,7 +26,12 @@ the CPU's arithmetic float32.
 
 from __future__ import annotations
 
+import copy
+import itertools
 import os
+import threading
+import weakref
+from typing import Any
 
 import torch
 from torch import nn
@@ -75,3 +80,66 @@ def autocast_dtype(device: torch.device, amp: bool = True) -> torch.dtype | None
     if device.type == "cpu" and cpu_bf16():
         return torch.bfloat16
     return None
+
+
+#: Environment variable: ``0`` runs inference on the network as it is (no batch norm folded).
+FOLD_ENV = "SEGSUITE_FOLD_BN"
+
+_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_NORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+_folded: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[Any, ...], nn.Module]] = weakref.WeakKeyDictionary()
+_lock = threading.Lock()
+
+
+def fold_batchnorm(module: nn.Module) -> int:
+    """Fold, in place, each batch norm that directly follows a convolution in a ``Sequential`` into
+    that convolution (its running statistics and affine weights become the convolution's weight and
+    bias; the norm becomes ``Identity``). Only for a network in eval mode. Returns how many were folded."""
+    n = 0
+    for seq in [m for m in module.modules() if isinstance(m, nn.Sequential)]:
+        names = list(seq._modules)
+        for a, b in zip(names, names[1:]):
+            conv, norm = seq._modules[a], seq._modules[b]
+            if (
+                isinstance(conv, _CONV)
+                and isinstance(norm, _NORM)
+                and norm.running_mean is not None
+                and norm.running_var is not None
+                and conv.out_channels == norm.num_features
+            ):
+                last = conv.weight.dim() == 4 and conv.weight.is_contiguous(memory_format=torch.channels_last)
+                fused = torch.nn.utils.fusion.fuse_conv_bn_eval(conv, norm)
+                if last:
+                    fused.to(memory_format=torch.channels_last)
+                seq._modules[a], seq._modules[b] = fused, nn.Identity()
+                n += 1
+    return n
+
+
+def _stamp(module: nn.Module) -> tuple[Any, ...]:
+    """What changes when a network's weights or statistics change (in place or replaced)."""
+    return tuple((t.data_ptr(), t._version) for t in itertools.chain(module.parameters(), module.buffers()))
+
+
+def inference_module(module: nn.Module) -> nn.Module:
+    """The network to run for inference: for one in eval mode, a copy with its batch norms folded
+    into the convolutions before them (:func:`fold_batchnorm`), made once and made again only when the
+    network's weights change (training between two predictions, as live training does); the network
+    itself where it is training, has nothing to fold, or ``SEGSUITE_FOLD_BN=0``.
+
+    Batch norm and the ReLU after it are memory-bound: in bfloat16 on this CPU they took as long as the
+    convolutions (a UNet over an 8192^2 image: conv 4.2 s, batch norm 2.2 s, ReLU 2.3 s); folded, the
+    batch norm's pass is gone."""
+    if module.training or os.environ.get(FOLD_ENV, "1") == "0":
+        return module
+    stamp = _stamp(module)
+    with _lock:
+        hit = _folded.get(module)
+        if hit is not None and hit[0] == stamp:
+            return hit[1]
+    with torch.no_grad():
+        copy_ = copy.deepcopy(module)
+        folded = copy_ if fold_batchnorm(copy_) else module
+    with _lock:
+        _folded[module] = (stamp, folded)
+    return folded

@@ -13,7 +13,7 @@ from collections.abc import Callable, Hashable, Sequence
 import numpy as np
 import torch
 
-from .layout import autocast_dtype
+from .layout import autocast_dtype, inference_module
 from .models.base import ObjectModel
 from .progress import Progress, Work
 from .tasks import instance
@@ -283,6 +283,7 @@ def blend_tiles(
     again. ``keep``: blend only over this box of ``x`` (what the caller needs; the maps come back
     over it alone): the same values there, with less memory and work than blending all the tiles reach."""
     weight = torch.from_numpy(blend_window(ts, tuple(margin(t, overlap) for t in ts)))
+    module = inference_module(module)  # batch norms folded into their convolutions
     keep = keep or tuple(slice(0, n) for n in x.shape[1:])
     region = tuple(k.stop - k.start for k in keep)
     acc = torch.zeros((num_classes, *region))

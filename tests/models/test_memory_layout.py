@@ -88,3 +88,30 @@ def test_inference_runs_in_the_autocast_precision(monkeypatch):
     assert seen[-1] == torch.bfloat16 and labels.shape == image.shape
     drive(predict(model, image, device="cpu", amp=False))
     assert seen[-1] == torch.float32
+
+
+def test_inference_folds_batch_norm_into_the_convolutions_and_refolds_after_training():
+    from napari_segsuite.layout import inference_module
+
+    torch.manual_seed(0)
+    model = new_model("unet", label_values=[0, 1], depth=2, base_filters=4)
+    module = model.module
+    module.train()
+    for _ in range(3):  # running statistics away from their start
+        module(torch.randn(2, 1, 32, 32))
+    assert inference_module(module) is module  # training: as it is
+    module.eval()
+    folded = inference_module(module)
+    assert folded is not module and inference_module(module) is folded  # made once
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in module.modules())  # the network itself unchanged
+    assert _channels_last(folded)
+    x = torch.randn(2, 1, 48, 48)
+    with torch.inference_mode():
+        torch.testing.assert_close(folded(x), module(x), atol=1e-4, rtol=1e-4)
+    with torch.no_grad():  # a training step changes the weights in place: the fold is made again
+        next(module.parameters()).add_(0.5)
+    again = inference_module(module)
+    assert again is not folded
+    with torch.inference_mode():
+        torch.testing.assert_close(again(x), module(x), atol=1e-4, rtol=1e-4)
