@@ -89,18 +89,12 @@ def _make_fcn(variant: int):
 
 
 _GUIDE = "for simple data with few, large objects"
-register(
-    "fcn32s",
-    kind="semantic",
-    channels_last=True,
-    description=f"FCN-32s: VGG-style encoder, one 32x upsampling (coarse) - {_GUIDE}.",
-)(_make_fcn(32))
-register(
-    "fcn16s", kind="semantic", channels_last=True, description=f"FCN-16s: FCN-32s plus the pool4 skip - {_GUIDE}."
-)(_make_fcn(16))
-register(
-    "fcn8s",
-    kind="semantic",
-    channels_last=True,
-    description=f"FCN-8s: pool4 and pool3 skips, the finest FCN - {_GUIDE}.",
-)(_make_fcn(8))
+_FCNS = {
+    32: "FCN-32s: VGG-style encoder, one 32x upsampling (coarse)",
+    16: "FCN-16s: FCN-32s plus the pool4 skip",
+    8: "FCN-8s: pool4 and pool3 skips, the finest FCN",
+}
+for _stride, _desc in _FCNS.items():
+    register(f"fcn{_stride}s", kind="semantic", channels_last=True, description=f"{_desc} - {_GUIDE}.")(
+        _make_fcn(_stride)
+    )
