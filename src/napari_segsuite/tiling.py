@@ -284,6 +284,8 @@ def blend_tiles(
     over it alone): the same values there, with less memory and work than blending all the tiles reach."""
     weight = torch.from_numpy(blend_window(ts, tuple(margin(t, overlap) for t in ts)))
     module = inference_module(module)  # batch norms folded into their convolutions
+    low = autocast_dtype(device, amp)  # the arithmetic: bfloat16 where it pays (layout.py), else float32
+    swaps = (False, True) if transposed else (False,)
     keep = keep or tuple(slice(0, n) for n in x.shape[1:])
     region = tuple(k.stop - k.start for k in keep)
     acc = torch.zeros((num_classes, *region))
@@ -317,9 +319,8 @@ def blend_tiles(
 
     def blend(corners: list[Corner], batch: torch.Tensor) -> None:
         total: torch.Tensor | None = None
-        low = autocast_dtype(batch.device, amp)
-        for dims, swap in itertools.product(flips, (False, True) if transposed else (False,)):
-            with torch.inference_mode(), torch.autocast(batch.device.type, dtype=low, enabled=low is not None):
+        for dims, swap in itertools.product(flips, swaps):
+            with torch.inference_mode(), torch.autocast(device.type, dtype=low, enabled=low is not None):
                 inp = batch.flip(dims) if dims else batch
                 out = module(inp.transpose(-2, -1).contiguous() if swap else inp)
                 m_ = activate(out[: len(corners)].float())
@@ -329,7 +330,7 @@ def blend_tiles(
                     m_ = unmirror(m_, dims) if unmirror is not None else m_.flip(dims)
                 total = m_ if total is None else total + m_
         assert total is not None
-        maps = (total / (len(flips) * (2 if transposed else 1))).contiguous().cpu()
+        maps = (total / (len(flips) * len(swaps))).contiguous().cpu()
         ready.update(zip(corners, maps))
         flush()
 
