@@ -114,7 +114,8 @@ def workers(args: argparse.Namespace) -> None:
     import zarr
     from distributed import Client, LocalCluster
 
-    from napari_segsuite.blockwise import Source, output_roles, segment_blocks
+    from napari_segsuite.blockwise import output_roles, segment_blocks
+    from napari_segsuite.lazy_io import Source
     from napari_segsuite.model_files import save_model
     from napari_segsuite.progress import drive
 

@@ -27,142 +27,33 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Hashable
-from dataclasses import dataclass, field
-from typing import Any, cast
+from collections.abc import Callable, Hashable
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import torch
 
+from .blockplan import BLOCK, HALO, Block, Job, block_tiles, make_job, plan_blocks, tile_cache
 from .heap import trim_heap
 from .inference import MIRRORS, pick_device, transposes
-from .lazy_io import Source, norm_stats, read_block
+from .lazy_io import Source, read_block
 from .model_files import SegModel, load_model
 from .models.base import ObjectModel
-from .preprocess import Axes, LabelMap, NormStats, apply_normalization, infer_axes, to_slices
+from .preprocess import Axes, LabelMap, apply_normalization, infer_axes, to_slices
 from .progress import Progress, Work, drive
 from .stitch import Box, Stitcher, shift
 from .tasks import get_task, instance
-from .tiling import (
-    OVERLAP,
-    TileCache,
-    blend_tiles,
-    grid_starts,
-    pad_mode,
-    pad_to,
-    plan_tiles,
-    predict_objects,
-    tile_shape,
-)
+from .tiling import TileCache, blend_tiles, pad_mode, pad_to, predict_objects
 
-#: Default block edge (pixels): about the memory of a 2048 x 2048 image in memory, whatever the image's size.
-BLOCK = 2048
-#: Halo (pixels) around a block's core over which objects are formed and matched with the neighbours'.
-HALO = 64
+__all__ = [
+    "BIG_LAYER_VALUES", "BLOCK", "HALO", "Block", "BlockResult", "Job", "block_input", "block_tiles", "make_job",
+    "output_roles", "plan_blocks", "run_block", "segment_blocks", "segment_to_zarr", "tile_cache", "worker_model",
+]  # fmt: skip
 
 
-@dataclass
-class Job:
-    """What every block needs (picklable: it travels to dask workers)."""
-
-    spatial: tuple[int, ...]
-    rgb: bool
-    volume: bool
-    per_slice: bool  # a 2D model over a volume
-    objects: bool  # an ObjectModel
-    stats: NormStats | None
-    tile: int = 512
-    tile_z: int = 32
-    overlap: float = OVERLAP
-    batch_size: int = 4
-    device: str = "auto"
-    amp: bool = True
-    ts: tuple[int, ...] = ()
-    padded: tuple[int, ...] = ()
-    starts: list[list[int]] = field(default_factory=list)
-    wants_ids: bool = False
-    wants_classes: bool = False
-    tta: bool | None = None  # test-time augmentation; None: as the card says
-
-
-@dataclass(frozen=True)
-class Block:
-    index: tuple[int, ...]
-    core: Box
-    region: Box  # core plus halo: where maps are made and post-processed
-    read: Box  # what is read: every tile of the grid touching ``region``
-
-
-def _cuts(n: int, block: int, centres: list[int]) -> list[int]:
-    """Borders ``[0, ..., n]`` of blocks about ``block`` long along an axis of length ``n``, each at one
-    of ``centres`` (tile centres) when there are any, so only the tile under a border is read twice."""
-    cuts = [0]
-    while cuts[-1] + block < n:  # each block about ``block`` from the last border (no drift to longer ones)
-        target = cuts[-1] + block
-        options = [c for c in centres if cuts[-1] < c < n] if centres else [target]
-        if not options:
-            break
-        cuts.append(min(options, key=lambda c: abs(c - target)))
-    return [*cuts, n]
-
-
-def plan_blocks(job: Job, block: int | tuple[int, ...], halo: int | tuple[int, ...]) -> list[Block]:
-    """The blocks of ``job``'s image in row-major order (see the module text)."""
-    nd = len(job.spatial)
-    blocks = (block,) * nd if isinstance(block, int) else tuple(block)
-    halos = (halo,) * nd if isinstance(halo, int) else tuple(halo)
-    tiled = nd - len(job.ts)  # axes before the tiled ones (Z of a 2D model over a volume)
-    cuts = []
-    for ax, n in enumerate(job.spatial):
-        t = ax - tiled
-        centres = [s + job.ts[t] // 2 for s in job.starts[t]] if t >= 0 and job.starts else []
-        edge = blocks[ax] if n <= blocks[ax] or not centres else max(job.ts[t], blocks[ax] - job.ts[t])  # read box
-        cuts.append(_cuts(n, edge, centres))
-    out = []
-    for index in itertools.product(*(range(len(c) - 1) for c in cuts)):
-        core = tuple(slice(c[i], c[i + 1]) for c, i in zip(cuts, index))
-        region = tuple(
-            slice(max(0, s.start - h), min(n, s.stop + h)) if job.wants_ids else s
-            for s, h, n in zip(core, halos, job.spatial)
-        )
-        read = list(region)
-        for ax in range(tiled, nd):
-            if job.starts and not job.objects:
-                t, r = ax - tiled, region[ax]
-                hit = [s for s in job.starts[t] if s < r.stop and s + job.ts[t] > r.start]
-                read[ax] = slice(hit[0], min(job.spatial[ax], hit[-1] + job.ts[t]))
-        out.append(Block(tuple(index), core, region, tuple(read)))
-    return out
-
-
-def make_job(model: SegModel, data: Any, **settings: Any) -> Job:
-    """The settings every block shares, the tile grid and the normalisation (read once, here)."""
-    card = model.card
-    axes = infer_axes(tuple(data.shape), settings.pop("rgb", None))
-    spatial = axes.spatial_shape(tuple(data.shape))
-    objects = isinstance(model.module, ObjectModel)
-    task = get_task(card.kind)
-    job = Job(
-        spatial=spatial,
-        rgb=axes.rgb,
-        volume=axes.volume,
-        per_slice=axes.volume and card.spatial_dims == 2,
-        objects=objects,
-        stats=norm_stats(data, axes.rgb, card.in_channels, card.normalization),
-        wants_ids=objects or task.gives_ids,
-        wants_classes=not objects and task.gives_classes,
-        **settings,
-    )
-    if job.tta is None:
-        job.tta = card.tta
-    tiled = spatial[1:] if job.per_slice else spatial
-    tiles: tuple[int, ...] = (job.tile_z, job.tile, job.tile) if len(tiled) == 3 else (job.tile, job.tile)
-    if not objects:  # the whole-image path's tiles (object models tile their own way)
-        cpu = pick_device(job.device).type == "cpu"
-        tiles, job.batch_size = plan_tiles(tuple(tiled), tiles, job.batch_size, card.divisible_by, job.overlap, cpu)
-    job.ts, job.padded = tile_shape(tuple(tiled), tiles, card.divisible_by, job.overlap)
-    job.starts = [] if objects else grid_starts(job.padded, job.ts, job.overlap)
-    return job
+T = TypeVar("T")
 
 
 @dataclass
@@ -172,43 +63,45 @@ class BlockResult:
     ids: np.ndarray | None = None  # object ids 1..n over the region
 
 
-def block_tiles(job: Job, block: Block) -> list[tuple[int, ...]]:
-    """Keys ``(slice, *corner)`` of the grid's tiles a map model's block blends (corners in the image;
-    the slice is the Z of a 2D model over a volume, else 0): what its :class:`TileCache` counts."""
-    if job.objects or not job.starts:
-        return []
-    tiled = len(job.spatial) - len(job.ts)
-    region = block.region[tiled:]
-    hit = [[s for s in st if s < g.stop and s + t > g.start] for st, t, g in zip(job.starts, job.ts, region)]
-    zs = range(block.region[0].start, block.region[0].stop) if job.per_slice else range(1)
-    return [(z, *corner) for z in zs for corner in itertools.product(*hit)]
-
-
-def tile_cache(job: Job, blocks: list[Block]) -> TileCache:
-    """A cache of the tiles more than one of ``blocks`` blends (those under block borders)."""
-    uses: dict[Hashable, int] = {}
-    parts: dict[Hashable, list[tuple[int, int]]] = {}  # per key: the tile's span the later blocks need
-    tiled = len(job.spatial) - len(job.ts)
-    for b in blocks:
-        for key in block_tiles(job, b):
-            uses[key] = uses.get(key, 0) + 1
-            if uses[key] > 1:
-                span = [(max(0, g.start - c), min(t, g.stop - c)) for c, t, g in zip(key[1:], job.ts, b.region[tiled:])]
-                parts[key] = [(min(a, c), max(e, f)) for (a, e), (c, f) in zip(parts.get(key, span), span)]
-    shared = {k: n for k, n in uses.items() if n > 1}
-    return TileCache(shared, {k: tuple(slice(a, b) for a, b in parts[k]) for k in shared})
+def block_input(job: Job, block: Block, data: Any, in_channels: int) -> np.ndarray:
+    """What the network sees of one block: read, as ``(S, C, *yx)`` slices, normalised (thread-safe: the
+    local loop reads the next block this way while the network runs on the current one)."""
+    read = block.read + ((slice(None),) if job.rgb else ())
+    x = to_slices(read_block(data, read), Axes(volume=job.volume, rgb=job.rgb), in_channels)
+    return x if job.stats is None else apply_normalization(x, job.stats)  # the raw copy freed
 
 
 def run_block(model: SegModel, job: Job, block: Block, data: Any, cache: TileCache | None = None) -> Work[BlockResult]:
-    """Segment one block: read it, normalise it, run the tiles (those in ``cache`` only once), post-process its region."""
+    """Segment one block here: read it, run the tiles (those in ``cache`` only once), post-process its region."""
+    x = block_input(job, block, data, model.card.in_channels)
+    done = yield from start_block(model, job, block, x, cache, _Now())
+    return done.result()
+
+
+class _Now(Executor):
+    """An executor that runs each task at once, in the caller's thread."""
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        f: Future[T] = Future()
+        try:
+            f.set_result(fn(*args, **kwargs))
+        except BaseException as e:
+            f.set_exception(e)
+        return f
+
+
+def start_block(
+    model: SegModel, job: Job, block: Block, x: np.ndarray, cache: TileCache | None, post: Executor
+) -> Work[Future[BlockResult]]:
+    """Run the network over one block's input ``x`` (:func:`block_input`) here, and hand each part's
+    post-processing and the block's result to ``post`` (one worker, first in first out): the local loop
+    post-processes a block in a thread while the network runs on the next. At most one part's maps
+    wait for ``post`` at a time (a 2D model over a volume: one slice's)."""
     card, task, dev = model.card, get_task(model.card.kind), pick_device(job.device)
     tiled = len(job.spatial) - len(job.ts)
-    read = block.read + ((slice(None),) if job.rgb else ())
-    x = to_slices(read_block(data, read), Axes(volume=job.volume, rgb=job.rgb), card.in_channels)
-    x = x if job.stats is None else apply_normalization(x, job.stats)  # (S, C, *yx); the raw copy freed
     inner = tuple(shift(block.region, block.read))
     parts = [x[z] for z in range(x.shape[0])] if job.per_slice or not job.volume else [np.moveaxis(x, 0, 1)]
-    segs: list[tuple[Any, Any]] = []
+    segs: list[Future[tuple[Any, Any]]] = []
     for i, part in enumerate(parts):
         if job.per_slice and not inner[0].start <= i < inner[0].stop:
             continue
@@ -217,13 +110,26 @@ def run_block(model: SegModel, job: Job, block: Block, data: Any, cache: TileCac
                 cast(ObjectModel, model.module), part, tile=job.tile, overlap=job.overlap, batch_size=job.batch_size,
                 divisible_by=card.divisible_by, device=dev,
             )  # fmt: skip
-            segs.append((None, ids))
+            segs.append(_Now().submit(lambda ids=ids: (None, ids)))
             continue
         z = block.read[0].start + i if job.per_slice else 0
         maps = yield from _maps(model, job, part, block.read[tiled:], block.region[tiled:], dev, (cache, z))
-        seg = task.postprocess(maps, card)
-        segs.append((seg.semantic, seg.instances))
+        if segs:
+            segs[-1].result()  # memory: the last part's maps post-processed before this part's wait
+        segs.append(post.submit(_post, task, card, maps))
+        del maps
         yield Progress(i + 1, len(parts), f"block {block.index}")
+    return post.submit(_assemble, job, card, block, segs)
+
+
+def _post(task: Any, card: Any, maps: np.ndarray) -> tuple[Any, Any]:
+    seg = task.postprocess(maps, card)
+    return seg.semantic, seg.instances
+
+
+def _assemble(job: Job, card: Any, block: Block, parts: list[Future[tuple[Any, Any]]]) -> BlockResult:
+    """The block's result over its core (classes) or region (ids), from its parts' post-processing."""
+    segs = [f.result() for f in parts]
     out = BlockResult(block.index)
     core = shift(block.core, block.region)
     if job.wants_classes:
@@ -349,23 +255,44 @@ def segment_blocks(
     if client is None:
         model.module.to(pick_device(job.device)).eval()
         cache = tile_cache(job, todo)
-        for k, b in enumerate(todo):
-            work = run_block(model, job, b, data, cache)
-            while True:
-                try:
-                    p = next(work)
-                except StopIteration as stop:
-                    take(b, stop.value)
-                    break
-                yield Progress(k, total, f"block {k + 1}/{total} · {p.note}")
-            trim_heap()  # the kept tiles' maps scatter the heap's free pages: give them back
-            yield Progress(k + 1, total, f"block {k + 1}/{total}")
+        # Two threads beside the network: one reads and normalises the next block (zarr's decompression,
+        # file reads and numpy's casts release the GIL), one post-processes and assembles the last block;
+        # the results are taken here, in order. 8192^2 zarr -> zarr, one torch thread: see bench/scale.py.
+        n_in = model.card.in_channels
+        with (
+            ThreadPoolExecutor(1, thread_name_prefix="segsuite-read") as reader,
+            ThreadPoolExecutor(1, thread_name_prefix="segsuite-post") as post,
+        ):
+            ahead = [reader.submit(block_input, job, b, data, n_in) for b in todo[:1]]
+            finishing: list[tuple[Block, Future[BlockResult]]] = []
+            for k, b in enumerate(todo):
+                x = ahead.pop().result()
+                ahead += [reader.submit(block_input, job, n, data, n_in) for n in todo[k + 1 : k + 2]]
+                done = yield from _noted(start_block(model, job, b, x, cache, post), k, total)
+                del x
+                for fb, f in finishing:  # the block before, post-processed while the network ran on this one
+                    take(fb, f.result())
+                finishing = [(b, done)]
+                trim_heap()  # the kept tiles' maps scatter the heap's free pages: give them back
+                yield Progress(k + 1, total, f"block {k + 1}/{total}")
+            for fb, f in finishing:
+                take(fb, f.result())
     else:
         yield from _on_cluster(client, model_path, job, todo, data, take)
     result: dict[str, Any] = dict(outputs)
     if stitch is not None:
         result["objects"] = stitch.finish([b.index for b in blocks])
     return result
+
+
+def _noted(work: Work[T], k: int, total: int) -> Work[T]:
+    """``work``'s progress as the progress of block ``k`` of ``total``."""
+    while True:
+        try:
+            p = next(work)
+        except StopIteration as stop:
+            return cast(T, stop.value)
+        yield Progress(k, total, f"block {k + 1}/{total} · {p.note}")
 
 
 def _on_cluster(client: Any, model_path: str | None, job: Job, todo: list[Block], data: Any, take: Any) -> Work[None]:

@@ -242,10 +242,10 @@ def _rgb(data: Any) -> bool:
 def segment_big(args: argparse.Namespace, model: Any, model_path: Path) -> int:
     """``segsuite segment`` on one big input (see the module text)."""
     require("zarr", "dask")
-    from .blockwise import Source, output_roles, segment_blocks
+    from .blockwise import output_roles, segment_blocks
     from .checks import check_image_array
     from .cli_support import run_with_bar
-    from .lazy_io import open_lazy
+    from .lazy_io import Source, open_lazy
 
     inp = Path(args.input)
     img = open_lazy(inp)

@@ -161,3 +161,54 @@ def test_the_heap_is_trimmed_after_each_block(monkeypatch):
     )  # fmt: skip
     drive(blockwise_out)
     assert len(calls) == len(seen) > 1  # once per block
+
+
+class _FailingRead:
+    """An image whose blocks fail below row ``bad`` (a file that breaks halfway; the normalisation's
+    full-width bands read before the blocks do not)."""
+
+    def __init__(self, img, bad):
+        self.img, self.bad, self.shape, self.dtype, self.ndim = img, bad, img.shape, img.dtype, img.ndim
+
+    def __getitem__(self, box):
+        if box[1] != slice(None) and box[0].stop > self.bad:
+            raise OSError("chunk unreadable")
+        return self.img[box]
+
+
+def test_a_read_or_post_processing_error_in_the_threads_reaches_the_caller():
+    import threading
+
+    img = (np.random.default_rng(0).random((300, 260)) * 255).astype(np.uint8)
+    m = semantic_model()
+    outs = {r: np.zeros(img.shape, d) for r, d in output_roles(m, img).items()}
+    # the next block is read ahead in a thread: its failure is raised here, the blocks before it written
+    with pytest.raises(OSError, match="unreadable"):
+        drive(segment_blocks(m, _FailingRead(img, 200), outs, device="cpu", block=100, tile=64))
+    assert outs["classes"][:50].any()
+    assert not [t for t in threading.enumerate() if t.name.startswith("segsuite-")]
+
+    def broken(*a, **k):
+        raise ValueError("post-processing broke")
+
+    m2 = instance_model()
+    import napari_segsuite.tasks.instance as inst
+
+    orig, inst.InstanceTask.postprocess = inst.InstanceTask.postprocess, broken
+    try:
+        with pytest.raises(ValueError, match="broke"):
+            drive(segment_blocks(m2, img, {"ids": np.zeros(img.shape, np.int32)}, device="cpu", block=100, tile=64))
+    finally:
+        inst.InstanceTask.postprocess = orig
+
+
+def test_closing_the_run_early_stops_its_threads():
+    import threading
+
+    img = (np.random.default_rng(0).random((300, 260)) * 255).astype(np.uint8)
+    m = semantic_model()
+    outs = {r: np.zeros(img.shape, d) for r, d in output_roles(m, img).items()}
+    work = segment_blocks(m, img, outs, device="cpu", block=100, tile=64)
+    next(work)
+    work.close()  # the user's Cancel
+    assert not [t for t in threading.enumerate() if t.name.startswith("segsuite-")]

@@ -6,8 +6,7 @@ import pytest
 import tifffile
 import zarr
 
-from napari_segsuite.blockwise import Source, norm_stats
-from napari_segsuite.lazy_io import as_dask, is_lazy, open_lazy, require
+from napari_segsuite.lazy_io import Source, as_dask, is_lazy, norm_stats, open_lazy, require
 from napari_segsuite.preprocess import infer_axes, normalization_stats, to_slices
 
 
