@@ -20,13 +20,14 @@ from __future__ import annotations
 import importlib
 import json
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .preprocess import NormStats, check_normalization, infer_axes, sample_step, stats_from_samples, to_slices
+from .preprocess import Axes, NormStats, check_normalization, infer_axes, sample_step, stats_from_samples, to_slices
 
 Box = tuple[slice, ...]
 
@@ -264,22 +265,31 @@ def norm_stats(data: Any, rgb: bool, in_channels: int, spec: dict[str, Any] | No
     per_channel = math.prod(vol)
     step = sample_step(per_channel)
     rows = max(1, BAND_VALUES // vol[2])
-    samples: list[list[np.ndarray]] = [[] for _ in range(in_channels)]
-    finite, any_finite = True, False
-    for z in range(vol[0]):
-        for y0 in range(0, vol[1], rows):
-            box = (slice(y0, min(vol[1], y0 + rows)), slice(None))
-            raw = read_block(data, ((slice(z, z + 1),) if axes.volume else ()) + box)
-            band = to_slices(raw, axes, in_channels)  # (1 or 1, C, rows, X)
-            if band.dtype.kind == "f":
-                fin = np.isfinite(band)
-                finite, any_finite = finite and bool(fin.all()), any_finite or bool(fin.any())
-            else:
-                any_finite = True
-            first = (z * vol[1] + y0) * vol[2]
-            skip = (-first) % step
-            for c in range(in_channels):
-                samples[c].append(band[:, c].ravel()[skip::step].copy())  # a view would keep the band
+    bands = [(z, y0) for z in range(vol[0]) for y0 in range(0, vol[1], rows)]
+
+    def sample(band: tuple[int, int]) -> tuple[np.ndarray, bool, bool]:
+        """The band's sampled values ``(C, n)`` and whether all / any of its values are finite. The
+        sample is taken from the raw pixels and then converted: the same values as converting first
+        (each pixel's conversion is its own), for a fraction of the work."""
+        z, y0 = band
+        box = (slice(y0, min(vol[1], y0 + rows)), slice(None))
+        raw = read_block(data, ((slice(z, z + 1),) if axes.volume else ()) + box)
+        every, some = True, True
+        if raw.dtype.kind == "f":  # as the network would see them (float64 beyond float32 is infinite)
+            fin = np.isfinite(to_slices(raw, axes, in_channels))
+            every, some = bool(fin.all()), bool(fin.any())
+        first = (z * vol[1] + y0) * vol[2]
+        pixels = raw.reshape(-1, raw.shape[-1]) if axes.rgb else raw.reshape(-1)
+        picked = pixels[(-first) % step :: step]
+        values = to_slices(picked[None], Axes(volume=False, rgb=axes.rgb), in_channels)  # (1, C, 1, n)
+        return values[0, :, 0].copy(), every, some
+
+    # bands read two at a time: the reads and decompression of one overlap the other's
+    with ThreadPoolExecutor(2, thread_name_prefix="segsuite-stats") as pool:
+        parts = list(pool.map(sample, bands))
+    finite = all(every for _, every, _ in parts)
+    any_finite = any(some for _, _, some in parts)
+    samples = [[values[c] for values, _, _ in parts] for c in range(in_channels)]
     return stats_from_samples([np.concatenate(s) for s in samples], spec, finite=finite, any_finite=any_finite)
 
 

@@ -48,6 +48,25 @@ def test_norm_stats_match_in_memory_and_read_by_bands(tmp_path, chunk_reads, mon
     assert len(chunk_reads) == 6  # each chunk once
 
 
+@pytest.mark.parametrize(
+    ("shape", "dtype", "channels"),
+    [((6, 90, 70), np.uint16, 1), ((120, 90, 3), np.uint8, 1), ((120, 90, 4), np.uint8, 3), ((100, 80), np.float64, 1)],
+)
+def test_norm_stats_of_volumes_and_colour_match_in_memory(tmp_path, monkeypatch, shape, dtype, channels):
+    """The sample is taken from the raw pixels and converted after (RGB averaged, alpha dropped, float64
+    cast): the same values as the in-memory path, which converts first."""
+    rng = np.random.default_rng(1)
+    img = (rng.random(shape) * 250).astype(dtype)
+    if dtype == np.float64:
+        img[3, 4] = 1e300  # finite in float64, not as the network sees it (float32)
+    zarr.create_array(tmp_path / "g.zarr", data=img, chunks=tuple(min(32, n) for n in shape))
+    monkeypatch.setattr("napari_segsuite.lazy_io.BAND_VALUES", 40 * 90)
+    monkeypatch.setattr("napari_segsuite.preprocess.SAMPLE_VALUES", 3000)
+    axes = infer_axes(img.shape)
+    got = norm_stats(open_lazy(tmp_path / "g.zarr").data, axes.rgb, channels, None)
+    assert got == normalization_stats(to_slices(img, axes, channels))
+
+
 def test_ome_zarr_level0_and_voxel_size(tmp_path, chunk_reads):
     from ome_zarr.writer import write_image
 
