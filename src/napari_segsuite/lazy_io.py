@@ -284,9 +284,11 @@ def norm_stats(data: Any, rgb: bool, in_channels: int, spec: dict[str, Any] | No
         values = to_slices(picked[None], Axes(volume=False, rgb=axes.rgb), in_channels)  # (1, C, 1, n)
         return values[0, :, 0].copy(), every, some
 
-    # bands read two at a time: the reads and decompression of one overlap the other's
-    with ThreadPoolExecutor(2, thread_name_prefix="segsuite-stats") as pool:
-        parts = list(pool.map(sample, bands))
+    if len(bands) == 1:
+        parts = [sample(bands[0])]
+    else:  # bands read two at a time: the reads and decompression of one overlap the other's
+        with ThreadPoolExecutor(2, thread_name_prefix="segsuite-stats") as pool:
+            parts = list(pool.map(sample, bands))
     finite = all(every for _, every, _ in parts)
     any_finite = any(some for _, _, some in parts)
     samples = [[values[c] for values, _, _ in parts] for c in range(in_channels)]
