@@ -115,3 +115,36 @@ def test_inference_folds_batch_norm_into_the_convolutions_and_refolds_after_trai
     assert again is not folded
     with torch.inference_mode():
         torch.testing.assert_close(again(x), module(x), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("bf16", [True, False])
+def test_3d_inference_copy_is_channels_last_3d_only_in_bfloat16(monkeypatch, bf16):
+    """The 3D UNets' inference copy runs channels-last-3D where the CPU runs bfloat16 (measured 1.6-2.0x
+    there; float32 gained nothing), with the same maps; the network itself and training stay NCDHW."""
+    from napari_segsuite import layout
+
+    monkeypatch.setattr(layout, "cpu_bf16", lambda: bf16)
+    monkeypatch.delenv(ENV, raising=False)
+    torch.manual_seed(0)
+    module = new_model("unet3d-instance", label_values=[0, 1, 2], depth=2, base_filters=4).module
+    module.train()
+    for _ in range(2):
+        module(torch.randn(2, 1, 8, 32, 32))
+    module.eval()
+    copy_ = layout.inference_module(module)
+    convs = [
+        m.weight
+        for m in copy_.modules()
+        if isinstance(m, torch.nn.Conv3d) and m.weight.shape[1] > 1 and m.weight.shape[-1] > 1
+    ]
+    assert convs
+    assert all(w.is_contiguous(memory_format=torch.channels_last_3d) and not w.is_contiguous() for w in convs) == bf16
+    own = [
+        m.weight
+        for m in module.modules()
+        if isinstance(m, torch.nn.Conv3d) and m.weight.shape[1] > 1 and m.weight.shape[-1] > 1
+    ]
+    assert all(w.is_contiguous() for w in own)  # the network itself (and so training) keeps its layout
+    x = torch.randn(1, 1, 8, 40, 40)
+    with torch.inference_mode():
+        torch.testing.assert_close(copy_(x), module(x), atol=1e-4, rtol=1e-4)
