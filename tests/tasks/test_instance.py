@@ -231,3 +231,35 @@ def test_only_native_3d_distance_models_try_three_map_seeding_in_calibration():
     assert instance.has_distance(two) and instance.has_distance(three)
     assert not any(c.get("use_distance") is False for c in instance._candidates(two)[1])
     assert any(c.get("use_distance") is False for c in instance._candidates(three)[1])
+
+
+def test_specks_smaller_than_the_labelled_objects_are_dropped_and_calibration_keeps_the_rule():
+    """A model made from labels whose objects are all large drops predicted specks under half their
+    smallest size (the 1st percentile), and calibration keeps that; labels with tiny objects (cut at the
+    edge, say) keep the floor of 8 pixels, and so do the specks."""
+    from napari_segsuite.tasks import Targets
+    from napari_segsuite.tasks.objects import MIN_SIZE
+
+    s = sd.nuclei_2d(seed=1, shape=(128, 128))
+    ids = s["instances"].astype(np.int32)
+    sizes = np.bincount(ids.ravel())[1:]
+    sizes = sizes[sizes > 0]
+    img = s["image"].astype(np.float32)
+    m = model_for_training("unet-instance", [img] * 3, [ids] * 3, depth=2, base_filters=4)
+    want = int(0.5 * np.percentile(np.concatenate([sizes] * 3), 1))
+    assert want > 2 * MIN_SIZE and m.card.postprocessing == {"min_size": float(want)}
+    speck = np.zeros_like(ids)
+    speck[2:6, 2:6] = 1  # 16 px, on background
+    assert ids[2:6, 2:6].max() == 0 and MIN_SIZE < 16 < want
+    probs = _one_hot_probs(np.where(speck > 0, ids.max() + 1, ids))
+    task = get_task("instance")
+    found = task.postprocess(probs, m.card).instances
+    assert found[2:6, 2:6].max() == 0 and len(np.unique(found)) - 1 == len(sizes)
+    truth = Targets(y=instance.targets(ids), ids=ids.astype(np.int64))
+    task.calibrate([probs], [truth], m.card)
+    assert m.card.postprocessing.get("min_size") == float(want)
+    tiny = ids.copy()
+    tiny[0:2, 0:2] = ids.max() + 1  # a 4-px object labelled: nothing under it is a speck
+    plain = model_for_training("unet-instance", [img] * 3, [tiny] * 3, depth=2, base_filters=4)
+    assert "min_size" not in plain.card.postprocessing
+    assert task.postprocess(probs, plain.card).instances[2:6, 2:6].max() > 0

@@ -24,7 +24,7 @@ from . import register_task
 from .ap import ObjectMetric, match, metrics, metrics_from_matches, relabel
 from .base import IGNORE, UNANNOTATED, Segmentation, Targets, Task, check_ids, check_known
 from .distance import distance_loss, distance_targets, split_by_distance
-from .objects import Obj, link_slices, objects_from_masks, paste
+from .objects import MIN_SIZE, Obj, link_slices, objects_from_masks, paste, speck_size
 
 if TYPE_CHECKING:
     from ..card import ModelCard
@@ -91,7 +91,7 @@ def _z_ratio(spacing: Sequence[float] | None) -> float:
 def postprocess(
     probs: np.ndarray,
     *,
-    min_size: int = 8,
+    min_size: int = MIN_SIZE,
     interior_threshold: float = 0.5,
     mask_threshold: float = 0.5,
     seed_h: float = 0.5,
@@ -201,8 +201,9 @@ def _candidates(card: ModelCard) -> tuple[dict[str, Any], list[dict[str, Any]]]:
 
 def _settings(card: ModelCard, ndim: int) -> dict[str, Any]:
     """Keyword arguments of :func:`postprocess` for maps of ``ndim`` axes from ``card``."""
-    known = {*DEFAULT_SETTINGS, *DISTANCE_SETTINGS, "seed_threshold", "use_distance"}
-    chosen = {k: bool(v) if k == "use_distance" else float(v) for k, v in card.postprocessing.items() if k in known}
+    known = {*DEFAULT_SETTINGS, *DISTANCE_SETTINGS, "seed_threshold", "use_distance", "min_size"}
+    kinds = {"use_distance": bool, "min_size": int}
+    chosen = {k: kinds.get(k, float)(v) for k, v in card.postprocessing.items() if k in known}
     return {**chosen, "spacing": card.voxel_size if ndim == 4 else None}
 
 
@@ -262,7 +263,7 @@ class InstanceTask(Task):
                     f"{spec.name!r} finds objects of one class; for a class per object pick an object model "
                     f"({', '.join(s.name for s in available(self.name) if s.objects)})."
                 )
-            return new_model(
+            model = new_model(
                 spec.name,
                 label_values=[0, 1, 2],
                 class_names=["background", "interior", "boundary"],
@@ -270,6 +271,10 @@ class InstanceTask(Task):
                 unannotated_value=unannotated,
                 **build,
             )
+            specks = MIN_SIZE if sparse else speck_size(labels)  # sparse: objects only partly painted
+            if specks > MIN_SIZE:
+                model.card.postprocessing = {"min_size": float(specks)}
+            return model
         if instances is None:
             return new_model(
                 spec.name,
@@ -368,12 +373,14 @@ class InstanceTask(Task):
         if not self.wants_calibration(card) or not maps:
             return {}
         defaults, candidates = _candidates(card)
+        kept = {k: v for k, v in card.postprocessing.items() if k == "min_size"}  # from the labels, not chosen here
         scored, n_true = [], 0
         for settings in candidates:
             metric = ObjectMetric()
             for m, t in zip(maps, truths):
                 spacing = card.voxel_size if m.ndim == 4 else None
-                metric.update(Segmentation(instances=postprocess(m, spacing=spacing, **settings)), t)
+                seg = postprocess(m, spacing=spacing, min_size=int(kept.get("min_size", MIN_SIZE)), **settings)
+                metric.update(Segmentation(instances=seg), t)
             found, n_true = metric.compute(), int(metric.n_true)
             # AP50 first; among settings that find the same objects, the tighter outlines (a user
             # corrects outlines too, and AP50 alone cannot tell a mask a pixel too wide)
@@ -381,7 +388,7 @@ class InstanceTask(Task):
         # the defaults win unless beaten by more than a few objects: the validation set is small
         margin = max(0.005, CALIBRATION_MARGIN_OBJECTS / max(n_true, 1))
         best = max(scored, key=lambda r: r[1] + (margin if r[0] == defaults else 0.0))[0]
-        card.postprocessing = {} if best == defaults else best
+        card.postprocessing = {**kept, **({} if best == defaults else best)}
         return dict(card.postprocessing)
 
     def metric(self, card: ModelCard) -> ObjectMetric:

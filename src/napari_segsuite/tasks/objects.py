@@ -4,6 +4,7 @@ into 3D ones."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -106,3 +107,23 @@ def link_slices(stack: np.ndarray, min_overlap: float = 0.5) -> np.ndarray:
         out[z] = lut[cur]
         prev = out[z]
     return out
+
+
+#: The smallest object (pixels or voxels) any instance post-processing keeps.
+MIN_SIZE = 8
+#: Predicted objects smaller than this share of the smallest objects the user labelled (the 1st
+#: percentile of their sizes, cut ones at the image's edge included) are dropped as specks.
+SPECK_SHARE = 0.5
+
+
+def speck_size(label_images: Sequence[np.ndarray], least_objects: int = 10) -> int:
+    """The size under which a map model's objects are specks, from the objects in ``label_images``:
+    :data:`SPECK_SHARE` of their 1st-percentile size, never below :data:`MIN_SIZE` (nor with fewer
+    than ``least_objects`` objects to tell from). Real nuclei, 300 s, held-out half: the two false
+    objects of 8 and 22 px beside 56 found ones (every true nucleus there is 34 px or more)."""
+    sizes = [np.bincount(np.asarray(lab).ravel().astype(np.int64))[1:] for lab in label_images]
+    found = np.concatenate(sizes) if sizes else np.zeros(0, np.int64)
+    found = found[found > 0]
+    if len(found) < least_objects:
+        return MIN_SIZE
+    return max(MIN_SIZE, int(SPECK_SHARE * float(np.percentile(found, 1))))
