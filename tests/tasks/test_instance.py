@@ -263,3 +263,18 @@ def test_specks_smaller_than_the_labelled_objects_are_dropped_and_calibration_ke
     plain = model_for_training("unet-instance", [img] * 3, [tiny] * 3, depth=2, base_filters=4)
     assert "min_size" not in plain.card.postprocessing
     assert task.postprocess(probs, plain.card).instances[2:6, 2:6].max() > 0
+
+
+def test_volumes_drop_objects_smaller_than_a_ball_as_wide_as_the_2d_floor():
+    """The floor of 8 is a disk 3.2 px across in 2D; in a volume the same width is a ball of 17 voxels
+    (fewer where slices are thick), not a 2 x 2 x 2 cube."""
+    vol = np.zeros((12, 40, 40), np.int32)
+    vol[2:9, 5:20, 5:20] = 1  # a nucleus
+    vol[4:6, 30:33, 30:32] = 2  # 12 voxels: a speck in cubic voxels, not with slices 2.5 pixels thick
+    probs = _one_hot_probs(vol)
+    cubic = instance.postprocess(probs, spacing=(1.0, 1.0, 1.0))
+    thick = instance.postprocess(probs, spacing=(2.5, 1.0, 1.0))
+    assert cubic.max() == 1 and cubic[4:6, 30:33, 30:32].max() == 0
+    assert thick.max() == 2 and thick[4:6, 30:33, 30:32].min() > 0
+    flat = instance.postprocess(_one_hot_probs(vol[4]))  # 2D: 6 px, under the 8-px floor either way
+    assert flat.max() == 1

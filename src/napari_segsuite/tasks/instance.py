@@ -24,7 +24,7 @@ from . import register_task
 from .ap import ObjectMetric, match, metrics, metrics_from_matches, relabel
 from .base import IGNORE, UNANNOTATED, Segmentation, Targets, Task, check_ids, check_known
 from .distance import distance_loss, distance_targets, split_by_distance
-from .objects import MIN_SIZE, Obj, link_slices, objects_from_masks, paste, speck_size
+from .objects import MIN_SIZE, Obj, floor_size, link_slices, objects_from_masks, paste, speck_size
 
 if TYPE_CHECKING:
     from ..card import ModelCard
@@ -91,7 +91,7 @@ def _z_ratio(spacing: Sequence[float] | None) -> float:
 def postprocess(
     probs: np.ndarray,
     *,
-    min_size: int = MIN_SIZE,
+    min_size: int | None = None,
     interior_threshold: float = 0.5,
     mask_threshold: float = 0.5,
     seed_h: float = 0.5,
@@ -119,7 +119,8 @@ def postprocess(
         seed_threshold: Seed from the regions where the predicted distance exceeds this instead (4 maps).
         use_distance: With 4 maps, seed from the distance map; ``False``: as with 3 maps (calibration
             chooses this where the distance map has not been learnt well enough yet).
-        min_size: Objects smaller than this (pixels) are dropped.
+        min_size: Objects smaller than this (pixels or voxels) are dropped; never fewer than
+            :func:`~.objects.floor_size` for the maps' dimension.
         spacing: Voxel size ``(Z, Y, X)`` of a volume: distances are measured in Y/X pixel widths, so
             thick slices count as thick.
     """
@@ -146,7 +147,7 @@ def postprocess(
     rest, n_rest = ndi.label(mask & (labels == 0))
     if n_rest:
         labels = np.where(rest > 0, rest + n, labels)
-    return relabel(remove_small(labels, min_size))
+    return relabel(remove_small(labels, max(min_size or 0, floor_size(labels.ndim, spacing))))
 
 
 #: Post-processing settings of map models, and the grid :meth:`InstanceTask.calibrate` searches.

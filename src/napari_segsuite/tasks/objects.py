@@ -4,6 +4,7 @@ into 3D ones."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -109,8 +110,24 @@ def link_slices(stack: np.ndarray, min_overlap: float = 0.5) -> np.ndarray:
     return out
 
 
-#: The smallest object (pixels or voxels) any instance post-processing keeps.
+#: The smallest object (pixels) instance post-processing keeps in 2D: a disk 3.2 pixels across.
 MIN_SIZE = 8
+
+
+def floor_size(ndim: int, spacing: Sequence[float] | None = None) -> int:
+    """The smallest object post-processing keeps in an image of ``ndim`` spatial axes: :data:`MIN_SIZE`
+    pixels in 2D; in a volume, a ball as wide as that disk, in voxels (17 where voxels are cubes,
+    fewer where slices are thicker than pixels are wide: ``spacing`` ``(Z, Y, X)``), never under
+    :data:`MIN_SIZE`. Eight voxels were a 2 x 2 x 2 cube: four real 3D nuclei models (300 s) kept false
+    objects of 8-15 voxels beside nuclei of ~700 (held-out AP50 0.818 / 0.818 / 0.818 / 0.794 with
+    the old floor, 0.818 / 0.818 / 0.844 / 0.818 with this one at slices 1.5 pixels thick)."""
+    if ndim < 3:
+        return MIN_SIZE
+    z_ratio = float(spacing[0]) / float(min(spacing[1:])) if spacing is not None and len(spacing) == 3 else 1.0
+    across = 2 * math.sqrt(MIN_SIZE / math.pi)
+    return max(MIN_SIZE, int(math.pi / 6 * across**3 / max(z_ratio, 1.0)))
+
+
 #: Predicted objects smaller than this share of the smallest objects the user labelled (the 1st
 #: percentile of their sizes, cut ones at the image's edge included) are dropped as specks.
 SPECK_SHARE = 0.5
