@@ -137,9 +137,10 @@ def _stamp(module: nn.Module) -> tuple[Any, ...]:
 
 def inference_module(module: nn.Module) -> nn.Module:
     """The network to run for inference: for one in eval mode, a copy with its batch norms folded
-    into the convolutions before them (:func:`fold_batchnorm`), made once and made again only when the
-    network's weights change (training between two predictions, as live training does); the network
-    itself where it is training, has nothing to fold, or ``SEGSUITE_FOLD_BN=0``.
+    into the convolutions before them (:func:`fold_batchnorm`) and, for 3D networks, channels-last-3D
+    where :func:`_cl3d_for_inference` says so, made once and made again only when the network's weights
+    change (training between two predictions, as live training does); the network itself where it is
+    training, where the copy would change nothing, or ``SEGSUITE_FOLD_BN=0``.
 
     Batch norm and the ReLU after it are memory-bound: in bfloat16 on this CPU they took as long as the
     convolutions (a UNet over an 8192^2 image: conv 4.2 s, batch norm 2.2 s, ReLU 2.3 s); folded, the

@@ -10,11 +10,10 @@ from napari_segsuite.model_files import load_model, new_model, save_model
 from napari_segsuite.progress import drive
 
 
-def _conv_weights(module: torch.nn.Module) -> list[torch.Tensor]:
+def _conv_weights(module: torch.nn.Module, kind: type = torch.nn.Conv2d) -> list[torch.Tensor]:
+    """Weights of ``kind`` convolutions whose layout shows (more than one input channel, kernels over 1)."""
     return [
-        m.weight
-        for m in module.modules()
-        if isinstance(m, torch.nn.Conv2d) and m.weight.shape[-1] > 1 and m.weight.shape[1] > 1
+        m.weight for m in module.modules() if isinstance(m, kind) and m.weight.shape[-1] > 1 and m.weight.shape[1] > 1
     ]
 
 
@@ -132,19 +131,12 @@ def test_3d_inference_copy_is_channels_last_3d_only_in_bfloat16(monkeypatch, bf1
         module(torch.randn(2, 1, 8, 32, 32))
     module.eval()
     copy_ = layout.inference_module(module)
-    convs = [
-        m.weight
-        for m in copy_.modules()
-        if isinstance(m, torch.nn.Conv3d) and m.weight.shape[1] > 1 and m.weight.shape[-1] > 1
-    ]
+    convs = _conv_weights(copy_, torch.nn.Conv3d)
     assert convs
     assert all(w.is_contiguous(memory_format=torch.channels_last_3d) and not w.is_contiguous() for w in convs) == bf16
-    own = [
-        m.weight
-        for m in module.modules()
-        if isinstance(m, torch.nn.Conv3d) and m.weight.shape[1] > 1 and m.weight.shape[-1] > 1
-    ]
-    assert all(w.is_contiguous() for w in own)  # the network itself (and so training) keeps its layout
+    assert all(
+        w.is_contiguous() for w in _conv_weights(module, torch.nn.Conv3d)
+    )  # the network itself (and so training) keeps its layout
     x = torch.randn(1, 1, 8, 40, 40)
     with torch.inference_mode():
         torch.testing.assert_close(copy_(x), module(x), atol=1e-4, rtol=1e-4)

@@ -380,8 +380,8 @@ class InstanceTask(Task):
             metric = ObjectMetric()
             for m, t in zip(maps, truths):
                 spacing = card.voxel_size if m.ndim == 4 else None
-                seg = postprocess(m, spacing=spacing, min_size=int(kept.get("min_size", MIN_SIZE)), **settings)
-                metric.update(Segmentation(instances=seg), t)
+                floor = int(kept["min_size"]) if kept else None  # None: the dimension's own floor
+                metric.update(Segmentation(instances=postprocess(m, spacing=spacing, min_size=floor, **settings)), t)
             found, n_true = metric.compute(), int(metric.n_true)
             # AP50 first; among settings that find the same objects, the tighter outlines (a user
             # corrects outlines too, and AP50 alone cannot tell a mask a pixel too wide)
