@@ -80,7 +80,12 @@ def _mri() -> dict[str, Any]:
         return np.asarray(nib.load(path).dataobj).transpose(2, 1, 0)
 
     img, gm, wm = read("t1").astype(np.float32), read("gm") / 255.0, read("wm") / 255.0
-    lab = np.argmax(np.stack([1 - gm - wm, gm, wm]), 0).astype(np.uint8)
+    return _hemispheres(img, np.argmax(np.stack([1 - gm - wm, gm, wm]), 0).astype(np.uint8))
+
+
+def _hemispheres(img: np.ndarray, lab: np.ndarray) -> dict[str, Any]:
+    """A `unet3d` case of a ``(Z, Y, X)`` brain in MNI space: the left hemisphere (X below the middle)
+    to train, the right to test, scored by mean Dice."""
     half = img.shape[-1] // 2
     return {
         "model": "unet3d",
@@ -110,14 +115,7 @@ def _mri_atlas(regions: int = 10) -> dict[str, Any]:
     sizes = np.bincount(ids[:half].ravel(), minlength=42)[1:]
     keep = np.argsort(sizes)[::-1][:regions] + 1
     lab = np.where(np.isin(ids, keep), ids, 0).transpose(2, 1, 0)  # (X, Y, Z) as stored -> (Z, Y, X)
-    img = np.asarray(t1.dataobj).astype(np.float32).transpose(2, 1, 0)
-    return {
-        "model": "unet3d",
-        "train": ([img[..., :half]], [lab[..., :half]]),
-        "test": ([img[..., half + 1 :]], [lab[..., half + 1 :]]),
-        "voxel": (1.0, 1.0, 1.0),
-        "score": "dice",
-    }
+    return _hemispheres(np.asarray(t1.dataobj).astype(np.float32).transpose(2, 1, 0), lab)
 
 
 def _isbi(lo: int, hi: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
