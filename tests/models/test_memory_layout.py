@@ -134,9 +134,8 @@ def test_3d_inference_copy_is_channels_last_3d_only_in_bfloat16(monkeypatch, bf1
     convs = _conv_weights(copy_, torch.nn.Conv3d)
     assert convs
     assert all(w.is_contiguous(memory_format=torch.channels_last_3d) and not w.is_contiguous() for w in convs) == bf16
-    assert all(
-        w.is_contiguous() for w in _conv_weights(module, torch.nn.Conv3d)
-    )  # the network itself (and so training) keeps its layout
+    own = _conv_weights(module, torch.nn.Conv3d)
+    assert all(w.is_contiguous() for w in own)  # the network itself (and so training) keeps its layout
     x = torch.randn(1, 1, 8, 40, 40)
     with torch.inference_mode():
         torch.testing.assert_close(copy_(x), module(x), atol=1e-4, rtol=1e-4)

@@ -24,7 +24,7 @@ from . import register_task
 from .ap import ObjectMetric, match, metrics, metrics_from_matches, relabel
 from .base import IGNORE, UNANNOTATED, Segmentation, Targets, Task, check_ids, check_known
 from .distance import distance_loss, distance_targets, split_by_distance
-from .objects import MIN_SIZE, Obj, floor_size, link_slices, objects_from_masks, paste, speck_size
+from .objects import MIN_SIZE, Obj, floor_size, link_slices, objects_from_masks, paste, speck_size, z_ratio
 
 if TYPE_CHECKING:
     from ..card import ModelCard
@@ -54,7 +54,7 @@ def targets(
     edge = find_boundaries(inst, mode="inner")
     if boundary_width > 1:
         structure = ndi.generate_binary_structure(inst.ndim, 1)
-        if inst.ndim == 3 and _z_ratio(spacing) >= 2:
+        if inst.ndim == 3 and z_ratio(spacing) >= 2:
             structure[0] = structure[2] = False  # in-plane only
         wide = ndi.binary_dilation(edge, structure=structure, iterations=boundary_width - 1)
         edge = edge | (wide & ~_small_objects(inst))
@@ -79,13 +79,6 @@ def _small_objects(inst: np.ndarray) -> np.ndarray:
     small = 2 * np.sqrt(sizes / np.pi) < SMALL_DIAMETER
     small[0] = False
     return small[inst]
-
-
-def _z_ratio(spacing: Sequence[float] | None) -> float:
-    """Slice thickness over pixel width (1 when unknown or 2D)."""
-    if spacing is None or len(spacing) != 3:
-        return 1.0
-    return float(spacing[0]) / float(min(spacing[1:]))
 
 
 def postprocess(
@@ -128,7 +121,7 @@ def postprocess(
     if probs.shape[0] > DISTANCE and use_distance:
         if not foreground.any():
             return np.zeros(foreground.shape, np.int32)
-        labels, n = split_by_distance(foreground, probs[DISTANCE], seed_threshold, dist_h, _z_ratio(spacing))
+        labels, n = split_by_distance(foreground, probs[DISTANCE], seed_threshold, dist_h, z_ratio(spacing))
         mask = foreground
     else:
         interior = probs[INTERIOR] > interior_threshold
@@ -136,8 +129,8 @@ def postprocess(
             return np.zeros(interior.shape, np.int32)
         sampling: tuple[float, ...] | None = None
         sigma: float | tuple[float, ...] = 1.0
-        if interior.ndim == 3 and _z_ratio(spacing) > 1:
-            r = _z_ratio(spacing)
+        if interior.ndim == 3 and z_ratio(spacing) > 1:
+            r = z_ratio(spacing)
             sampling, sigma = (r, 1.0, 1.0), (1.0 / r, 1.0, 1.0)
         dist = ndi.gaussian_filter(ndi.distance_transform_edt(interior, sampling=sampling), sigma)
         seeds, n = ndi.label(h_maxima(dist, seed_h) & interior)
@@ -376,11 +369,11 @@ class InstanceTask(Task):
         defaults, candidates = _candidates(card)
         kept = {k: v for k, v in card.postprocessing.items() if k == "min_size"}  # from the labels, not chosen here
         scored, n_true = [], 0
+        floor = int(kept["min_size"]) if kept else None  # None: the dimension's own floor
         for settings in candidates:
             metric = ObjectMetric()
             for m, t in zip(maps, truths):
                 spacing = card.voxel_size if m.ndim == 4 else None
-                floor = int(kept["min_size"]) if kept else None  # None: the dimension's own floor
                 metric.update(Segmentation(instances=postprocess(m, spacing=spacing, min_size=floor, **settings)), t)
             found, n_true = metric.compute(), int(metric.n_true)
             # AP50 first; among settings that find the same objects, the tighter outlines (a user

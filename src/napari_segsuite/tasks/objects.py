@@ -114,6 +114,13 @@ def link_slices(stack: np.ndarray, min_overlap: float = 0.5) -> np.ndarray:
 MIN_SIZE = 8
 
 
+def z_ratio(spacing: Sequence[float] | None) -> float:
+    """Slice thickness over pixel width (1 when unknown or 2D)."""
+    if spacing is None or len(spacing) != 3:
+        return 1.0
+    return float(spacing[0]) / float(min(spacing[1:]))
+
+
 def floor_size(ndim: int, spacing: Sequence[float] | None = None) -> int:
     """The smallest object post-processing keeps in an image of ``ndim`` spatial axes: :data:`MIN_SIZE`
     pixels in 2D; in a volume, a ball as wide as that disk, in voxels (17 where voxels are cubes,
@@ -123,9 +130,8 @@ def floor_size(ndim: int, spacing: Sequence[float] | None = None) -> int:
     the old floor, 0.818 / 0.818 / 0.844 / 0.818 with this one at slices 1.5 pixels thick)."""
     if ndim < 3:
         return MIN_SIZE
-    z_ratio = float(spacing[0]) / float(min(spacing[1:])) if spacing is not None and len(spacing) == 3 else 1.0
     across = 2 * math.sqrt(MIN_SIZE / math.pi)
-    return max(MIN_SIZE, int(math.pi / 6 * across**3 / max(z_ratio, 1.0)))
+    return max(MIN_SIZE, int(math.pi / 6 * across**3 / max(z_ratio(spacing), 1.0)))
 
 
 #: Predicted objects smaller than this share of the smallest objects the user labelled (the 1st
