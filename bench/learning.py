@@ -42,6 +42,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage as ndi
 
+from napari_segsuite.io import fixed_orientation
 from napari_segsuite.progress import drive
 from napari_segsuite.sample_data import nuclei_3d
 from napari_segsuite.training import TrainConfig, train
@@ -93,6 +94,7 @@ def _hemispheres(img: np.ndarray, lab: np.ndarray) -> dict[str, Any]:
         "test": ([img[..., half + 1 :]], [lab[..., half + 1 :]]),
         "voxel": (1.0, 1.0, 1.0),
         "score": "dice",
+        "mirror": fixed_orientation(["brain.nii.gz"]),  # as segsuite train sets it for NIfTI scans
     }
 
 
@@ -226,6 +228,7 @@ def run(
         ti, tl, unlabelled = ti[:labelled], tl[:labelled], ti[labelled:]
     model = model_for_training(c["model"], ti, tl, voxel_size=c["voxel"], **(build or {}))
     cfg = TrainConfig(time_budget=seconds, epochs=100_000, seed=seed, voxel_size=c["voxel"], pretrain=pretrain)
+    cfg.mirror_axes = c.get("mirror")
     if average is not None:
         cfg.average = average
     if batch:
@@ -255,6 +258,7 @@ def run(
         "score": round(float(m[c["score"]]), 4),
         "val_score": round(float((res.model.card.metrics or {}).get("score", float("nan"))), 4),
         "tta": res.model.card.tta,
+        "downsample": res.model.card.downsample,
         "postprocessing": res.model.card.postprocessing,
     }
 

@@ -98,10 +98,17 @@ def crop_batch(
     augment: bool,
     noise: torch.Generator | None = None,
     index: ClassIndex | None = None,
+    mirror_axes: Sequence[int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A batch of random crops of size ``patch`` (2D ``(p, p)`` or 3D ``(pz, p, p)``), augmented; pixel
     noise is drawn from ``noise`` (default: torch's global generator). With ``index``, a share
-    :data:`CLASS_CROP_P` of the crops hold a pixel of a class drawn uniformly from those present."""
+    :data:`CLASS_CROP_P` of the crops hold a pixel of a class drawn uniformly from those present.
+
+    ``mirror_axes``: the spatial axes (0 = the first of ``patch``) along which crops are mirrored;
+    ``None``: all of them, and square crops are also rotated by multiples of 90 degrees in Y/X
+    (microscopy has no up or down). Given, crops are mirrored along those axes only and never
+    rotated: images of a fixed orientation, such as a brain MRI whose anatomy survives a left-right
+    mirroring but not an upside-down one (:attr:`~.train_config.TrainConfig.mirror_axes`)."""
     weights = np.array([s.x[0].size for s in train], dtype=np.float64)
     nd = len(patch)
     xs, ys = [], []
@@ -131,9 +138,9 @@ def crop_batch(
             y = y if lead else y[0]
         if augment:
             for axis in range(-nd, 0):
-                if rng.random() < 0.5:
+                if (mirror_axes is None or axis + nd in mirror_axes) and rng.random() < 0.5:
                     x, y = x.flip(axis), y.flip(axis)
-            if patch[-1] == patch[-2]:
+            if mirror_axes is None and patch[-1] == patch[-2]:
                 k = int(rng.integers(4))
                 x, y = torch.rot90(x, k, (-2, -1)), torch.rot90(y, k, (-2, -1))
             if nd == 2 and rng.random() < ELASTIC_P:

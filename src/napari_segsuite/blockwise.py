@@ -37,7 +37,7 @@ import torch
 
 from .blockplan import BLOCK, HALO, Block, Job, block_tiles, make_job, plan_blocks, tile_cache
 from .heap import trim_heap
-from .inference import MIRRORS, pick_device, transposes
+from .inference import mirrors, pick_device, transposes
 from .lazy_io import Source, read_block
 from .model_files import SegModel, load_model
 from .models.base import ObjectModel
@@ -165,7 +165,7 @@ def _maps(
     maps = yield from blend_tiles(
         model.module, x, job.ts, starts, job.overlap, num_classes=task.output_channels(card), batch_size=bs,
         device=dev, amp=job.amp, activate=lambda out: task.activate(out, card), full_batches=n_tiles > 1,
-        flips=MIRRORS if job.tta else ((),), unmirror=lambda maps, dims: task.unmirror(maps, dims, card),
+        flips=mirrors(card) if job.tta else ((),), unmirror=lambda maps, dims: task.unmirror(maps, dims, card),
         transposed=bool(job.tta) and transposes(card), untranspose=lambda maps: task.untranspose(maps, card),
         shared=None if cache is None else (cache, key), keep=tuple(shift(region, read)),
     )  # fmt: skip
@@ -234,6 +234,10 @@ def segment_blocks(
     Returns:
         ``outputs``, and ``"objects"``: the number of objects where there are ids.
     """
+    if model.card.downsample > 1:
+        raise ValueError(
+            f"Model {model.name!r} sees volumes on a {model.card.downsample}x coarser grid; segment it whole, not block by block."
+        )
     job = make_job(model, data, **settings)
     if job.volume and job.per_slice and isinstance(block, int):
         block = (max(1, min(block, 64)), block, block)  # slices are cheap to read: thinner blocks

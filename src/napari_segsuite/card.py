@@ -65,6 +65,11 @@ class ModelCard(BaseModel):
             chosen on the validation images after training (``None``: the most probable class).
         tta: Segment with test-time augmentation (maps averaged over mirrorings): after training,
             kept unless it scored clearly worse on the validation images; on where nothing was held out.
+        mirror_axes: Images of a fixed orientation (e.g. brain MRI): the spatial axes (0 = the first)
+            along which its training crops were mirrored, and test-time augmentation mirrors; no
+            rotations either way. ``None``: any orientation (all mirrorings, 90-degree rotations).
+        downsample: Native 3D models: the model sees volumes on a grid this many times coarser than
+            the input's (averaged down before, class probabilities interpolated back after; :mod:`.grid`).
         parent: The model this one was fine-tuned from (``name``, ``path``, ``metrics``).
         training: Training summary (samples, steps, seconds, history, settings).
         metrics: Validation metrics of the kept model (the task's, plus ``score`` and ``loss``).
@@ -94,6 +99,8 @@ class ModelCard(BaseModel):
     threshold: float | None = Field(default=None, ge=0.0, le=1.0)
     postprocessing: dict[str, float] = Field(default_factory=dict)
     tta: bool = False
+    mirror_axes: list[int] | None = None
+    downsample: int = Field(default=1, ge=1, le=8)
     parent: dict[str, Any] | None = None
     training: dict[str, Any] | None = None
     metrics: dict[str, Any] | None = None

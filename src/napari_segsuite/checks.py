@@ -299,6 +299,8 @@ def check_train_config(cfg: TrainConfig) -> None:
     vs = cfg.voxel_size
     if vs is not None and (len(vs) not in (2, 3) or not all(0 < v < 1e6 for v in vs)):
         problems.append(f"the voxel size must be 2 or 3 positive sizes, (Y, X) or (Z, Y, X) (got {list(vs)})")
+    if cfg.downsample is not None and not 1 <= cfg.downsample <= 8:
+        problems.append(f"the grid's downsampling factor must be 1 to 8 (got {cfg.downsample})")
     if not 0 <= cfg.val_fraction < 1:
         problems.append(f"the validation share must be in 0..1 (got {cfg.val_fraction})")
     if problems:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from .cli_big import add_flags as add_big_flags
 from .cli_share import add_share_commands
-from .cli_support import build_args, in_processes, run_with_bar, things
+from .cli_support import build_args, in_processes, run_with_bar, set_geometry, things
 from .cli_support import load_instances as _load_instances
 from .cli_support import load_pairs as _load_pairs
 
@@ -76,8 +76,6 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from .checks import check_model_out, check_train_config
     from .inference import pick_device
-    from .io_formats import voxel_size_for
-    from .preprocess import infer_axes
     from .tasks import score_of
     from .training import TrainConfig
     from .workflows import train_model
@@ -101,7 +99,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     build = build_args(args)
     images, labels, names, sizes = _load_pairs(args.images, args.labels)
     instances = _load_instances(args.images, args.instances)
-    cfg.voxel_size = voxel_size_for(args.voxel_size, sizes, names, volume=infer_axes(images[0].shape).volume)
+    set_geometry(cfg, args.voxel_size, images, sizes, names)
     result = _run(
         train_model(
             args.model,

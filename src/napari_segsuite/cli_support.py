@@ -87,6 +87,17 @@ def load_pairs(images: str, labels: str) -> tuple[list, list, list[str], list]:
     return out
 
 
+def set_geometry(cfg: Any, voxel_arg: Any, images: list, sizes: list, names: list[str]) -> None:
+    """The training images' voxel size (``--voxel-size``, else the files') and orientation into
+    ``cfg``: NIfTI scans are mirrored left-right only (:func:`~.io.fixed_orientation`)."""
+    from .io import fixed_orientation
+    from .io_formats import voxel_size_for
+    from .preprocess import infer_axes
+
+    cfg.voxel_size = voxel_size_for(voxel_arg, sizes, names, volume=infer_axes(images[0].shape).volume)
+    cfg.mirror_axes = fixed_orientation(names)
+
+
 def load_instances(images: str, instances: str | None) -> list | None:
     """Object-id images matched to ``images`` by name (``--instances``), or ``None``."""
     if not instances:

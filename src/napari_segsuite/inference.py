@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from .checks import check_image_array, check_tile
+from .grid import downsample_volume, upsample_maps
 from .heap import reuse_freed_memory
 from .model_files import SegModel
 from .models.base import ObjectModel
@@ -68,27 +69,31 @@ def predict_maps(
 
     ``tta``: test-time augmentation, the maps averaged over the image as it is and mirrored in Y, in X
     and in both (:data:`MIRRORS`), and for 2D models each of these with Y and X swapped too (eight
-    passes; :data:`TRANSPOSED`)."""
+    passes; :data:`TRANSPOSED`). A model trained on a coarser grid (``card.downsample``) sees the volume
+    averaged down to it, and its maps come back interpolated to the volume's grid (:mod:`.grid`)."""
     card = model.card
     task = get_task(card.kind)
-    return (
-        yield from predict_probs(
-            model.module,
-            x,
-            num_classes=task.output_channels(card),
-            tile=tile,
-            overlap=overlap,
-            batch_size=batch_size,
-            divisible_by=card.divisible_by,
-            device=device,
-            amp=amp,
-            activate=lambda out: task.activate(out, card),
-            flips=MIRRORS if tta else ((),),
-            unmirror=lambda maps, dims: task.unmirror(maps, dims, card),
-            transposed=tta and transposes(card),
-            untranspose=lambda maps: task.untranspose(maps, card),
-        )
+    factor = int(getattr(card, "downsample", 1) or 1)
+    full = x.shape[1:]
+    if factor > 1 and card.spatial_dims == 3 and x.ndim == 4:
+        x = downsample_volume(x, factor)
+    maps = yield from predict_probs(
+        model.module,
+        x,
+        num_classes=task.output_channels(card),
+        tile=tile,
+        overlap=overlap,
+        batch_size=batch_size,
+        divisible_by=card.divisible_by,
+        device=device,
+        amp=amp,
+        activate=lambda out: task.activate(out, card),
+        flips=mirrors(card) if tta else ((),),
+        unmirror=lambda maps, dims: task.unmirror(maps, dims, card),
+        transposed=tta and transposes(card),
+        untranspose=lambda maps: task.untranspose(maps, card),
     )
+    return upsample_maps(maps, full) if maps.shape[1:] != full else maps
 
 
 #: The mirrorings test-time augmentation averages over: none, Y, X, both (the tensors' last two axes;
@@ -104,8 +109,19 @@ TRANSPOSED = True
 
 
 def transposes(card: Any) -> bool:
-    """Whether test-time augmentation swaps Y and X for this model (2D models: :data:`TRANSPOSED`)."""
-    return TRANSPOSED and card.spatial_dims == 2
+    """Whether test-time augmentation swaps Y and X for this model (2D models of any orientation:
+    :data:`TRANSPOSED`)."""
+    return TRANSPOSED and card.spatial_dims == 2 and getattr(card, "mirror_axes", None) is None
+
+
+def mirrors(card: Any) -> tuple[tuple[int, ...], ...]:
+    """The mirrorings test-time augmentation averages over for this model: :data:`MIRRORS`, or for a
+    model of a fixed orientation (``card.mirror_axes``) those of them along its mirrored axes only."""
+    axes = getattr(card, "mirror_axes", None)
+    if axes is None:
+        return MIRRORS
+    allowed = {a - card.spatial_dims for a in axes}
+    return tuple(m for m in MIRRORS if set(m) <= allowed)
 
 
 def segment_slice(

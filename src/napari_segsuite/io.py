@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import glob
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -64,6 +64,18 @@ __all__ = [
 
 
 # --- images ----------------------------------------------------------------------------------
+
+
+#: Training mirrors of images of a fixed orientation: left-right only, the last axis (X) of a NIfTI
+#: volume once reoriented to RAS+ (:attr:`~.train_config.TrainConfig.mirror_axes`).
+LEFT_RIGHT = (-1,)
+
+
+def fixed_orientation(sources: Sequence[str | Path | None]) -> tuple[int, ...] | None:
+    """The :attr:`~.train_config.TrainConfig.mirror_axes` for training images read from ``sources``:
+    :data:`LEFT_RIGHT` when all are NIfTI (scans in anatomical orientation, reoriented to RAS+ on
+    reading), else ``None`` (any orientation: microscopy)."""
+    return LEFT_RIGHT if sources and all(s is not None and is_nifti(s) for s in sources) else None
 
 
 def read_image_info(path: str | Path) -> ImageInfo:

@@ -32,6 +32,17 @@ class TrainConfig:
             that holds the classes the rest does (:func:`~.samples.split_samples`).
         augment: Random flips, 90-degree rotations, scaling, elastic deformation (2D), gamma, gain and
             offset, and noise.
+        mirror_axes: Images of a fixed orientation: the model's spatial axes (0 = the first: Z of a
+            volume, Y of an image; -1 = the last, X) along which crops may be mirrored, with no
+            90-degree rotations; kept in the card, where test-time augmentation follows it. ``None`` (the default): any orientation, as in
+            microscopy (mirrorings along every axis, rotations in Y/X). A brain MRI's anatomy survives a
+            left-right mirroring only: the front ends give NIfTI volumes ``(-1,)``, X after their
+            reorientation to RAS+ (:func:`~.io.fixed_orientation`) (on a real T1 brain, ten atlas regions, 2 mm: ...).
+        downsample: New native 3D semantic models: train (and later predict) on a grid this many
+            times coarser than the volumes'; ``None`` (the default): 2 where the classes look alike
+            and are told apart by place (atlas regions), the crop sees little of the volume and the
+            voxels are about isotropic, else 1 (:func:`~.grid.choose_downsample`). A model being
+            fine-tuned keeps its own.
         device: ``"auto"`` (CUDA, MPS, CPU), or a torch device string.
         amp: Mixed precision: bfloat16 (or float16) on CUDA, bfloat16 on CPUs with AMX (:func:`~.layout.autocast_dtype`).
         seed: Seed of crops, augmentation and initial split.
@@ -70,6 +81,8 @@ class TrainConfig:
     patience: int | None = None
     val_fraction: float = 0.2
     augment: bool = True
+    mirror_axes: tuple[int, ...] | None = None
+    downsample: int | None = None
     device: str = "auto"
     amp: bool = True
     seed: int = 0

@@ -27,12 +27,13 @@ from .averaging import WeightAverage
 from .checks import check_learnable, check_train_config
 from .distributed import Sync, world_size
 from .evaluation import calibrate_inference, calibration_helpers, evaluate_samples
+from .grid import choose_downsample, downsample_volume
 from .heap import trim_heap
 from .inference import pick_device
 from .layout import autocast_dtype
 from .model_files import SegModel, save_model
 from .models.base import ObjectModel, encoder_of
-from .plan import TrainPlan, plan
+from .plan import TrainPlan, plan, plan_for
 from .pretrain import pretrain_share
 from .progress import Progress, Work
 from .samples import Sample, pad_to, prepare_samples, split_samples, unlabelled_inputs
@@ -112,11 +113,29 @@ def train(
     check_train_config(cfg)
     if cfg.voxel_size is not None:  # before the targets: 3D object rings follow it
         card.voxel_size = [float(v) for v in cfg.voxel_size]
+    if cfg.mirror_axes is not None:
+        if any(not -card.spatial_dims <= a < card.spatial_dims for a in cfg.mirror_axes):
+            raise ValueError(
+                f"Nothing was trained: mirror axes {list(cfg.mirror_axes)} are not axes of a {card.spatial_dims}D model."
+            )
+        card.mirror_axes = sorted({int(a) % card.spatial_dims for a in cfg.mirror_axes})
+    factor = _grid(model, images, labels, cfg, device.type)
+    if factor > 1:  # a coarser grid (grid.py): the volumes, labels and unlabelled volumes averaged down
+        images, labels, unlabelled = (
+            [downsample_volume(np.asarray(a), factor, labels=k == 1, channels_last=np.ndim(a) == 4) for a in arrays]
+            for k, arrays in enumerate((images, labels, unlabelled or []))
+        )
+    card.downsample = 1  # training and validation see the coarse grid as it is; the card says so at the end
     samples = prepare_samples(model, images, labels, names, rgb, instances)
     if not card.parent:  # a fine-tuning round may bring one-class corrections
         check_learnable(samples)
     train_s, val_s, val_note = split_samples(samples, cfg.val_fraction, rng)
     held_out = not val_note.startswith("none held out")
+    # a validation part that lacks classes of the training part cannot judge the model on them (a slab at
+    # one end of a brain holds some of its regions): the latest model is kept, as with nothing held out
+    judged = held_out and _classes(val_s) >= _classes(train_s)
+    if held_out and not judged:
+        val_note += "; it lacks classes the training part has, so the latest model is kept"
     tp = plan(model, train_s, cfg, device.type)
     patch, batch_size, spe, peak_lr, val_tile = tp.patch, tp.batch_size, tp.steps_per_epoch, tp.lr, tp.val_tile
     helpers, train_s = calibration_helpers(val_s, train_s, len(samples)), [pad_to(s, patch) for s in train_s]
@@ -182,7 +201,8 @@ def train(
         (np.random.default_rng([sync.seed, k]), torch.Generator().manual_seed(sync.seed * 1000 + k))
         for k in range(1, batch_threads(device.type))
     ]
-    makers = [partial(crop_batch, train_s, patch, batch_size, r, cfg.augment, g, index) for r, g in gens]
+    mirror = card.mirror_axes  # a model fine-tuned keeps its orientation's
+    makers = [partial(crop_batch, train_s, patch, batch_size, r, cfg.augment, g, index, mirror) for r, g in gens]
     batches = Batches(makers, enabled=cfg.prefetch and background_batches(device.type))
     last_val_end, last_val_seconds, validated_step = t0, 0.0, -1
     try:
@@ -248,7 +268,7 @@ def train(
             # on the training image itself (nothing held out), the latest model is kept: a choice by
             # the score on what it learns from favours the states that fit it best
             improved = val["score"] > best_iou
-            if improved or val["score"] == best_iou or not held_out:
+            if improved or val["score"] == best_iou or not judged:
                 best_iou, best_epoch = max(best_iou, val["score"]), epoch if improved else best_epoch
                 kept_epoch = epoch
                 best_state = copy.deepcopy({n: t.detach().cpu() for n, t in scored.module.state_dict().items()})
@@ -268,7 +288,7 @@ def train(
                         step,
                         t_start,
                     )
-                    snapshot = SegModel(copy.deepcopy(module).cpu(), model.card)
+                    snapshot = SegModel(copy.deepcopy(module).cpu(), card.model_copy(update={"downsample": factor}))
                     snapshot.module.load_state_dict(best_state)
                     save_model(snapshot, checkpoint)
             yield Progress(
@@ -297,6 +317,7 @@ def train(
             best_metrics = calibrate_inference(model, val_s, device, use_amp, val_tile, helpers) or best_metrics
         elif not held_out and not isinstance(module, ObjectModel):
             model.card.tta = True  # nothing to choose on: TTA's prior (it is kept unless it loses, TTA_MAX_LOSS)
+    card.downsample = factor
     _annotate(model, cfg, tp, samples, train_s, val_note, history, kept_epoch, best_metrics, stopped, step, t_start)
     if parent_val is not None and best_metrics is not None:
         model.card.comparison = {
@@ -351,6 +372,34 @@ def _annotate(
         "previous": {k: v for k, v in prev.items() if k != "history"} if prev else None,
     }
     model.card.metrics = metrics
+
+
+def _grid(
+    model: SegModel, images: Sequence[np.ndarray], labels: Sequence[np.ndarray], cfg: TrainConfig, device: str
+) -> int:
+    """How many times coarser than the volumes' own the grid ``model`` trains on is (:mod:`.grid`): a
+    model trained before (being fine-tuned) keeps its own, ``cfg.downsample`` where given, else the data's choice."""
+    card = model.card
+    if card.parent or card.training:
+        return card.downsample
+    if cfg.downsample is not None:
+        if cfg.downsample > 1 and card.spatial_dims != 3:
+            raise ValueError(
+                f"Nothing was trained: a coarser grid (downsample {cfg.downsample}) is for native 3D models."
+            )
+        return cfg.downsample
+    shapes = [tuple(np.shape(lab)) for lab in labels]
+    if card.spatial_dims != 3 or any(len(sh) != 3 for sh in shapes):
+        return 1
+    voxel = cfg.voxel_size or card.voxel_size
+    ratio = float(voxel[0]) / float(min(voxel[1:])) if voxel is not None and len(voxel) == 3 else 1.0
+    crop = plan_for(card, shapes, cfg, device).patch
+    return choose_downsample(card, images, labels, shapes, crop, ratio)
+
+
+def _classes(samples: list[Sample]) -> set[int]:
+    """The class indices present (labelled) in ``samples``."""
+    return {int(c) for s in samples for c in np.unique(s.class_map) if c >= 0}
 
 
 def _labelled(s: Sample) -> int:

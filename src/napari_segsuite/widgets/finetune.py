@@ -18,6 +18,7 @@ from napari.utils.notifications import show_info
 from ..annotate.uncertainty import segment_most_uncertain
 from ..card import ModelCard
 from ..checks import check_labels_vary
+from ..io import fixed_orientation
 from ..lazy_io import is_lazy
 from ..model_files import load_model
 from ..models import available, get_spec
@@ -255,6 +256,7 @@ class FinetuneWidget(Container):
             time_budget=self.minutes.value * 60 or None,
             freeze_encoder=self.freeze.value,
             voxel_size=scale if any(s != 1 for s in scale) else None,  # the layer's scale: into the card
+            mirror_axes=fixed_orientation([p[0].metadata.get("segsuite_source", {}).get("path") for p in pairs]),
         )
         self._cancel.clear()
 
