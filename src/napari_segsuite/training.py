@@ -202,7 +202,9 @@ def train(
         for k in range(1, batch_threads(device.type))
     ]
     mirror = card.mirror_axes  # a model fine-tuned keeps its orientation's
-    makers = [partial(crop_batch, train_s, patch, batch_size, r, cfg.augment, g, index, mirror) for r, g in gens]
+    makers = [
+        partial(crop_batch, train_s, patch, batch_size, r, cfg.augment, g, index, mirror_axes=mirror) for r, g in gens
+    ]
     batches = Batches(makers, enabled=cfg.prefetch and background_batches(device.type))
     last_val_end, last_val_seconds, validated_step = t0, 0.0, -1
     try:
