@@ -34,10 +34,12 @@ class TrainConfig:
             offset, and noise.
         mirror_axes: Images of a fixed orientation: the model's spatial axes (0 = the first: Z of a
             volume, Y of an image; -1 = the last, X) along which crops may be mirrored, with no
-            90-degree rotations; kept in the card, where test-time augmentation follows it. ``None`` (the default): any orientation, as in
-            microscopy (mirrorings along every axis, rotations in Y/X). A brain MRI's anatomy survives a
-            left-right mirroring only: the front ends give NIfTI volumes ``(-1,)``, X after their
-            reorientation to RAS+ (:func:`~.io.fixed_orientation`) (on a real T1 brain, ten atlas regions, 2 mm: ...).
+            90-degree rotations; kept in the card, where test-time augmentation follows it. ``None``
+            (the default): any orientation, as in microscopy (mirrorings along every axis, rotations
+            in Y/X). A brain MRI's anatomy survives a left-right mirroring only (a bare loop on seven
+            subcortical structures of a real T1 brain stalled at loss 1.19 with every mirroring and
+            rotation, fell to 0.63 without): the front ends give NIfTI volumes ``(-1,)``, X after
+            their reorientation to RAS+ (:func:`~.io.fixed_orientation`).
         downsample: New native 3D semantic models: train (and later predict) on a grid this many
             times coarser than the volumes'; ``None`` (the default): 2 where the classes look alike
             and are told apart by place (atlas regions), the crop sees little of the volume and the
