@@ -256,7 +256,7 @@ class FinetuneWidget(Container):
             time_budget=self.minutes.value * 60 or None,
             freeze_encoder=self.freeze.value,
             voxel_size=scale if any(s != 1 for s in scale) else None,  # the layer's scale: into the card
-            mirror_axes=fixed_orientation([p[0].metadata.get("segsuite_source", {}).get("path") for p in pairs]),
+            mirror_axes=fixed_orientation([(p[0].metadata.get("segsuite_source") or {}).get("path") for p in pairs]),
         )
         self._cancel.clear()
 
