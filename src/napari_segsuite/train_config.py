@@ -39,7 +39,9 @@ class TrainConfig:
             in Y/X). A brain MRI's anatomy survives a left-right mirroring only (a bare loop on seven
             subcortical structures of a real T1 brain stalled at loss 1.19 with every mirroring and
             rotation, fell to 0.63 without): the front ends give NIfTI volumes ``(-1,)``, X after
-            their reorientation to RAS+ (:func:`~.io.fixed_orientation`).
+            their reorientation to RAS+ (:func:`~.io.fixed_orientation`). Kept only where the classes
+            are told apart by place (:func:`~.grid.told_apart_by_place`); classes that look different
+            (tissue) gain from every mirroring whatever the file, and train with them.
         downsample: New native 3D semantic models: train (and later predict) on a grid this many
             times coarser than the volumes'; ``None`` (the default): 2 where the classes look alike
             and are told apart by place (atlas regions), the crop sees little of the volume and the

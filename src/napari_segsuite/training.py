@@ -27,7 +27,7 @@ from .averaging import WeightAverage
 from .checks import check_learnable, check_train_config
 from .distributed import Sync, world_size
 from .evaluation import calibrate_inference, calibration_helpers, evaluate_samples
-from .grid import choose_downsample, downsample_volume
+from .grid import choose_downsample, downsample_volume, told_apart_by_place
 from .heap import trim_heap
 from .inference import pick_device
 from .layout import autocast_dtype
@@ -118,7 +118,8 @@ def train(
             raise ValueError(
                 f"Nothing was trained: mirror axes {list(cfg.mirror_axes)} are not axes of a {card.spatial_dims}D model."
             )
-        card.mirror_axes = sorted({int(a) % card.spatial_dims for a in cfg.mirror_axes})
+        if card.mirror_axes is not None or told_apart_by_place(images, labels, card.ignore_value):
+            card.mirror_axes = sorted({int(a) % card.spatial_dims for a in cfg.mirror_axes})
     factor = _grid(model, images, labels, cfg, device.type)
     if factor > 1:  # a coarser grid (grid.py): the volumes, labels and unlabelled volumes averaged down
         images, labels, unlabelled = (

@@ -69,14 +69,20 @@ def test_nifti_sources_fix_the_orientation():
     assert fixed_orientation([]) is None
 
 
-def test_training_keeps_the_orientation_in_the_card(tmp_path):
-    img = np.random.default_rng(0).random((32, 32)).astype(np.float32)
-    lab = (img > 0.5).astype(np.uint8)
-    model = new_model("unet", label_values=[0, 1], depth=2, base_filters=4)
+def test_training_keeps_the_orientation_where_classes_are_told_apart_by_place(tmp_path):
+    rng = np.random.default_rng(0)
+    img = rng.random((32, 32)).astype(np.float32)
+    quarters = np.zeros((32, 32), np.uint8)  # four regions of one texture: told apart by place alone
+    quarters[:16, 16:], quarters[16:, :16], quarters[16:, 16:] = 1, 2, 3
+    model = new_model("unet", label_values=[0, 1, 2, 3], depth=2, base_filters=4)
     with pytest.raises(ValueError, match="mirror axes"):
-        drive(train(model, [img], [lab], TrainConfig(epochs=1, mirror_axes=(2,))))
+        drive(train(model, [img], [quarters], TrainConfig(epochs=1, mirror_axes=(2,))))
     cfg = TrainConfig(epochs=1, steps_per_epoch=2, patch_size=16, mirror_axes=(-1,), calibrate=False)
-    res = drive(train(model, [img], [lab], cfg))
+    res = drive(train(model, [img], [quarters], cfg))
     assert res.model.card.mirror_axes == [1]
     save_model(res.model, tmp_path / "m")
     assert load_model(tmp_path / "m").card.mirror_axes == [1]
+    # classes that look different train with every mirroring and rotation, whatever the file says
+    bright = img + quarters.astype(np.float32)
+    model = new_model("unet", label_values=[0, 1, 2, 3], depth=2, base_filters=4)
+    assert drive(train(model, [bright], [quarters], cfg)).model.card.mirror_axes is None
