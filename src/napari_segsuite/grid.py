@@ -13,7 +13,7 @@ and interpolates the class probabilities back up (:func:`~.inference.predict_map
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -73,26 +73,20 @@ def told_apart_by_place(images: Sequence[np.ndarray], labels: Sequence[np.ndarra
 
 
 def choose_downsample(
-    card: Any,
-    images: Sequence[np.ndarray],
-    labels: Sequence[np.ndarray],
-    shapes: Sequence[tuple[int, ...]],
-    crop: tuple[int, ...],
-    ratio: float,
+    card: Any, shapes: Sequence[tuple[int, ...]], crop: tuple[int, ...], ratio: float, by_place: Callable[[], bool]
 ) -> int:
     """The factor (1 or 2) by which a new native 3D semantic model of ``card`` trains on volumes of
     spatial ``shapes`` whose full-grid crop is ``crop``: 2 where the classes are told apart by place
-    (:func:`look_alike_share`), the crop spans under :data:`CROP_SHARE` of the volume along an axis, and
-    the voxels are about isotropic (``ratio``: Z spacing over Y/X spacing, under 1.5)."""
+    (``by_place``: :func:`told_apart_by_place` on the training data, asked last, as it reads every
+    voxel), the crop spans under :data:`CROP_SHARE` of the volume along an axis, and the voxels are
+    about isotropic (``ratio``: Z spacing over Y/X spacing, under 1.5)."""
     from .tasks import get_task
 
     task = get_task(card.kind)  # class maps alone: interpolated back, they are the answer
     if card.spatial_dims != 3 or task.gives_ids or not task.gives_classes or ratio >= 1.5:
         return 1
     small = any(c < CROP_SHARE * max(sh[a] for sh in shapes) for a, c in enumerate(crop))
-    if not small or not told_apart_by_place(images, labels, card.ignore_value):
-        return 1
-    return 2
+    return 2 if small and by_place() else 1
 
 
 def coarse_shape(shape: Sequence[int], factor: int) -> tuple[int, ...]:

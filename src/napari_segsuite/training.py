@@ -10,6 +10,7 @@ step and returning a :class:`TrainResult` whose model is the best one on the val
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import math
 import time
@@ -113,14 +114,16 @@ def train(
     check_train_config(cfg)
     if cfg.voxel_size is not None:  # before the targets: 3D object rings follow it
         card.voxel_size = [float(v) for v in cfg.voxel_size]
+    # whether the classes are told apart by place (grid.py) decides orientation and grid: read once, if asked
+    by_place = functools.cache(partial(told_apart_by_place, images, labels, card.ignore_value))
     if cfg.mirror_axes is not None:
         if any(not -card.spatial_dims <= a < card.spatial_dims for a in cfg.mirror_axes):
             raise ValueError(
                 f"Nothing was trained: mirror axes {list(cfg.mirror_axes)} are not axes of a {card.spatial_dims}D model."
             )
-        if card.mirror_axes is not None or told_apart_by_place(images, labels, card.ignore_value):
+        if card.mirror_axes is not None or by_place():
             card.mirror_axes = sorted({int(a) % card.spatial_dims for a in cfg.mirror_axes})
-    factor = _grid(model, images, labels, cfg, device.type)
+    factor = _grid(model, labels, cfg, device.type, by_place)
     if factor > 1:  # a coarser grid (grid.py): the volumes, labels and unlabelled volumes averaged down
         images, labels, unlabelled = (
             [downsample_volume(np.asarray(a), factor, labels=k == 1, channels_last=np.ndim(a) == 4) for a in arrays]
@@ -378,7 +381,7 @@ def _annotate(
 
 
 def _grid(
-    model: SegModel, images: Sequence[np.ndarray], labels: Sequence[np.ndarray], cfg: TrainConfig, device: str
+    model: SegModel, labels: Sequence[np.ndarray], cfg: TrainConfig, device: str, by_place: Callable[[], bool]
 ) -> int:
     """How many times coarser than the volumes' own the grid ``model`` trains on is (:mod:`.grid`): a
     model trained before (being fine-tuned) keeps its own, ``cfg.downsample`` where given, else the data's choice."""
@@ -397,7 +400,7 @@ def _grid(
     voxel = cfg.voxel_size or card.voxel_size
     ratio = float(voxel[0]) / float(min(voxel[1:])) if voxel is not None and len(voxel) == 3 else 1.0
     crop = plan_for(card, shapes, cfg, device).patch
-    return choose_downsample(card, images, labels, shapes, crop, ratio)
+    return choose_downsample(card, shapes, crop, ratio, by_place)
 
 
 def _classes(samples: list[Sample]) -> set[int]:

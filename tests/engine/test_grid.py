@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from napari_segsuite.blockwise import segment_blocks
-from napari_segsuite.grid import choose_downsample, downsample_volume, look_alike_share
+from napari_segsuite.grid import choose_downsample, downsample_volume, look_alike_share, told_apart_by_place
 from napari_segsuite.inference import predict_maps, segment
 from napari_segsuite.model_files import load_model, new_model, save_model
 from napari_segsuite.progress import drive
@@ -38,11 +38,15 @@ def test_classes_told_apart_by_place_get_a_coarser_grid():
     assert look_alike_share([img], [lab]) >= 0.8  # the four regions look alike; the rest does not
     assert look_alike_share(*map(list, zip(_regions(distinct=True)))) == 0.0
     shapes = [lab.shape]
-    assert choose_downsample(_card(), [img], [lab], shapes, (16, 16, 16), ratio=1.0) == 2
-    assert choose_downsample(_card(), [img], [lab], shapes, (48, 64, 64), ratio=1.0) == 1  # the crop sees it all
-    assert choose_downsample(_card(), [img], [lab], shapes, (16, 16, 16), ratio=3.0) == 1  # thick slices
+
+    def place():
+        return told_apart_by_place([img], [lab])
+
+    assert choose_downsample(_card(), shapes, (16, 16, 16), 1.0, place) == 2
+    assert choose_downsample(_card(), shapes, (48, 64, 64), 1.0, place) == 1  # the crop sees it all
+    assert choose_downsample(_card(), shapes, (16, 16, 16), 3.0, place) == 1  # thick slices
     d_img, d_lab = _regions(distinct=True)
-    assert choose_downsample(_card(), [d_img], [d_lab], shapes, (16, 16, 16), ratio=1.0) == 1
+    assert choose_downsample(_card(), shapes, (16, 16, 16), 1.0, lambda: told_apart_by_place([d_img], [d_lab])) == 1
 
 
 def test_downsampling_averages_intensities_and_keeps_label_values():
