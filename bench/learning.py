@@ -26,6 +26,9 @@ Cases (each trains from random weights under ``--seconds`` and scores the held-o
   isotropic volume), `unet3d-instance`, one volume -> another, AP50. Generated, not real.
 
     .venv/bin/python bench/learning.py --seconds 120 [--cases isbi,isbi-3d] [--json]
+
+``--config position=false,downsample=1`` sets TrainConfig fields; ``SEGSUITE_FREQ=1,2,4`` the
+frequencies of a place-reading model's sines and cosines (``SEGSUITE_FREQ=`` none: the place alone).
 """
 
 from __future__ import annotations
@@ -220,6 +223,7 @@ def run(
     build: dict[str, Any] | None = None,
     save: str | None = None,
     batch: int | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     c = case(name)
     (ti, tl), (vi, vl) = c["train"], c["test"]
@@ -233,6 +237,8 @@ def run(
         cfg.average = average
     if batch:
         cfg.batch_size = batch
+    for k, v in (settings or {}).items():  # TrainConfig fields, e.g. position=false
+        setattr(cfg, k, tuple(v) if isinstance(v, list) else v)
     if steps:  # a fixed number of steps, in epochs of 20, whatever the machine's load
         cfg.time_budget, cfg.epochs, cfg.steps_per_epoch, cfg.patience = None, max(1, steps // 20), 20, 0
     t0 = time.monotonic()
@@ -259,11 +265,16 @@ def run(
         "val_score": round(float((res.model.card.metrics or {}).get("score", float("nan"))), 4),
         "tta": res.model.card.tta,
         "downsample": res.model.card.downsample,
+        "position": res.model.card.position,
         "postprocessing": res.model.card.postprocessing,
     }
 
 
 def main() -> int:
+    if os.environ.get("SEGSUITE_FREQ") is not None:  # an experiment: other frequencies of the place
+        import napari_segsuite.geometry as geometry
+
+        geometry.FREQUENCIES = tuple(int(f) for f in os.environ["SEGSUITE_FREQ"].split(",") if f)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=120)
     ap.add_argument("--cases", default="isbi,isbi-cells,isbi-3d,nuclei-3d")
@@ -283,6 +294,9 @@ def main() -> int:
         "--build", default="", help="builder arguments as JSON values, e.g. 'distance=false,base_filters=32'"
     )
     ap.add_argument("--batch", type=int, default=None, help="TrainConfig.batch_size (the most crops a step takes)")
+    ap.add_argument(
+        "--config", default="", help="TrainConfig fields as JSON values, e.g. 'position=false,downsample=1'"
+    )
     ap.add_argument("--json", action="store_true", help="one JSON line per case instead of the table")
     ap.add_argument("--save", default=None, help="save each trained model into this folder (CASE-seedN)")
     args = ap.parse_args()
@@ -308,6 +322,7 @@ def main() -> int:
             build,
             args.save,
             args.batch,
+            {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.config.split(",") if kv)},
         )
         if args.json:
             print(json.dumps(r), flush=True)

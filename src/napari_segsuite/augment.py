@@ -99,6 +99,7 @@ def crop_batch(
     noise: torch.Generator | None = None,
     index: ClassIndex | None = None,
     mirror_axes: Sequence[int] | None = None,
+    places: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A batch of random crops of size ``patch`` (2D ``(p, p)`` or 3D ``(pz, p, p)``), augmented; pixel
     noise is drawn from ``noise`` (default: torch's global generator). With ``index``, a share
@@ -108,7 +109,10 @@ def crop_batch(
     ``None``: all of them, and square crops are also rotated by multiples of 90 degrees in Y/X
     (microscopy has no up or down). Given, crops are mirrored along those axes only and never
     rotated: images of a fixed orientation, such as a brain MRI whose anatomy survives a left-right
-    mirroring but not an upside-down one (:attr:`~.train_config.TrainConfig.mirror_axes`)."""
+    mirroring but not an upside-down one (:attr:`~.train_config.TrainConfig.mirror_axes`).
+
+    ``places``: the samples' last channels that are position channels (:mod:`.position`): cropped,
+    scaled, deformed and mirrored with the image, never changed in intensity."""
     weights = np.array([s.x[0].size for s in train], dtype=np.float64)
     nd = len(patch)
     xs, ys = [], []
@@ -145,6 +149,7 @@ def crop_batch(
                 x, y = torch.rot90(x, k, (-2, -1)), torch.rot90(y, k, (-2, -1))
             if nd == 2 and rng.random() < ELASTIC_P:
                 x, y = elastic(x, y, rng)
+            x, where = (x[: x.shape[0] - places], x[x.shape[0] - places :]) if places else (x, None)
             if rng.random() < 0.5:  # gamma, within each channel's own range
                 lo = x.amin(dim=tuple(range(1, x.ndim)), keepdim=True)
                 hi = x.amax(dim=tuple(range(1, x.ndim)), keepdim=True)
@@ -156,6 +161,7 @@ def crop_batch(
             x = x * gain + shift
             if rng.random() < 0.5:  # ``noise``: a generator of its own, so no other thread's torch calls disturb it
                 x = x + float(rng.uniform(0, 0.08)) * torch.randn(x.shape, generator=noise)
+            x = x if where is None else torch.cat([x, where])
         xs.append(x)
         ys.append(y)
     return torch.stack(xs), torch.stack(ys)

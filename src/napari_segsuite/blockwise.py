@@ -234,10 +234,10 @@ def segment_blocks(
     Returns:
         ``outputs``, and ``"objects"``: the number of objects where there are ids.
     """
-    if model.card.downsample > 1:
-        raise ValueError(
-            f"Model {model.name!r} sees volumes on a {model.card.downsample}x coarser grid; segment it whole, not block by block."
-        )
+    if model.card.downsample > 1 or model.card.position:
+        why = "reads where each voxel lies in the whole volume" if model.card.position else "sees volumes on a "
+        why += "" if model.card.position else f"{model.card.downsample}x coarser grid"
+        raise ValueError(f"Model {model.name!r} {why}; segment it whole, not block by block.")
     job = make_job(model, data, **settings)
     if job.volume and job.per_slice and isinstance(block, int):
         block = (max(1, min(block, 64)), block, block)  # slices are cheap to read: thinner blocks

@@ -70,6 +70,10 @@ class ModelCard(BaseModel):
             rotations either way. ``None``: any orientation (all mirrorings, 90-degree rotations).
         downsample: Native 3D models: the model sees volumes on a grid this many times coarser than
             the input's (averaged down before, class probabilities interpolated back after; :mod:`.grid`).
+        position: The network reads, besides the image, where each pixel or voxel lies in it: one
+            channel per spatial axis after the image's, then a sine and a cosine of it at each of
+            ``position_frequencies`` (:mod:`.position`).
+        position_frequencies: The frequencies of a place-reading model's sines and cosines.
         parent: The model this one was fine-tuned from (``name``, ``path``, ``metrics``).
         training: Training summary (samples, steps, seconds, history, settings).
         metrics: Validation metrics of the kept model (the task's, plus ``score`` and ``loss``).
@@ -101,6 +105,8 @@ class ModelCard(BaseModel):
     tta: bool = False
     mirror_axes: list[int] | None = None
     downsample: int = Field(default=1, ge=1, le=8)
+    position: bool = False
+    position_frequencies: list[int] = Field(default_factory=list, max_length=8)
     parent: dict[str, Any] | None = None
     training: dict[str, Any] | None = None
     metrics: dict[str, Any] | None = None

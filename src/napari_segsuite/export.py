@@ -75,6 +75,13 @@ def check_exportable(model: SegModel, fmt: str) -> None:
             f"{model.name} FILE), which napari-segsuite reads and fine-tunes; {', '.join(FORMATS)} take models "
             "that output maps (semantic, instance-map and panoptic models)."
         )
+    card = model.card
+    if card.position or card.downsample > 1:  # the exported network would be given the image alone, on its own grid
+        what = "where each voxel lies besides the image" if card.position else f"volumes {card.downsample}x coarser"
+        raise ValueError(
+            f"'{model.name}' reads {what}, which a {fmt} network is not given. Share it as a .segsuite.zip "
+            f"instead (segsuite models --export {model.name} FILE), which napari-segsuite reads and fine-tunes."
+        )
 
 
 def size_steps(model: SegModel) -> tuple[int, ...]:

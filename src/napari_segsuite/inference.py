@@ -18,6 +18,7 @@ from .grid import downsample_volume, upsample_maps
 from .heap import reuse_freed_memory
 from .model_files import SegModel
 from .models.base import ObjectModel
+from .position import with_position
 from .preprocess import LabelMap, infer_axes, normalize, to_slices
 from .progress import Progress, Work, map_progress
 from .tasks import Segmentation, get_task, instance
@@ -77,6 +78,7 @@ def predict_maps(
     full = x.shape[1:]
     if factor > 1 and card.spatial_dims == 3 and x.ndim == 4:
         x = downsample_volume(x, factor)
+    x = with_position(x, card)  # a model that reads its place: where each voxel lies in the whole image
     maps = yield from predict_probs(
         model.module,
         x,

@@ -22,6 +22,7 @@ from torch import nn
 from .card import CardError, ModelCard
 from .layout import apply_layout
 from .models import get_spec
+from .position import input_channels
 from .preprocess import DEFAULT_NORMALIZATION
 
 WEIGHTS_FILE, CARD_FILE = "model.safetensors", "model.json"
@@ -78,7 +79,13 @@ def _build_module(card: ModelCard, source: str) -> nn.Module:
             what = f"is a {want}D model" if field == "spatial_dims" else f"takes inputs in multiples of {want} pixel(s)"
             raise CardError(f"{source}: field {field!r}: {card.architecture!r} {what}, not {got}.")
 
-    return _build_checked(spec, card.num_classes, card.in_channels, card.build, f"{source}: field 'build': ", CardError)
+    where = f"{source}: field 'build': "
+    return _build_checked(spec, card.num_classes, input_channels(card), card.build, where, CardError)
+
+
+def fresh_module(card: ModelCard) -> nn.Module:
+    """A new, untrained network of ``card`` (its architecture, arguments and input channels)."""
+    return _build_module(card, "model card")
 
 
 def _build_checked(

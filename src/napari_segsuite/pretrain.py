@@ -46,12 +46,15 @@ def damage(x: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.T
     return torch.where(mask, torch.zeros_like(x), noisy), mask
 
 
-def pretext_loss(module: nn.Module, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+def pretext_loss(module: nn.Module, x: torch.Tensor, gen: torch.Generator, places: int = 0) -> torch.Tensor:
     """Squared error of the first output map against the clean grey image: in full on the blanked
-    pixels, a tenth of it on the visible ones (which only need denoising)."""
-    damaged, mask = damage(x.cpu(), gen)
+    pixels, a tenth of it on the visible ones (which only need denoising). ``places``: the last
+    channels are position channels (:mod:`.position`), given as they are."""
+    image = x[:, : x.shape[1] - places]
+    damaged, mask = damage(image.cpu(), gen)
+    damaged = torch.cat([damaged, x[:, image.shape[1] :].cpu()], 1) if places else damaged
     damaged, mask = damaged.to(x.device), mask.to(x.device)
-    target = x.mean(1, keepdim=True)
+    target = image.mean(1, keepdim=True)
     err = (module(damaged)[:, :1].float() - target) ** 2
     return err[mask].mean() + 0.1 * err.mean() if mask.any() else err.mean()
 
@@ -92,6 +95,7 @@ def pretrain(
     seed: int = 0,
     cancel: Callable[[], bool] | None = None,
     reset: bool = True,
+    places: int = 0,
 ) -> Work[int]:
     """Pre-train ``module`` on normalised ``(C, *spatial)`` images for ``steps`` steps or ``seconds``
     (whichever comes first), then re-initialise its output layer (unless ``reset`` is False).
@@ -125,7 +129,7 @@ def pretrain(
         for g in opt.param_groups:  # short warm-up, then cosine
             g["lr"] = lr * min(1.0, (step + 1) / 10) * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
         x = crops(images, patch, batch_size, rng).to(device)
-        loss = pretext_loss(module, x, gen)
+        loss = pretext_loss(module, x, gen, places)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -152,6 +156,7 @@ def pretrain_share(
     cfg: Any,
     total: int,
     cancel: Callable[[], bool] | None,
+    places: int = 0,
 ) -> Work[float | None]:
     """Training's pre-training: ``cfg.pretrain`` (a :class:`~.training.TrainConfig`) of its time
     budget, or of its ``total`` steps without one, on ``pool``; reported as step 0 of ``total``.
@@ -171,6 +176,7 @@ def pretrain_share(
         seconds=cfg.pretrain * budget if budget else None,
         seed=cfg.seed,
         cancel=cancel,
+        places=places,
     )
     steps = yield from map_progress(work, lambda p: Progress(0, total, p.note, p.metrics))
     log.info("pre-trained for %d steps in %.0f s", steps, time.monotonic() - t0)

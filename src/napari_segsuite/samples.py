@@ -10,6 +10,7 @@ import numpy as np
 
 from .checks import check_image_array, check_label_array
 from .model_files import SegModel
+from .position import with_position
 from .preprocess import infer_axes, normalize, to_slices
 from .tasks import IGNORE, Targets, get_task
 
@@ -123,10 +124,10 @@ def prepare_samples(
         truth = task.targets(
             model, np.asarray(lab).reshape((-1, *spatial)), inst, per_slice=not three_d, name=name, strict=strict
         )
-        if three_d:
-            samples.append(Sample(np.ascontiguousarray(np.moveaxis(x, 0, 1)), truth))
+        if three_d:  # the place of each voxel in the whole volume, where the model reads it (position.py)
+            samples.append(Sample(with_position(np.ascontiguousarray(np.moveaxis(x, 0, 1)), card), truth))
         else:
-            samples += [Sample(xs, _slice(truth, z)) for z, xs in enumerate(x)]
+            samples += [Sample(with_position(xs, card), _slice(truth, z)) for z, xs in enumerate(x)]
     return samples
 
 
@@ -138,7 +139,8 @@ def unlabelled_inputs(model: SegModel, images: Sequence[np.ndarray], rgb: bool |
     for i, img in enumerate(images):
         check_image_array(img, f"Unlabelled image {i + 1}", rgb=rgb)
         x = normalize(to_slices(img, infer_axes(np.shape(img), rgb), card.in_channels), card.normalization)
-        out += [np.ascontiguousarray(np.moveaxis(x, 0, 1))] if card.spatial_dims == 3 else list(x)
+        xs = [np.ascontiguousarray(np.moveaxis(x, 0, 1))] if card.spatial_dims == 3 else list(x)
+        out += [with_position(v, card) for v in xs]
     return out
 
 

@@ -47,6 +47,9 @@ class TrainConfig:
             and are told apart by place (atlas regions), the crop sees little of the volume and the
             voxels are about isotropic, else 1 (:func:`~.grid.choose_downsample`). A model being
             fine-tuned keeps its own.
+        position: New semantic models: read, besides the image, where each pixel or voxel lies in it
+            (:mod:`.position`); ``None`` (the default): where the images have a fixed orientation
+            (``mirror_axes``) and the classes are told apart by place (:func:`~.position.choose_position`).
         device: ``"auto"`` (CUDA, MPS, CPU), or a torch device string.
         amp: Mixed precision: bfloat16 (or float16) on CUDA, bfloat16 on CPUs with AMX (:func:`~.layout.autocast_dtype`).
         seed: Seed of crops, augmentation and initial split.
@@ -87,6 +90,7 @@ class TrainConfig:
     augment: bool = True
     mirror_axes: tuple[int, ...] | None = None
     downsample: int | None = None
+    position: bool | None = None
     device: str = "auto"
     amp: bool = True
     seed: int = 0

@@ -10,7 +10,6 @@ step and returning a :class:`TrainResult` whose model is the best one on the val
 from __future__ import annotations
 
 import copy
-import functools
 import logging
 import math
 import time
@@ -28,13 +27,15 @@ from .averaging import WeightAverage
 from .checks import check_learnable, check_train_config
 from .distributed import Sync, world_size
 from .evaluation import calibrate_inference, calibration_helpers, evaluate_samples
-from .grid import choose_downsample, downsample_volume, told_apart_by_place
+from .geometry import settle_geometry
+from .grid import downsample_volume
 from .heap import trim_heap
 from .inference import pick_device
 from .layout import autocast_dtype
 from .model_files import SegModel, save_model
 from .models.base import ObjectModel, encoder_of
-from .plan import TrainPlan, plan, plan_for
+from .plan import TrainPlan, plan
+from .position import input_channels
 from .pretrain import pretrain_share
 from .progress import Progress, Work
 from .samples import Sample, pad_to, prepare_samples, split_samples, unlabelled_inputs
@@ -114,16 +115,7 @@ def train(
     check_train_config(cfg)
     if cfg.voxel_size is not None:  # before the targets: 3D object rings follow it
         card.voxel_size = [float(v) for v in cfg.voxel_size]
-    # whether the classes are told apart by place (grid.py) decides orientation and grid: read once, if asked
-    by_place = functools.cache(partial(told_apart_by_place, images, labels, card.ignore_value))
-    if cfg.mirror_axes is not None:
-        if any(not -card.spatial_dims <= a < card.spatial_dims for a in cfg.mirror_axes):
-            raise ValueError(
-                f"Nothing was trained: mirror axes {list(cfg.mirror_axes)} are not axes of a {card.spatial_dims}D model."
-            )
-        if card.mirror_axes is not None or by_place():
-            card.mirror_axes = sorted({int(a) % card.spatial_dims for a in cfg.mirror_axes})
-    factor = _grid(model, labels, cfg, device.type, by_place)
+    factor = settle_geometry(model, images, labels, cfg, device.type)  # orientation, place, grid
     if factor > 1:  # a coarser grid (grid.py): the volumes, labels and unlabelled volumes averaged down
         images, labels, unlabelled = (
             [downsample_volume(np.asarray(a), factor, labels=k == 1, channels_last=np.ndim(a) == 4) for a in arrays]
@@ -164,9 +156,10 @@ def train(
     t0 = t_start = time.monotonic()
     budget = cfg.time_budget
     patience = cfg.patience if cfg.patience is not None else (0 if budget else DEFAULT_PATIENCE)
+    places = input_channels(card) - card.in_channels  # position channels: not augmented, not damaged
     if cfg.pretrain > 0 and not card.parent:
         pool = [s.x for s in train_s] + unlabelled_inputs(model, unlabelled or [], rgb)
-        budget = yield from pretrain_share(module, pool, patch, batch_size, peak_lr, device, cfg, total, cancel)
+        budget = yield from pretrain_share(module, pool, patch, batch_size, peak_lr, device, cfg, total, cancel, places)
         t0 = time.monotonic()
     best_iou, best_state, best_metrics, best_epoch, kept_epoch = -1.0, None, None, 0, 0
     history: list[dict[str, float]] = []
@@ -207,7 +200,8 @@ def train(
     ]
     mirror = card.mirror_axes  # a model fine-tuned keeps its orientation's
     makers = [
-        partial(crop_batch, train_s, patch, batch_size, r, cfg.augment, g, index, mirror_axes=mirror) for r, g in gens
+        partial(crop_batch, train_s, patch, batch_size, r, cfg.augment, g, index, mirror_axes=mirror, places=places)
+        for r, g in gens
     ]
     batches = Batches(makers, enabled=cfg.prefetch and background_batches(device.type))
     last_val_end, last_val_seconds, validated_step = t0, 0.0, -1
@@ -378,29 +372,6 @@ def _annotate(
         "previous": {k: v for k, v in prev.items() if k != "history"} if prev else None,
     }
     model.card.metrics = metrics
-
-
-def _grid(
-    model: SegModel, labels: Sequence[np.ndarray], cfg: TrainConfig, device: str, by_place: Callable[[], bool]
-) -> int:
-    """How many times coarser than the volumes' own the grid ``model`` trains on is (:mod:`.grid`): a
-    model trained before (being fine-tuned) keeps its own, ``cfg.downsample`` where given, else the data's choice."""
-    card = model.card
-    if card.parent or card.training:
-        return card.downsample
-    if cfg.downsample is not None:
-        if cfg.downsample > 1 and card.spatial_dims != 3:
-            raise ValueError(
-                f"Nothing was trained: a coarser grid (downsample {cfg.downsample}) is for native 3D models."
-            )
-        return cfg.downsample
-    shapes = [tuple(np.shape(lab)) for lab in labels]
-    if card.spatial_dims != 3 or any(len(sh) != 3 for sh in shapes):
-        return 1
-    voxel = cfg.voxel_size or card.voxel_size
-    ratio = float(voxel[0]) / float(min(voxel[1:])) if voxel is not None and len(voxel) == 3 else 1.0
-    crop = plan_for(card, shapes, cfg, device).patch
-    return choose_downsample(card, shapes, crop, ratio, by_place)
 
 
 def _classes(samples: list[Sample]) -> set[int]:

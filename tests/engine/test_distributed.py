@@ -32,7 +32,7 @@ from napari_segsuite.progress import drive
 from napari_segsuite.tasks import semantic
 
 
-def fixed_crops(train, patch, n, rng, augment, noise=None, index=None, mirror_axes=None, _step=[0]):
+def fixed_crops(train, patch, n, rng, augment, noise=None, index=None, mirror_axes=None, places=0, _step=[0]):
     """Step k's global batch (n x world size crops) is fixed; this process takes its share."""
     g = np.random.default_rng(1000 + _step[0])
     _step[0] += 1
