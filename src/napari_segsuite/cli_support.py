@@ -30,7 +30,7 @@ def _bar(desc: str):
         bar.n = p.step
         bar.set_postfix_str(p.note, refresh=False)
         bar.refresh()
-        if "val_loss" in p.metrics and not other_rank:  # one line per epoch, also in logs of non-interactive jobs
+        if ("val_loss" in p.metrics or "setup" in p.metrics) and not other_rank:  # also in non-interactive logs
             tqdm.write(p.note, file=sys.stderr)
 
     return bar, update

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Sequence
 from functools import partial
+from typing import Any
 
 import numpy as np
 
@@ -75,3 +76,16 @@ def _grid(
     ratio = float(voxel[0]) / float(min(voxel[1:])) if voxel is not None and len(voxel) == 3 else 1.0
     crop = plan_for(card, shapes, cfg, device).patch
     return choose_downsample(card, shapes, crop, ratio, by_place)
+
+
+def describe_geometry(card: Any, factor: int) -> str:
+    """One sentence on the orientation, grid and place chosen for ``card`` (empty where all are the defaults)."""
+    parts = []
+    if card.mirror_axes is not None:
+        axes = "ZYX"[-card.spatial_dims :]
+        parts.append(f"mirrored along {', '.join(axes[a] for a in card.mirror_axes) or 'no axis'} only")
+    if factor > 1:
+        parts.append(f"on a {factor}x coarser grid")
+    if card.position:
+        parts.append("reading where each voxel lies")
+    return "training " + ", ".join(parts) if parts else ""

@@ -8,9 +8,10 @@ Per spatial axis, the place ``c`` from -1 at the image's first edge to 1 at its 
 sines and cosines at a few frequencies (:data:`FREQUENCIES`; as in the Fourier features of NeRF and
 Tancik et al. 2020: a network learns sharp functions of its place far more easily from them than from
 ``c`` alone). Along an axis the images may be mirrored along (``card.mirror_axes``: left-right in a
-brain) ``c`` is the distance from the middle, 0 to 1, which mirroring leaves true: a mirrored crop
-shows what its mirror image would, and the place of the mirrored voxel lies as far from the middle. Only models of a fixed
-orientation read their place (images turned by 90 degrees would swap the channels' meanings).
+brain) ``c`` is the distance from the middle, 0 to 1, which mirroring leaves true (and so its sines
+and cosines): a mirrored crop shows what its mirror image would, and the place of the mirrored voxel
+lies as far from the middle. Only models of a fixed orientation read their place (images turned by 90
+degrees would swap the channels' meanings).
 
 Samples carry the channels from :func:`~.samples.prepare_samples` on, so a slab held out for
 validation, a crop, a coarser grid or a Y/X mirroring keep each voxel's place in the whole image;

@@ -27,7 +27,7 @@ from .averaging import WeightAverage
 from .checks import check_learnable, check_train_config
 from .distributed import Sync, world_size
 from .evaluation import calibrate_inference, calibration_helpers, evaluate_samples
-from .geometry import settle_geometry
+from .geometry import describe_geometry, settle_geometry
 from .grid import downsample_volume
 from .heap import trim_heap
 from .inference import pick_device
@@ -166,6 +166,8 @@ def train(
     stopped, step, epoch = "epochs", 0, 0
     running: list[float] = []
     parent_val = None
+    if setup := describe_geometry(card, factor):  # what the data chose (geometry.py), said once
+        yield Progress(0, total, setup, {"setup": 1.0})
     if card.parent:  # fine-tuning: score the starting model on the same validation images first
         parent_val = evaluate_samples(model, val_s, device, use_amp, val_tile)
         yield Progress(

@@ -80,7 +80,9 @@ def test_training_chooses_position_from_the_data_and_the_saved_model_reads_it(tm
     img, lab = _bands(0)
     cfg = TrainConfig(epochs=1, steps_per_epoch=2, patch_size=32, mirror_axes=(-1,), calibrate=False)
     model = new_model("unet", label_values=[1, 2, 3], depth=2, base_filters=4)
-    res = drive(train(model, [img], [lab], cfg))
+    notes = []
+    res = drive(train(model, [img], [lab], cfg), lambda p: notes.append(p.note) if "setup" in p.metrics else None)
+    assert notes == ["training mirrored along X only, reading where each voxel lies"]  # said to the user once
     card = res.model.card
     assert card.position and card.mirror_axes == [1] and card.position_frequencies == list(FREQUENCIES)
     n = 1 + 2 * (1 + 2 * len(FREQUENCIES))  # image + Y and X, each with a sine and a cosine per frequency
