@@ -37,7 +37,8 @@ def settle_geometry(
             raise ValueError(
                 f"Nothing was trained: mirror axes {list(cfg.mirror_axes)} are not axes of a {card.spatial_dims}D model."
             )
-        if card.mirror_axes is not None or by_place():
+        # a model that reads its place keeps the axes its place is folded along (position.py)
+        if not card.position and (card.mirror_axes is not None or by_place()):
             card.mirror_axes = sorted({int(a) % card.spatial_dims for a in cfg.mirror_axes})
     if not (card.parent or card.training):
         want = choose_position(card, by_place) if cfg.position is None else cfg.position

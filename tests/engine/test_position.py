@@ -92,6 +92,9 @@ def test_training_chooses_position_from_the_data_and_the_saved_model_reads_it(tm
     loaded = load_model(tmp_path / "m")
     assert loaded.card.position and drive(evaluate(loaded, [img], [lab]))["mean_iou"] == pytest.approx(before)
     assert with_position(np.zeros((1, 5, 5), np.float32), loaded.card).shape == (n, 5, 5)
+    # fine-tuned, it keeps the axes its place is folded along, whatever mirror axes it is given
+    again = TrainConfig(epochs=1, steps_per_epoch=1, patch_size=32, mirror_axes=(0,), calibrate=False)
+    assert drive(train(load_model(tmp_path / "m"), [img], [lab], again)).model.card.mirror_axes == [1]
     with pytest.raises(ValueError, match="where each voxel lies"):
         check_exportable(loaded, "onnx")
     with pytest.raises(ValueError, match="block by block"):
