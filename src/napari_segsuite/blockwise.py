@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from .blockplan import BLOCK, HALO, Block, Job, block_tiles, make_job, plan_blocks, tile_cache
+from .geometry import whole_input_only
 from .heap import trim_heap
 from .inference import mirrors, pick_device, transposes
 from .lazy_io import Source, read_block
@@ -234,9 +235,7 @@ def segment_blocks(
     Returns:
         ``outputs``, and ``"objects"``: the number of objects where there are ids.
     """
-    if model.card.downsample > 1 or model.card.position:
-        why = "reads where each voxel lies in the whole volume" if model.card.position else "sees volumes on a "
-        why += "" if model.card.position else f"{model.card.downsample}x coarser grid"
+    if why := whole_input_only(model.card):
         raise ValueError(f"Model {model.name!r} {why}; segment it whole, not block by block.")
     job = make_job(model, data, **settings)
     if job.volume and job.per_slice and isinstance(block, int):

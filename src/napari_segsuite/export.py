@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .geometry import whole_input_only
 from .model_files import SegModel
 from .models import get_spec
 from .preprocess import infer_axes, normalize, to_slices
@@ -75,12 +76,10 @@ def check_exportable(model: SegModel, fmt: str) -> None:
             f"{model.name} FILE), which napari-segsuite reads and fine-tunes; {', '.join(FORMATS)} take models "
             "that output maps (semantic, instance-map and panoptic models)."
         )
-    card = model.card
-    if card.position or card.downsample > 1:  # the exported network would be given the image alone, on its own grid
-        what = "where each voxel lies besides the image" if card.position else f"volumes {card.downsample}x coarser"
+    if why := whole_input_only(model.card):  # an exported network is given the image alone, on its own grid
         raise ValueError(
-            f"'{model.name}' reads {what}, which a {fmt} network is not given. Share it as a .segsuite.zip "
-            f"instead (segsuite models --export {model.name} FILE), which napari-segsuite reads and fine-tunes."
+            f"'{model.name}' {why}, which a {fmt} network cannot. Share it as a .segsuite.zip instead "
+            f"(segsuite models --export {model.name} FILE), which napari-segsuite reads and fine-tunes."
         )
 
 

@@ -90,3 +90,14 @@ def describe_geometry(card: Any, factor: int) -> str:
     if card.position:
         parts.append("reading where each voxel lies")
     return "training " + ", ".join(parts) if parts else ""
+
+
+def whole_input_only(card: Any) -> str:
+    """Why a model of ``card`` must be given the whole image or volume, as it is (a phrase after its
+    name), or ``""``: it reads each voxel's place in the whole image (:mod:`.position`), or sees the
+    volume averaged down to a coarser grid (:mod:`.grid`). Blocks and exported networks cannot."""
+    if card.position:
+        return "reads where each voxel lies in the whole image"
+    if card.downsample > 1:
+        return f"sees volumes on a {card.downsample}x coarser grid"
+    return ""
