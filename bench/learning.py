@@ -266,6 +266,7 @@ def run(
         "tta": res.model.card.tta,
         "downsample": res.model.card.downsample,
         "position": res.model.card.position,
+        "weights": t.get("weights"),
         "postprocessing": res.model.card.postprocessing,
     }
 
@@ -275,6 +276,10 @@ def main() -> int:
         import napari_segsuite.geometry as geometry
 
         geometry.FREQUENCIES = tuple(int(f) for f in os.environ["SEGSUITE_FREQ"].split(",") if f)
+    if os.environ.get("SEGSUITE_BN") is not None:  # an experiment: batches that refresh the average's norm stats
+        import napari_segsuite.averaging as averaging
+
+        averaging.NORM_BATCHES = int(os.environ["SEGSUITE_BN"])
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=120)
     ap.add_argument("--cases", default="isbi,isbi-cells,isbi-3d,nuclei-3d")

@@ -10,7 +10,10 @@ are averaged the same way.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -73,3 +76,46 @@ class WeightAverage:
         torch._foreach_lerp_(shadow, live, 1.0 - d)
         for a, b in self._counts:
             a.copy_(b)
+
+
+#: Training batches whose batch-norm statistics replace the averaged ones before the average is scored
+#: (0: keep the averaged statistics). Averaged statistics belong to the weights they were measured
+#: with, not to the weights' mean (the stochastic weight averaging paper recomputes them the same way).
+NORM_BATCHES = 8
+
+
+@torch.no_grad()
+def refresh_norm_stats(
+    module: nn.Module, batches: Callable[[], torch.Tensor], count: int | None = None, autocast: Any = None
+) -> bool:
+    """Replace ``module``'s batch-norm running statistics by their plain mean over ``count`` batches.
+
+    Args:
+        module: A model whose forward takes the input batch alone (not an object model).
+        batches: Gives the next input batch, on the module's device.
+        count: Batches to measure (0: nothing changes; ``None``: :data:`NORM_BATCHES`).
+        autocast: A context manager factory the forward passes run under (mixed precision), or ``None``.
+
+    Returns:
+        Whether any statistics changed.
+    """
+    count = NORM_BATCHES if count is None else count
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms or count <= 0:
+        return False
+    momenta = [m.momentum for m in norms]
+    was_training = module.training
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative mean over the batches
+    module.train()
+    try:
+        for _ in range(count):
+            x = batches()
+            with autocast() if autocast is not None else contextlib.nullcontext():
+                module(x)
+    finally:
+        for m, mom in zip(norms, momenta):
+            m.momentum = mom
+        module.train(was_training)
+    return True

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from .augment import Batches, ClassIndex, background_batches, batch_threads, crop_batch
-from .averaging import WeightAverage
+from .averaging import WeightAverage, refresh_norm_stats
 from .checks import check_learnable, check_train_config
 from .distributed import Sync, world_size
 from .evaluation import calibrate_inference, calibration_helpers, evaluate_samples
@@ -152,6 +152,7 @@ def train(
     amp_dtype = autocast_dtype(device, cfg.amp)  # bfloat16 on CUDA and on CPUs with AMX (layout.py)
     use_amp = amp_dtype is not None
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and amp_dtype == torch.float16)
+    autocast = partial(torch.autocast, device.type, dtype=amp_dtype, enabled=use_amp)
 
     t0 = t_start = time.monotonic()
     budget = cfg.time_budget
@@ -223,7 +224,7 @@ def train(
                     g["lr"] = lr
                 x, y = batches.next()
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                with autocast():
                     loss = task.loss(net, x, y, card)
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
@@ -249,6 +250,8 @@ def train(
             ):
                 continue  # under a time budget validation takes at most VAL_SHARE of the time
             val_start = time.monotonic()
+            if average is not None and not isinstance(module, ObjectModel):  # the average's own statistics
+                refresh_norm_stats(average.module, lambda: batches.next()[0].to(device), autocast=autocast)
             val = evaluate_samples(scored, val_s, device, use_amp, val_tile)
             validated_step = step
             last_val_end = time.monotonic()
@@ -309,6 +312,15 @@ def train(
     finally:
         batches.close()
 
+    weights: dict[str, Any] = {"kept": "average" if average is not None else "latest"}
+    if average is not None and held_out and best_metrics is not None and stopped != "cancelled" and sync.main:
+        # the average against the latest weights, once: a run that ends while it still learns fast
+        # (a 3D atlas whose regions come late) does better with its latest weights than with a mean
+        # over the second half of the run, a run that has settled better with the mean
+        latest = evaluate_samples(model, val_s, device, use_amp, val_tile)
+        weights.update(average=best_metrics["score"], latest=latest["score"])
+        if latest["score"] > best_metrics["score"]:
+            best_state, best_metrics, kept_epoch, weights["kept"] = None, latest, epoch, "latest"
     if best_state is not None:
         module.load_state_dict(best_state)
     for p_ in module.parameters():  # a frozen encoder is frozen for this training only
@@ -321,6 +333,7 @@ def train(
             model.card.tta = True  # nothing to choose on: TTA's prior (it is kept unless it loses, TTA_MAX_LOSS)
     card.downsample = factor
     _annotate(model, cfg, tp, samples, train_s, val_note, history, kept_epoch, best_metrics, stopped, step, t_start)
+    model.card.training = {**(model.card.training or {}), "weights": weights}  # which were kept, and why
     if parent_val is not None and best_metrics is not None:
         model.card.comparison = {
             "metric": score_name,
