@@ -145,7 +145,13 @@ def test_finetuning_adapts_to_a_new_style_faster_than_scratch():
     tuned = drive(train(model_for_training("style-a", images_b, labels), images_b, labels, cfg))
     scratch = drive(train(model_for_training("unet", images_b, labels), images_b, labels, cfg))
     s_tuned, s_scratch = _steps_to(tuned.history, 0.8), _steps_to(scratch.history, 0.8)
-    assert s_tuned < s_scratch, (s_tuned, s_scratch, [round(h["val_dice"], 2) for h in scratch.history], [round(h["val_dice"], 2) for h in tuned.history], tuned.model.card.comparison)
+    assert s_tuned < s_scratch, (
+        s_tuned,
+        s_scratch,
+        [round(h["val_dice"], 2) for h in scratch.history],
+        [round(h["val_dice"], 2) for h in tuned.history],
+        tuned.model.card.comparison,
+    )
     assert tuned.model.card.comparison["metric"] == "mean IoU"  # and the parent was scored on the same images
 
 
