@@ -4,8 +4,8 @@ Short CPU runs end at a high learning rate's noisy weights; their average is a s
 averaging; stochastic weight averaging). Early in a run the average is an exponential moving one over
 about a tenth of the run, so it follows a model that still changes fast; from a quarter of the run on
 it is the plain mean of every step's weights since then (:data:`UNIFORM_FROM`; not before step
-:data:`UNIFORM_MIN_STEPS`). Batch-norm statistics
-are averaged the same way.
+:data:`UNIFORM_MIN_STEPS`). Batch-norm statistics are averaged the same way, and measured afresh
+through the averaged weights before the average is scored (:func:`refresh_norm_stats`).
 """
 
 from __future__ import annotations

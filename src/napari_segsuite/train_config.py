@@ -69,8 +69,10 @@ class TrainConfig:
             moving average alone, 0.939 with the mean). Once, at the end, the latest weights are
             scored on the same validation images and kept instead where they do better (a real brain
             atlas, 600 s in 3D, still learning fast at the end: held-out mean Dice 0.599 / 0.521 with
-            the average, 0.653 / 0.614 with the latest weights, seeds 0 / 1); the card's
-            ``training["weights"]`` says which, with both scores.
+            the average, 0.653 / 0.614 without any, seeds 0 / 1; its validation slab lacks regions and
+            chose the latest weights on seed 1 alone); the card's ``training["weights"]`` says which,
+            with both scores. The average's batch-norm statistics are measured afresh on training
+            crops before it is scored (:func:`~.averaging.refresh_norm_stats`).
         voxel_size: Physical size of a voxel ``(Z, Y, X)`` (or a pixel ``(Y, X)``) of the training images;
             ``None``: the model card's, else unknown (isotropic). Native 3D models crop thick slices
             thinly and pool them only in Y/X (see :func:`~.plan.plan`); the card keeps it.
