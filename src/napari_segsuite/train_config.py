@@ -71,8 +71,7 @@ class TrainConfig:
             atlas, 600 s in 3D, still learning fast at the end: held-out mean Dice 0.599 / 0.521 with
             the average, 0.653 / 0.614 without any, seeds 0 / 1; its validation slab lacks regions and
             chose the latest weights on seed 1 alone); the card's ``training["weights"]`` says which,
-            with both scores. The average's batch-norm statistics are measured afresh on training
-            crops before it is scored (:func:`~.averaging.refresh_norm_stats`).
+            with both scores.
         voxel_size: Physical size of a voxel ``(Z, Y, X)`` (or a pixel ``(Y, X)``) of the training images;
             ``None``: the model card's, else unknown (isotropic). Native 3D models crop thick slices
             thinly and pool them only in Y/X (see :func:`~.plan.plan`); the card keeps it.
